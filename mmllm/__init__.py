@@ -1,0 +1,13 @@
+"""mmllm: any encoder + any causal LM, wired as NVLM-D (and, next, NVLM-X / NVLM-H)."""
+from .config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
+
+__all__ = ["ARCHS", "EncoderConfig", "LLMConfig", "MMLLMConfig", "ProcessorConfig", "MMLLM"]
+
+
+def __getattr__(name: str):
+    # The model pulls in torch/transformers; keep `import mmllm` (and `mmllm --help`) light.
+    if name == "MMLLM":
+        from .model import MMLLM
+
+        return MMLLM
+    raise AttributeError(name)

@@ -1,0 +1,38 @@
+"""The LLM backbone: any `AutoModelForCausalLM`, loaded by name/path or built from a config object."""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from .config import LLMConfig
+
+
+def llm_config(cfg: LLMConfig, tokenizer) -> PretrainedConfig:
+    """The HF config of the backbone; a built-from-options one gets the tokenizer's size and ids."""
+    if cfg.name_or_path:
+        return AutoConfig.from_pretrained(cfg.name_or_path)
+    return AutoConfig.for_model(
+        cfg.model_type,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **cfg.options,
+    )
+
+
+def build_llm(cfg: LLMConfig, tokenizer, hf_config: PretrainedConfig | dict[str, Any] | None = None) -> PreTrainedModel:
+    """Pretrained weights when a name/path is given (and no saved config overrides it), else random init.
+
+    `hf_config` rebuilds a saved model's exact backbone offline; its weights come from our safetensors.
+    """
+    if isinstance(hf_config, dict):
+        hf_config = AutoConfig.for_model(**hf_config)
+    if hf_config is None and cfg.name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path)
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config or llm_config(cfg, tokenizer))
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return model

@@ -1,0 +1,71 @@
+"""The `mmllm` command: Lightning subcommands for training, plus data, eval and demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+LIGHTNING = ("fit", "validate", "test", "predict")
+USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,demo} ...
+
+  fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
+  data synth                 write a deterministic synthetic dataset (OCR, chart QA)
+  eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
+  demo                       the main job: synthesise data, train the tiny model, evaluate, report
+
+Run `mmllm COMMAND --help` for the options of one command."""
+
+
+def data_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    synth = sub.add_parser("synth", help="write a deterministic synthetic dataset")
+    synth.add_argument("--task", required=True, choices=["ocr", "chart"])
+    synth.add_argument("--n", type=int, required=True, help="number of samples")
+    synth.add_argument("--out", required=True, help="output folder (train.jsonl, items.jsonl, images/)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--level", choices=["easy", "hard"], default="easy")
+    args = parser.parse_args(argv)
+    from mmllm.train.synth import synthesize
+
+    summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level)
+    print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in LIGHTNING:
+            from mmllm.train.cli import run
+
+            run([command, *rest])
+        elif command == "data":
+            data_command(rest)
+        elif command == "eval":
+            from mmllm.eval.runner import main as eval_main
+
+            eval_main(rest)
+        elif command == "demo":
+            from mmllm.eval.demo import main as demo_main
+
+            demo_main(rest)
+        else:
+            print(f"mmllm: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("mmllm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for the user; MMLLM_DEBUG=1 shows the traceback
+        if os.environ.get("MMLLM_DEBUG"):
+            raise
+        print(f"mmllm: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""One config object describes a whole model; it round-trips through config.json."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ARCHS = ("nvlm_d",)
+TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the valid values."""
+
+
+@dataclass
+class EncoderConfig:
+    """Which encoder family (registry name) builds which model.
+
+    `options` go to the library constructor (e.g. timm's depth/embed_dim/patch_size), so a tiny
+    random tower and a real one differ only in config. `pretrained` is False (random), True
+    (the library's own weights, needs a hub) or a local weights path.
+    """
+
+    family: str = "timm"
+    model: str = "vit_tiny_patch16_224"
+    image_size: int = 32
+    pretrained: bool | str = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LLMConfig:
+    """A causal LM: a local path / hub name (`from_pretrained`), else built from `options`."""
+
+    name_or_path: str | None = None
+    model_type: str = "llama"
+    options: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+        }
+    )
+
+
+@dataclass
+class ProcessorConfig:
+    """Dynamic tiling, tile tags and prompt layout (design.md §2)."""
+
+    max_tiles: int = 6
+    use_thumbnail: bool = True
+    tile_tag: str = "1d"
+    tokenizer: str | None = None  # local path / hub name; None = the offline byte tokenizer
+    max_image_side: int = 16384
+    user_prefix: str = "User: "
+    assistant_prefix: str = "\nAssistant: "
+
+
+@dataclass
+class MMLLMConfig:
+    arch: str = "nvlm_d"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    pixel_shuffle: int = 2
+    connector_hidden: int | None = None  # None: the LLM's FFN width, as NVLM-D does
+
+    def __post_init__(self) -> None:
+        for name, cls in (("encoder", EncoderConfig), ("llm", LLMConfig), ("processor", ProcessorConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, name))
+        self.validate()
+
+    def validate(self) -> None:
+        check_choice("arch", self.arch, ARCHS)
+        check_choice("processor.tile_tag", self.processor.tile_tag, TILE_TAGS)
+        if self.processor.max_tiles < 1:
+            raise ConfigError(f"processor.max_tiles must be >= 1, got {self.processor.max_tiles}")
+        if self.pixel_shuffle < 1:
+            raise ConfigError(f"pixel_shuffle must be >= 1, got {self.pixel_shuffle}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MMLLMConfig":
+        return _from_dict(cls, data, "config")
+
+
+def check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)

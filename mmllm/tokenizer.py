@@ -1,0 +1,38 @@
+"""The offline default tokenizer, and loading any Hugging Face tokenizer through the same path."""
+from __future__ import annotations
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+IMAGE_PAD = "<image_pad>"
+SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_PAD)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: 256 byte tokens + specials, any Unicode round-trips.
+
+    Built with `tokenizers` and wrapped as a fast HF tokenizer, so the code that serves it also
+    serves a real Llama/Qwen tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(list(SPECIALS) + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(SPECIALS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=[IMAGE_PAD],
+    )
+
+
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    """None -> the byte tokenizer; otherwise a local dir / hub name, given a pad and image token."""
+    tok = byte_tokenizer() if name_or_path is None else AutoTokenizer.from_pretrained(name_or_path)
+    if IMAGE_PAD not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [IMAGE_PAD]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok

@@ -1,0 +1,236 @@
+"""Training data: LLaVA-format JSONL -> processor samples, with bad input reported, replaced and counted."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from mmllm.processor import Processor, SampleError
+
+# How many following records a bad sample may borrow from before the batch is declared unusable.
+MAX_SUBSTITUTE_TRIES = 16
+
+
+@dataclass(frozen=True)
+class Record:
+    file: str
+    line: int
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.data.get("id", f"{Path(self.file).name}:{self.line}"))
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line} (id {self.id})"
+
+
+@dataclass(frozen=True)
+class BadInput:
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[list[Record], list[BadInput]]:
+    """Parse every line; malformed ones come back as BadInput with file and line, never dropped silently."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    records, bad = [], []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append(BadInput(f"{path}:{line_no}", f"invalid JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            missing = [k for k in required if k not in data] if isinstance(data, dict) else list(required)
+            if missing:
+                bad.append(BadInput(f"{path}:{line_no}", f"missing field(s) {missing}"))
+                continue
+            records.append(Record(str(path), line_no, data))
+    return records, bad
+
+
+def images_of(record: Record) -> list[str]:
+    image = record.data.get("image")
+    paths = [] if image is None else [image] if isinstance(image, str) else list(image)
+    return [str(Path(record.file).parent / p) for p in paths]
+
+
+class ConversationDataset(Dataset):
+    """LLaVA conversation records. A sample that fails to load is replaced by the next good one
+    (deterministic, so batch shapes agree across ranks) and its id and reason travel with the batch."""
+
+    def __init__(self, files: str | Sequence[str], processor: Processor) -> None:
+        self.processor = processor
+        self.records: list[Record] = []
+        self.bad_lines: list[BadInput] = []
+        for f in [files] if isinstance(files, str) else files:
+            records, bad = read_jsonl(f, ("conversations",))
+            self.records += records
+            self.bad_lines += bad
+        if not self.records:
+            raise ValueError(f"no usable samples in {files} ({len(self.bad_lines)} malformed line(s))")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, record: Record) -> dict:
+        try:
+            images = [self.processor.load_image(p) for p in images_of(record)]
+            return self.processor.encode(record.data["conversations"], images)
+        except SampleError as exc:
+            raise SampleError(f"{record.where()}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SampleError(f"{record.where()}: malformed conversation ({type(exc).__name__}: {exc})") from None
+
+    def __getitem__(self, index: int) -> dict:
+        bad: list[str] = []
+        for k in range(MAX_SUBSTITUTE_TRIES):
+            record = self.records[(index + k) % len(self.records)]
+            try:
+                sample = self.load(record)
+            except SampleError as exc:
+                bad.append(str(exc))
+                continue
+            return {**sample, "id": record.id, "bad": bad}
+        raise SampleError(f"{MAX_SUBSTITUTE_TRIES} consecutive bad samples from index {index}: " + "; ".join(bad))
+
+
+class Collator:
+    """Module-level callable so DataLoader workers can pickle it."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = self.processor.collate(samples)
+        batch["ids"] = [s["id"] for s in samples]
+        batch["bad"] = [b for s in samples for b in s["bad"]]
+        return batch
+
+
+class MMDataModule(L.LightningDataModule):
+    """Train/val/test JSONL files (one path or a list). The processor comes from the model (linked in
+    the CLI), so the data layout always follows `--model.arch`."""
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        predict: str | None = None,
+        prompt_template: str = "{question}",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_bad_fraction: float = 0.1,
+        synth_task: str | None = None,
+        synth_n: int = 2000,
+        synth_level: str = "easy",
+        synth_dir: str = "runs/data",
+        processor: Processor | None = None,
+    ) -> None:
+        """With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val)
+        into `synth_dir`, so a config runs on a fresh machine with nothing downloaded."""
+        super().__init__()
+        self.synth_jobs: list[tuple[Path, int, int]] = []
+        if train is None and synth_task:
+            root = Path(synth_dir) / f"{synth_task}-{synth_level}-n{synth_n}"
+            self.synth_jobs = [(root / "train", synth_n, 0), (root / "val", max(8, synth_n // 10), 1)]
+            train, val = str(root / "train" / "train.jsonl"), val or str(root / "val" / "train.jsonl")
+        self.synth_task, self.synth_level = synth_task, synth_level
+        self.files = {"train": train, "val": val, "test": test}
+        self.predict, self.prompt_template = predict, prompt_template
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_bad_fraction = max_bad_fraction
+        self.processor = processor
+        self.datasets: dict[str, ConversationDataset] = {}
+
+    def prepare_data(self) -> None:
+        from .synth import synthesize
+
+        for folder, n, seed in self.synth_jobs:
+            if not (folder / "items.jsonl").is_file():
+                synthesize(self.synth_task, folder, n, seed=seed, level=self.synth_level)
+
+    def dataset(self, split: str) -> ConversationDataset:
+        if split not in self.datasets:
+            if not self.files[split]:
+                raise ValueError(f"no {split} data: pass --data.{split} PATH.jsonl")
+            if self.processor is None:
+                raise ValueError("MMDataModule needs the model's processor (linked automatically by the CLI)")
+            ds = ConversationDataset(self.files[split], self.processor)
+            for bad in ds.bad_lines:
+                print(f"[mmllm] skipped malformed line {bad}")
+            self.datasets[split] = ds
+        return self.datasets[split]
+
+    def loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=Collator(self.processor), persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict:
+            raise ValueError("no predict data: pass --data.predict items.jsonl")
+        items = ItemsDataset(self.predict, self.processor, self.prompt_template)
+        for bad in items.bad_lines:
+            print(f"[mmllm] skipped malformed line {bad}")
+        return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=PromptCollator(self.processor))
+
+
+
+class ItemsDataset(Dataset):
+    """Eval-format items (`id`, `image`, `question`, `answers`) encoded as generation prompts.
+
+    A bad item is not replaced (scores must cover exactly the given items): it comes back with its
+    error, and the caller skips and counts it."""
+
+    def __init__(self, path: str | Path, processor: Processor, template: str = "{question}") -> None:
+        self.processor, self.template = processor, template
+        self.records, self.bad_lines = read_jsonl(path, ("id", "question"))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            images = [self.processor.load_image(p) for p in images_of(record)]
+            prompt = self.template.format(question=record.data["question"])
+            return {"record": record, "sample": self.processor.encode_prompt(prompt, images), "error": None}
+        except (SampleError, KeyError, IndexError) as exc:
+            return {"record": record, "sample": None, "error": f"{record.where()}: {exc}"}
+
+
+class PromptCollator:
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [it for it in items if it["sample"] is not None]
+        batch = self.processor.collate([it["sample"] for it in good]) if good else {}
+        batch["records"] = [it["record"] for it in good]
+        batch["ids"] = [r.id for r in batch["records"]]
+        batch["skipped"] = [it["error"] for it in items if it["sample"] is None]
+        return batch

@@ -1,0 +1,146 @@
+"""The LightningModule: one model config + a training stage; `--model.arch` switches architecture."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from mmllm.config import EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
+from mmllm.model import MMLLM
+
+from .health import check_finite
+
+Stage = Literal["pretrain", "sft"]
+
+
+def stage_trainable(stage: Stage, freeze_llm_in_sft: bool = False, train_encoder: bool = False) -> dict[str, bool]:
+    """Which parts train in a stage (design.md §2): the connector always; the LLM only in SFT
+    (unless kept frozen, paper Table 9); the encoder only when asked (NVLM keeps it frozen)."""
+    return {
+        "encoder": train_encoder,
+        "connector": True,
+        "llm": stage == "sft" and not freeze_llm_in_sft,
+    }
+
+
+def parameter_table(parts: dict[str, nn.Module], labels: dict[str, str]) -> str:
+    rows = [("part", "total", "trainable")]
+    total = trainable = 0
+    for name, module in parts.items():
+        n = sum(p.numel() for p in module.parameters())
+        t = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        rows.append((f"{name} ({labels[name]})", f"{n:,}", f"{t:,}"))
+        total, trainable = total + n, trainable + t
+    rows.append(("all", f"{total:,}", f"{trainable:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows)
+
+
+class MMLLMModule(L.LightningModule):
+    def __init__(
+        self,
+        arch: Literal["nvlm_d"] = "nvlm_d",
+        encoder: EncoderConfig | dict | None = None,
+        llm: LLMConfig | dict | None = None,
+        processor: ProcessorConfig | dict | None = None,
+        pixel_shuffle: int = 2,
+        connector_hidden: int | None = None,
+        stage: Stage = "pretrain",
+        freeze_llm_in_sft: bool = False,
+        train_encoder: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 20,
+        max_new_tokens: int = 32,
+    ) -> None:
+        """Model fields mirror `MMLLMConfig`; the rest describe how it trains."""
+        super().__init__()
+        self.config = MMLLMConfig(
+            arch=arch,
+            encoder=encoder or EncoderConfig(),
+            llm=llm or LLMConfig(),
+            processor=processor or ProcessorConfig(),
+            pixel_shuffle=pixel_shuffle,
+            connector_hidden=connector_hidden,
+        )
+        # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            dict(self.config.to_dict(), stage=stage, freeze_llm_in_sft=freeze_llm_in_sft, train_encoder=train_encoder,
+                 lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, max_new_tokens=max_new_tokens)
+        )
+        self.model = MMLLM(self.config)
+        self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
+        for name, module in self.parts().items():
+            module.requires_grad_(self.trainable[name])
+
+    @property
+    def processor(self):
+        return self.model.processor
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.model.encoder, "connector": self.model.projector, "llm": self.model.llm}
+
+    def describe(self) -> str:
+        labels = {
+            "encoder": f"{self.config.encoder.family}:{self.config.encoder.model}",
+            "connector": "pixel shuffle + MLP",
+            "llm": self.model.llm.config.model_type,
+        }
+        return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.parts(), labels)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            print(self.describe())
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout / norm-statistics drift) while the rest trains."""
+        super().train(mode)
+        for name, module in self.parts().items():
+            if mode and not self.trainable[name]:
+                module.eval()
+        return self
+
+    def step(self, batch: dict) -> torch.Tensor:
+        return self.model(
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"]
+        ).loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.step(batch)
+        check_finite(loss, self.global_step, batch["ids"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val_loss", self.step(batch), prog_bar=True, batch_size=len(batch["ids"]))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("test_loss", self.step(batch), batch_size=len(batch["ids"]))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        for error in batch["skipped"]:
+            print(f"[mmllm] skipped {error}")
+        if not batch["ids"]:
+            return []
+        out = self.model.generate(
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=self.hparams.max_new_tokens
+        )
+        return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch["ids"], out.tolist())]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def factor(step: int) -> float:  # linear warmup, then cosine to 10 %
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
