@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from mmllm.eval.metrics import corpus_cer, score
 from mmllm.model import MMLLM
 from mmllm.train.data import ItemsDataset, PromptCollator
+from mmllm.train.synth import PROMPT_TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,9 @@ class Task:
 
 
 TASKS = {
-    "ocr": Task("exact_match", "{question}", 32),
+    "ocr": Task("exact_match", PROMPT_TEMPLATES["ocr"], 32),
     # lmms-eval's ChartQA prompt and budget (eval-metrics.md §1); the synthetic chart data uses it too.
-    "chartqa": Task("chartqa_relaxed", "{question}\nAnswer the question with a single word.", 16),
+    "chartqa": Task("chartqa_relaxed", PROMPT_TEMPLATES["chart"], 16),
 }
 
 
@@ -81,10 +82,14 @@ def evaluate(
         for record, ids in zip(batch["records"], generated.tolist()):
             prediction = model.processor.decode(ids)
             answers = record.data.get("answers", [])
-            row = {"id": record.id, "question": record.data["question"], "prediction": prediction, "answers": answers,
-                   "score": score(spec.metric, prediction, answers)}
-            if task == "ocr":
-                row["cer"] = score("cer", prediction, answers)
+            row = {"id": record.id, "question": record.data["question"], "prediction": prediction, "answers": answers}
+            try:
+                row["score"] = score(spec.metric, prediction, answers)
+                if task == "ocr":
+                    row["cer"] = score("cer", prediction, answers)
+            except (ValueError, TypeError) as exc:  # no or empty gold answers: a data error, not a 0
+                skipped.append(f"{record.where()}: cannot score: {exc}")
+                continue
             rows.append(row)
     elapsed = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,10 @@ class EncoderConfig:
     model: str = "vit_tiny_patch16_224"
     image_size: int = 32
     pretrained: bool | str = False
-    options: dict[str, Any] = field(default_factory=dict)
+    # Default: a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on a CPU.
+    options: dict[str, Any] = field(
+        default_factory=lambda: {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": [16, 4]}
+    )
 
 
 @dataclass

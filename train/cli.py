@@ -15,11 +15,13 @@ class MMLLMCLI(LightningCLI):
         parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
 
 
-def run(args: list[str]) -> None:
-    MMLLMCLI(
+def run(args: list[str], extra_callbacks: list | None = None) -> MMLLMCLI:
+    """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
+    callbacks = [ModelCheckpoint(save_last=True), BadSampleMonitor(), *(extra_callbacks or [])]
+    return MMLLMCLI(
         MMLLMModule,
         MMDataModule,
         args=args,
-        trainer_defaults={"callbacks": [ModelCheckpoint(save_last=True), BadSampleMonitor()]},
+        trainer_defaults={"callbacks": callbacks},
         save_config_kwargs={"overwrite": True},
     )

@@ -1,0 +1,101 @@
+"""What every vision encoder family shares: the output contract, geometry and config checks.
+
+A family file only builds its library's model and says how to get a feature map out of it;
+token layout, geometry and input checks live here so every family behaves the same.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mmllm.config import ConfigError, EncoderConfig
+
+
+class VisionEncoder(nn.Module):
+    """A vision tower that turns one batch of tiles into row-major patch tokens.
+
+    `forward` maps normalised pixels [B, 3, H, W] to [B, rows*cols, dim] with no class/prefix
+    tokens, so connectors can rely on a fixed grid (pixel shuffle needs rows and cols).
+    `mean`/`std` come from the library's own config for this model: the processor normalises
+    with them, so pretrained weights see the statistics they were trained with.
+    """
+
+    family: ClassVar[str]
+    grid: tuple[int, int]
+    dim: int
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.mean = _triple(mean)
+        self.std = _triple(std)
+        self.dim, rows, cols = self._probe_feature_map_shape()
+        self.grid = (rows, cols)
+
+    def feature_map(self, pixel_values: Tensor) -> Tensor:
+        """The library model's last feature map, [B, C, h, w]; implemented per family."""
+        raise NotImplementedError
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        expected = (3, *self.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.family} encoder takes tiles of shape [B, {', '.join(map(str, expected))}], "
+                f"got {list(pixel_values.shape)}"
+            )
+        return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def _probe_feature_map_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) from one blank tile through the real forward.
+
+        Libraries expose geometry inconsistently (patch grids, stage reductions, conv padding
+        rules); running the model once is exact for every architecture. Eval mode keeps the
+        probe from touching BatchNorm statistics; zeros and no dropout keep the RNG untouched.
+        """
+        was_training = self.training
+        self.eval()
+        c, h, w = self.feature_map(torch.zeros(1, 3, *self.image_size)).shape[1:]
+        self.train(was_training)
+        return c, h, w
+
+
+def tile_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """`EncoderConfig.image_size` as (H, W): an int means a square tile; YAML gives lists."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
+        raise ConfigError(f"encoder.image_size must be a positive int or [H, W], got {size!r}")
+    return hw
+
+
+def weights_file(cfg: EncoderConfig) -> str | None:
+    """`cfg.pretrained` as an existing local file, or None when it is True/False.
+
+    Checked up front because both libraries would treat a mistyped path as a name to look up
+    online (or fail with a bare FileNotFoundError).
+    """
+    if isinstance(cfg.pretrained, bool):
+        return None
+    path = os.fspath(cfg.pretrained)
+    if not os.path.isfile(path):
+        raise ConfigError(f"encoder.pretrained: no weights file at {path!r} (use true/false or a local file)")
+    return path
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b

@@ -1,0 +1,57 @@
+"""timm vision towers (ViT-style token models and conv nets) as `VisionEncoder`s."""
+from __future__ import annotations
+
+import timm
+from timm.data import resolve_model_data_config
+from timm.models import get_pretrained_cfg
+from torch import Tensor
+
+from mmllm.config import EncoderConfig
+
+from .base import VisionEncoder, tile_size, weights_file
+
+
+class TimmEncoder(VisionEncoder):
+    """Any timm model, by name; `cfg.options` go to `timm.create_model` (depth, embed_dim, patch_size, ...).
+
+    The tile size is built into models whose weights depend on it (learned position embeddings),
+    so a 448 tile and a 32 tile differ only in config. `cfg.pretrained` as a path loads a local
+    state-dict file (safetensors, or a weights-only torch checkpoint) through timm's pretrained
+    path rather than `checkpoint_path`, so timm's checkpoint filter still adapts it (e.g. resamples
+    position embeddings to the tile size).
+    """
+
+    family = "timm"
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        image_size = tile_size(cfg.image_size)
+        kwargs = dict(cfg.options)
+        if _size_is_built_in(cfg.model):
+            kwargs["img_size"] = image_size
+        path = weights_file(cfg)
+        if path is not None:
+            # Some default configs (the AugReg ViTs) set `custom_load` for Google's .npz weights; older
+            # timm releases keep it under a file overlay and send a state-dict file to the .npz reader
+            # (1.0.31 resets it itself).
+            kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
+        model = timm.create_model(cfg.model, pretrained=bool(cfg.pretrained), num_classes=0, **kwargs)
+        data_cfg = resolve_model_data_config(model)
+        super().__init__(model, image_size, data_cfg["mean"], data_cfg["std"])
+
+    def feature_map(self, pixel_values: Tensor) -> Tensor:
+        features = self.model.forward_features(pixel_values)
+        if features.ndim == 3:  # ViT-style [B, prefix + h*w, C]: drop class/register tokens
+            patches = features[:, self.model.num_prefix_tokens :]
+            return patches.transpose(1, 2).unflatten(2, self.model.patch_embed.grid_size)
+        if getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin, MambaOut, ...
+            return features.permute(0, 3, 1, 2)
+        return features
+
+
+def _size_is_built_in(model_name: str) -> bool:
+    """Whether the model takes `img_size` at construction; timm marks these `fixed_input_size`.
+
+    Conv nets take any size and reject the argument, so it is only passed where it belongs.
+    """
+    pretrained_cfg = get_pretrained_cfg(model_name)
+    return pretrained_cfg is not None and pretrained_cfg.fixed_input_size

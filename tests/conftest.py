@@ -1,0 +1,30 @@
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mmllm.config import EncoderConfig, LLMConfig, MMLLMConfig
+
+
+def tiny_config(**overrides) -> MMLLMConfig:
+    """The smallest model that exercises every path: tall-patch timm ViT + 2-layer Llama."""
+    base = dict(
+        encoder=EncoderConfig(options={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [16, 4]}),
+        llm=LLMConfig(options={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}),
+    )
+    base.update(overrides)
+    return MMLLMConfig(**base)
+
+
+@pytest.fixture
+def tiny_model():
+    from mmllm.model import MMLLM
+
+    torch.manual_seed(0)
+    return MMLLM(tiny_config()).eval()
+
+
+def text_image(text: str, size=(128, 32)) -> Image.Image:
+    img = Image.new("RGB", size, "white")
+    ImageDraw.Draw(img).text((4, 8), text, fill="black")
+    return img

@@ -1,0 +1,295 @@
+"""Deterministic synthetic datasets: OCR (rendered text) and chart QA (matplotlib charts).
+
+Sample i is drawn from its own RNG seeded by (task, level, seed, i), so rerunning writes byte-identical
+files and a dataset of n samples is a prefix of a larger one with the same seed. Charts are rendered
+with Agg under matplotlib's default style (a user's matplotlibrc cannot change them) and every image
+is saved by Pillow without metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import string
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+LEVELS = ("easy", "hard")
+FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+OCR_QUESTION = "What text is in the image?"
+# The training prompt equals the eval task's template (lmms-eval's for ChartQA), so `mmllm eval`
+# asks the model exactly what it was trained on.
+PROMPT_TEMPLATES = {"ocr": "{question}", "chart": "{question}\nAnswer the question with a single word."}
+# Easy OCR is one fixed layout so a tiny model learns it in minutes: 20 px mono fits 8 chars in 128 px.
+OCR_EASY_FONT, OCR_EASY_FONT_SIZE, OCR_EASY_SIZE, OCR_EASY_X = "DejaVuSansMono.ttf", 20, (128, 32), 4
+OCR_EASY_CHARS = string.ascii_lowercase + string.digits
+# Every DejaVu face with full Latin coverage (the Display faces lack most glyphs).
+OCR_HARD_FONTS = tuple(
+    f"DejaVu{family}{style}.ttf"
+    for family, styles in (
+        ("Sans", ("", "-Bold", "-Oblique", "-BoldOblique")),
+        ("SansMono", ("", "-Bold", "-Oblique", "-BoldOblique")),
+        ("Serif", ("", "-Bold", "-Italic", "-BoldItalic")),
+    )
+    for style in styles
+)
+OCR_HARD_HEIGHT = (32, 64)
+OCR_HARD_FONT_SIZE = (14, 30)  # 30 px DejaVu is ~35 px from ascender to descender: fits 64 px with padding
+OCR_HARD_MAX_TILT = 5.0  # degrees
+MIN_CONTRAST = 4.5  # WCAG AA ratio for text colour against background
+
+CHART_DPI = 100
+CHART_SIZE = {"easy": (192, 128), "hard": (256, 192)}
+CHART_KINDS = {"easy": ("bar",), "hard": ("bar", "line", "pie")}
+# Hard has 5 question types and 3 chart kinds (coprime), so every 15 consecutive samples hold each pair once.
+QUESTION_TYPES = {"easy": ("count", "largest"), "hard": ("value", "largest", "smallest", "difference", "count")}
+COUNT_NOUN = {"bar": "bars", "line": "points", "pie": "slices"}
+LETTERS = "ABCDEFGH"
+WORDS = ("cat", "dog", "sun", "map", "tea", "box", "key", "oak", "fox", "ice", "jam", "owl")
+TITLES = ("Sales", "Votes", "Scores", "Stock", "Visits", "Budget")
+PALETTES = ("tab10", "Set2", "Dark2", "Paired")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image
+    question: str
+    answer: str
+    extra: dict[str, Any]  # further items.jsonl fields: question type, chart kind, what was drawn
+
+
+def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy") -> dict:
+    """Write `n` samples to `out`: images/<id>.png, train.jsonl (LLaVA conversations) and items.jsonl
+    (eval format), and return a summary with counts per question type and chart kind."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    train, items, counts = [], [], {}
+    for i in range(n):
+        sample = TASKS[task](random.Random(f"{task}/{level}/{seed}/{i}"), level, i)
+        sid = f"{task}-{i:06d}"
+        image = f"images/{sid}.png"
+        sample.image.save(out / image, format="PNG")
+        train.append({"id": sid, "image": image, "conversations": [
+            {"from": "human", "value": "<image>\n" + PROMPT_TEMPLATES[task].format(question=sample.question)},
+            {"from": "gpt", "value": sample.answer},
+        ]})
+        items.append({"id": sid, "image": image, "question": sample.question, "answers": [sample.answer], **sample.extra})
+        for key in ("type", "chart"):
+            if key in sample.extra:
+                counts.setdefault(key, Counter())[sample.extra[key]] += 1
+    _write_jsonl(out / "train.jsonl", train)
+    # items.jsonl last: its presence is what marks a finished dataset (MMDataModule.prepare_data, demo).
+    _write_jsonl(out / "items.jsonl", items)
+    return {"task": task, "level": level, "n": n, "seed": seed, "out": str(out),
+            "counts": {key: dict(sorted(c.items())) for key, c in counts.items()}}
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write through a temporary file so an interrupted run never leaves a truncated file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- OCR
+
+
+@lru_cache(maxsize=None)
+def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+    """Matplotlib's bundled DejaVu, laid out by the basic engine so output does not depend on libraqm."""
+    return ImageFont.truetype(str(FONT_DIR / name), size, layout_engine=ImageFont.Layout.BASIC)
+
+
+def _ocr_sample(rng: random.Random, level: str, index: int) -> Sample:
+    image, text, font, size = (_ocr_easy if level == "easy" else _ocr_hard)(rng)
+    return Sample(image, OCR_QUESTION, text, {"type": "ocr", "meta": {"font": Path(font).stem, "size": size}})
+
+
+def _ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
+    text = "".join(rng.choices(OCR_EASY_CHARS, k=rng.randint(4, 8)))
+    image = Image.new("RGB", OCR_EASY_SIZE, "white")
+    font = _font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE)
+    ImageDraw.Draw(image).text((OCR_EASY_X, OCR_EASY_SIZE[1] // 2), text, fill="black", font=font, anchor="lm")
+    return image, text, OCR_EASY_FONT, OCR_EASY_FONT_SIZE
+
+
+def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
+    text = _hard_text(rng)
+    name, size = rng.choice(OCR_HARD_FONTS), rng.randint(*OCR_HARD_FONT_SIZE)
+    font = _font(name, size)
+    # Ink extent around the text's centre, made symmetric so a rotation about the centre stays inside.
+    left, top, right, bottom = font.getbbox(text, anchor="mm")
+    half_w, half_h = max(-left, right), max(-top, bottom)
+    pad_x, pad_y = rng.randint(4, 16), rng.randint(3, 8)
+    # Tilt no further than keeps the rotated text inside the tallest allowed image.
+    room = OCR_HARD_HEIGHT[1] / 2 - pad_y - half_h - 1
+    max_tilt = min(OCR_HARD_MAX_TILT, math.degrees(math.asin(min(1.0, max(0.0, room / half_w)))))
+    angle = rng.uniform(-1, 1) * max_tilt if rng.random() < 0.5 else 0.0
+    sin, cos = abs(math.sin(math.radians(angle))), math.cos(math.radians(angle))
+    width = math.ceil(2 * (half_w * cos + half_h * sin)) + 2 * pad_x
+    height = rng.randint(max(OCR_HARD_HEIGHT[0], math.ceil(2 * (half_w * sin + half_h * cos)) + 2 * pad_y), OCR_HARD_HEIGHT[1])
+
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).text((width / 2, height / 2), text, fill=255, font=font, anchor="mm")
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, center=(width / 2, height / 2))
+    background, colour = _contrasting_colours(rng)
+    image = Image.composite(Image.new("RGB", mask.size, colour), Image.new("RGB", mask.size, background), mask)
+    if rng.random() < 0.5:
+        noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, rng.uniform(3.0, 10.0), (height, width, 3))
+        image = Image.fromarray(np.clip(np.asarray(image, np.float64) + noise, 0, 255).astype(np.uint8))
+    return image, text, name, size
+
+
+def _hard_text(rng: random.Random) -> str:
+    """1-3 words of 2-6 characters (at most 20 in all): random letters in varied case, or a number."""
+    words = []
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.15:
+            words.append("".join(rng.choices(string.digits, k=rng.randint(2, 4))))
+            continue
+        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
+        case = rng.choice(("lower", "upper", "title", "mixed"))
+        if case == "upper":
+            word = word.upper()
+        elif case == "title":
+            word = word.title()
+        elif case == "mixed":
+            word = "".join(c.upper() if rng.random() < 0.5 else c for c in word)
+        words.append(word)
+    return " ".join(words)
+
+
+def _contrasting_colours(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(background, text) colours, redrawn until the text is readable against the background."""
+    while True:
+        background = tuple(rng.randrange(256) for _ in range(3))
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        lighter, darker = sorted((_luminance(background), _luminance(colour)), reverse=True)
+        if (lighter + 0.05) / (darker + 0.05) >= MIN_CONTRAST:
+            return background, colour
+
+
+def _luminance(rgb: tuple[int, ...]) -> float:
+    """WCAG relative luminance."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+# --------------------------------------------------------------------------------------------- charts
+
+
+def _chart_sample(rng: random.Random, level: str, index: int) -> Sample:
+    kinds, types = CHART_KINDS[level], QUESTION_TYPES[level]
+    kind, qtype = kinds[index % len(kinds)], types[index % len(types)]
+    labels, values = _chart_data(rng, level, kind)
+    question, answer = _chart_qa(rng, qtype, kind, labels, values)
+    if level == "easy":
+        image = _figure_image(CHART_SIZE[level], lambda fig: _easy_bar(fig, labels, values))
+    else:
+        image = _figure_image(CHART_SIZE[level], lambda fig: _hard_chart(fig, rng, kind, labels, values))
+    return Sample(image, question, answer, {"type": qtype, "chart": kind, "meta": {"labels": labels, "values": values}})
+
+
+def _chart_data(rng: random.Random, level: str, kind: str) -> tuple[list[str], list[int]]:
+    """Labels and distinct integer values (distinct, so largest/smallest never tie)."""
+    if level == "easy":
+        # Labels A, B, C... in order: the answers depend only on the bars, which a tiny model can learn.
+        k = rng.randint(2, 5)
+        return list(LETTERS[:k]), rng.sample(range(1, 21), k)
+    k = rng.randint(3, 5 if kind == "pie" else 6)
+    labels = sorted(rng.sample(LETTERS, k)) if rng.random() < 0.5 else rng.sample(WORDS, k)
+    # Pie slices start at 10 so the smallest still has room for its value.
+    return labels, rng.sample(range(10, 51) if kind == "pie" else range(1, 100), k)
+
+
+def _chart_qa(rng: random.Random, qtype: str, kind: str, labels: list[str], values: list[int]) -> tuple[str, str]:
+    by_label = dict(zip(labels, values))
+    if qtype == "count":
+        return f"How many {COUNT_NOUN[kind]} are there?", str(len(values))
+    if qtype == "largest":
+        return "Which label has the largest value?", max(by_label, key=by_label.__getitem__)
+    if qtype == "smallest":
+        return "Which label has the smallest value?", min(by_label, key=by_label.__getitem__)
+    if qtype == "value":
+        label = rng.choice(labels)
+        return f"What is the value of {label}?", str(by_label[label])
+    a, b = rng.sample(labels, 2)
+    return f"What is the difference between {a} and {b}?", str(abs(by_label[a] - by_label[b]))
+
+
+def _figure_image(size: tuple[int, int], draw: Callable[[Figure], None]) -> Image.Image:
+    """Render on a pyplot-free Agg canvas under the default style and return the pixels as RGB."""
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(size[0] / CHART_DPI, size[1] / CHART_DPI), dpi=CHART_DPI)
+        canvas = FigureCanvasAgg(fig)
+        draw(fig)
+        canvas.draw()
+        return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def _easy_bar(fig: Figure, labels: list[str], values: list[int]) -> None:
+    """One colour, no y axis, big labels: the count and the tallest bar are all there is to see."""
+    ax = fig.add_axes((0.04, 0.17, 0.92, 0.81))
+    x = range(len(values))
+    ax.bar_label(ax.bar(x, values, width=0.6, color="tab:blue"), fontsize=12)
+    ax.set_xticks(x, labels, fontsize=13)
+    ax.set_ylim(0, max(values) * 1.3)
+    ax.set_yticks([])
+    ax.tick_params(axis="x", length=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def _hard_chart(fig: Figure, rng: random.Random, kind: str, labels: list[str], values: list[int]) -> None:
+    """Bar (vertical or horizontal), line or pie, in a random palette, every value printed on the chart."""
+    colours = matplotlib.colormaps[rng.choice(PALETTES)].colors
+    fig.set_layout_engine("constrained", h_pad=0.02, w_pad=0.02)
+    ax = fig.add_subplot()
+    if rng.random() < 0.5:
+        ax.set_title(rng.choice(TITLES), fontsize=9)
+    x = range(len(values))
+    if kind == "pie":
+        total = sum(values)
+        ax.pie(values, labels=labels, colors=colours[: len(values)], startangle=rng.choice((0, 90)), counterclock=False,
+               autopct=lambda pct: f"{pct * total / 100:.0f}", textprops={"fontsize": 8}, pctdistance=0.7)
+    elif kind == "line":
+        ax.plot(x, values, marker="o", color=colours[0])
+        for xi, v in zip(x, values):
+            ax.annotate(str(v), (xi, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlim(-0.4, len(values) - 0.6)
+        ax.set_ylim(0, max(values) * 1.25)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    elif rng.random() < 0.3:
+        ax.bar_label(ax.barh(x, values, color=colours[: len(values)]), fontsize=8, padding=2)
+        ax.set_yticks(x, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(values) * 1.2)
+        ax.tick_params(axis="x", labelsize=7)
+    else:
+        ax.bar_label(ax.bar(x, values, color=colours[: len(values)]), fontsize=8, padding=1)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylim(0, max(values) * 1.2)
+        ax.tick_params(axis="y", labelsize=7)
+
+
+TASKS: dict[str, Callable[[random.Random, str, int], Sample]] = {"ocr": _ocr_sample, "chart": _chart_sample}
