@@ -33,7 +33,8 @@ def data_command(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if from_sys else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in LIGHTNING:
             from mmllm.train.cli import run
 
-            run([command, *rest])
+            run(None if from_sys else [command, *rest])  # None: LightningCLI reads sys.argv itself
         elif command == "data":
             data_command(rest)
         elif command == "eval":

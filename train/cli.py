@@ -1,6 +1,8 @@
 """`mmllm fit|validate|test|predict`: LightningCLI over MMLLMModule and MMDataModule."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -14,8 +16,18 @@ class MMLLMCLI(LightningCLI):
         # The data pipeline uses the model's own processor, so it follows --model.arch and the encoder.
         parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
 
+    def before_fit(self) -> None:
+        """`--ckpt_path last` means the newest last.ckpt under default_root_dir, whatever logger
+        version wrote it (Lightning alone looks only in the new run's own folder)."""
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("ckpt_path") != "last":
+            return
+        found = sorted(Path(self.trainer.default_root_dir).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        kwargs["ckpt_path"] = str(found[-1]) if found else None
+        print(f"[mmllm] resuming from {found[-1]}" if found else "[mmllm] no last.ckpt to resume from; starting fresh")
 
-def run(args: list[str], extra_callbacks: list | None = None) -> MMLLMCLI:
+
+def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
     callbacks = [ModelCheckpoint(save_last=True), BadSampleMonitor(), *(extra_callbacks or [])]
     return MMLLMCLI(

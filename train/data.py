@@ -49,7 +49,7 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[list[Record],
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(line.strip())
             except json.JSONDecodeError as exc:
                 bad.append(BadInput(f"{path}:{line_no}", f"invalid JSON ({exc.msg} at column {exc.colno})"))
                 continue
@@ -103,7 +103,8 @@ class ConversationDataset(Dataset):
             except SampleError as exc:
                 bad.append(str(exc))
                 continue
-            return {**sample, "id": record.id, "bad": bad}
+            # Report only the requested sample; a failing substitute is counted at its own index.
+            return {**sample, "id": record.id, "bad": bad[:1]}
         raise SampleError(f"{MAX_SUBSTITUTE_TRIES} consecutive bad samples from index {index}: " + "; ".join(bad))
 
 
@@ -184,8 +185,8 @@ class MMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val", shuffle=False) if self.files["val"] else []  # validation is optional
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test", shuffle=False)

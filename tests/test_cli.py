@@ -1,0 +1,74 @@
+"""The command-line contract, run as a user would: in subprocesses, from a scratch folder."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "nvlm_d_tiny.yaml")
+MMLLM = [sys.executable, "-m", "mmllm.cli"]
+pytestmark = pytest.mark.slow
+
+
+def mmllm(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MMLLM_DEBUG"}
+    proc = subprocess.run([*MMLLM, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mmllm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["data", "synth"], ["demo"]])
+def test_every_command_has_help(command, tmp_path):
+    proc = mmllm(*command, "--help", cwd=tmp_path)
+    assert "usage" in proc.stdout.lower()
+
+
+def test_fit_then_eval_then_resume(tmp_path):
+    mmllm("data", "synth", "--task", "ocr", "--n", "24", "--out", "d", "--seed", "0", cwd=tmp_path)
+    fit = ["fit", "--config", CONFIG, "--data.train", "d/train.jsonl", "--data.val", "d/train.jsonl",
+           "--data.batch_size", "4", "--trainer.val_check_interval", "3", "--trainer.default_root_dir", "out"]
+    proc = mmllm(*fit, "--trainer.max_steps", "3", cwd=tmp_path)
+    assert "connector (pixel shuffle + MLP)" in proc.stdout  # the parameter table is printed at start
+    ckpts = sorted((tmp_path / "out").rglob("*.ckpt"))
+    assert ckpts, "no checkpoint written"
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3 and state["hyper_parameters"]["arch"] == "nvlm_d"
+
+    mmllm("eval", "--task", "ocr", "--ckpt", str(ckpts[-1]), "--data", "d", "--out", "ev", "--batch_size", "5",
+          cwd=tmp_path)
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert {"task", "metric", "score", "n", "skipped"} <= set(summary)
+    assert (summary["task"], summary["metric"], summary["n"], summary["skipped"]) == ("ocr", "exact_match", 24, 0)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and {"id", "prediction", "answers", "score"} <= set(rows[0])
+
+    mmllm(*fit, "--trainer.max_steps", "5", "--ckpt_path", "last", cwd=tmp_path)
+    last = max((tmp_path / "out").rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5
+
+
+def test_config_alone_runs_on_synthesised_data(tmp_path):
+    mmllm("fit", "--config", CONFIG, "--trainer.max_steps", "3", "--data.synth_n", "32",
+          "--trainer.default_root_dir", "out", cwd=tmp_path)
+    assert list((tmp_path / "out").rglob("*.ckpt"))
+    assert (tmp_path / "runs" / "data" / "ocr-easy-n32" / "train" / "items.jsonl").is_file()
+
+
+def test_unknown_arch_is_rejected_with_the_valid_names(tmp_path):
+    proc = mmllm("fit", "--config", CONFIG, "--model.arch", "nvlm_q", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "nvlm_q" in proc.stderr and "nvlm_d" in proc.stderr
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path):
+    proc = mmllm("eval", "--task", "ocr", "--ckpt", "nope.ckpt", "--data", "d", "--out", "o", cwd=tmp_path,
+                 check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "mmllm: error: FileNotFoundError: checkpoint not found: nope.ckpt"
+    proc = mmllm("data", "synth", "--task", "ocr", "--n", "0", "--out", "d", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "n must be" in proc.stderr
