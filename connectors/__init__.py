@@ -1,7 +1,8 @@
 """Connectors between encoder features and the LLM. A new projector is one file plus one line here."""
-from .mlp import MLPProjector
+from .cross_attention import GatedCrossAttention
+from .mlp import LinearProjector, MLPProjector
 from .pixel_shuffle import PixelShuffle, pixel_shuffle
 
-PROJECTORS = {"mlp": MLPProjector}
+PROJECTORS = {"mlp": MLPProjector, "linear": LinearProjector}
 
-__all__ = ["MLPProjector", "PixelShuffle", "pixel_shuffle", "PROJECTORS"]
+__all__ = ["GatedCrossAttention", "LinearProjector", "MLPProjector", "PixelShuffle", "pixel_shuffle", "PROJECTORS"]

@@ -77,7 +77,7 @@ def evaluate(
             continue
         generated = model.generate(
             batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            max_new_tokens=max_new_tokens,
+            batch["layout"], max_new_tokens=max_new_tokens,
         )
         for record, ids in zip(batch["records"], generated.tolist()):
             prediction = model.processor.decode(ids)
@@ -111,7 +111,7 @@ def evaluate(
         **(extra or {}),
     }
     if task == "ocr":
-        summary["corpus_cer"] = corpus_cer([r["prediction"] for r in rows], [r["answers"][0] for r in rows])
+        summary["corpus_cer"] = corpus_cer([r["prediction"] for r in rows], [r["answers"] for r in rows])
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     for s in skipped:
         print(f"[mmllm] skipped {s}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-ARCHS = ("nvlm_d",)
+ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
 
 
@@ -25,6 +25,7 @@ class EncoderConfig:
     model: str = "vit_tiny_patch16_224"
     image_size: int = 32
     pretrained: bool | str = False
+    feature_layer: int = -2  # which block's output; negative counts from the end (LLaVA-style penultimate)
     # Default: a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on a CPU.
     options: dict[str, Any] = field(
         default_factory=lambda: {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": [16, 4]}
@@ -70,6 +71,10 @@ class MMLLMConfig:
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     pixel_shuffle: int = 2
     connector_hidden: int | None = None  # None: the LLM's FFN width, as NVLM-D does
+    # NVLM-X/H: a gated cross-attention block before every k-th decoder layer (layer 0, k, 2k, ...),
+    # or before the layers listed explicitly (which wins when given).
+    cross_attention_every: int = 1
+    cross_attention_layers: list[int] | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (("encoder", EncoderConfig), ("llm", LLMConfig), ("processor", ProcessorConfig)):
@@ -83,8 +88,23 @@ class MMLLMConfig:
         check_choice("processor.tile_tag", self.processor.tile_tag, TILE_TAGS)
         if self.processor.max_tiles < 1:
             raise ConfigError(f"processor.max_tiles must be >= 1, got {self.processor.max_tiles}")
+        if self.arch == "nvlm_h" and not self.processor.use_thumbnail:
+            raise ConfigError("nvlm_h puts the thumbnail into the decoder sequence: processor.use_thumbnail must be true")
+        if self.cross_attention_every < 1:
+            raise ConfigError(f"cross_attention_every must be >= 1, got {self.cross_attention_every}")
         if self.pixel_shuffle < 1:
             raise ConfigError(f"pixel_shuffle must be >= 1, got {self.pixel_shuffle}")
+
+    def cross_attention_at(self, n_layers: int) -> list[int]:
+        """Decoder layer indices that get a cross-attention block (none for nvlm_d)."""
+        if self.arch == "nvlm_d":
+            return []
+        layers = self.cross_attention_layers
+        layers = list(range(0, n_layers, self.cross_attention_every)) if layers is None else sorted(set(layers))
+        bad = [i for i in layers if not 0 <= i < n_layers]
+        if bad or not layers:
+            raise ConfigError(f"cross_attention_layers {layers} must be non-empty indices in 0..{n_layers - 1}")
+        return layers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

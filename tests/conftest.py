@@ -8,7 +8,7 @@ from mmllm.config import EncoderConfig, LLMConfig, MMLLMConfig
 def tiny_config(**overrides) -> MMLLMConfig:
     """The smallest model that exercises every path: tall-patch timm ViT + 2-layer Llama."""
     base = dict(
-        encoder=EncoderConfig(options={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [16, 4]}),
+        encoder=EncoderConfig(feature_layer=-1, options={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [16, 4]}),
         llm=LLMConfig(options={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}),
     )

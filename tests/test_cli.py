@@ -33,7 +33,7 @@ def test_fit_then_eval_then_resume(tmp_path):
     fit = ["fit", "--config", CONFIG, "--data.train", "d/train.jsonl", "--data.val", "d/train.jsonl",
            "--data.batch_size", "4", "--trainer.val_check_interval", "3", "--trainer.default_root_dir", "out"]
     proc = mmllm(*fit, "--trainer.max_steps", "3", cwd=tmp_path)
-    assert "connector (pixel shuffle + MLP)" in proc.stdout  # the parameter table is printed at start
+    assert "connector (pixel shuffle + MLPProjector)" in proc.stdout  # the parameter table is printed at start
     ckpts = sorted((tmp_path / "out").rglob("*.ckpt"))
     assert ckpts, "no checkpoint written"
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)

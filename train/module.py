@@ -42,12 +42,14 @@ def parameter_table(parts: dict[str, nn.Module], labels: dict[str, str]) -> str:
 class MMLLMModule(L.LightningModule):
     def __init__(
         self,
-        arch: Literal["nvlm_d"] = "nvlm_d",
+        arch: Literal["nvlm_d", "nvlm_x", "nvlm_h"] = "nvlm_d",
         encoder: EncoderConfig | dict | None = None,
         llm: LLMConfig | dict | None = None,
         processor: ProcessorConfig | dict | None = None,
         pixel_shuffle: int = 2,
         connector_hidden: int | None = None,
+        cross_attention_every: int = 1,
+        cross_attention_layers: list[int] | None = None,
         stage: Stage = "pretrain",
         freeze_llm_in_sft: bool = False,
         train_encoder: bool = False,
@@ -65,6 +67,8 @@ class MMLLMModule(L.LightningModule):
             processor=processor or ProcessorConfig(),
             pixel_shuffle=pixel_shuffle,
             connector_hidden=connector_hidden,
+            cross_attention_every=cross_attention_every,
+            cross_attention_layers=cross_attention_layers,
         )
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -81,12 +85,15 @@ class MMLLMModule(L.LightningModule):
         return self.model.processor
 
     def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.model.encoder, "connector": self.model.projector, "llm": self.model.llm}
+        """The units a stage freezes; the connector is the projector plus any cross-attention blocks."""
+        connector = nn.ModuleList([self.model.projector, self.model.cross])
+        return {"encoder": self.model.encoder, "connector": connector, "llm": self.model.llm}
 
     def describe(self) -> str:
         labels = {
             "encoder": f"{self.config.encoder.family}:{self.config.encoder.model}",
-            "connector": "pixel shuffle + MLP",
+            "connector": "pixel shuffle + " + type(self.model.projector).__name__
+            + (f" + {len(self.model.cross)} gated cross-attn" if len(self.model.cross) else ""),
             "llm": self.model.llm.config.model_type,
         }
         return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.parts(), labels)
@@ -105,7 +112,7 @@ class MMLLMModule(L.LightningModule):
 
     def step(self, batch: dict) -> torch.Tensor:
         return self.model(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"]
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"], batch["layout"]
         ).loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -126,7 +133,8 @@ class MMLLMModule(L.LightningModule):
         if not batch["ids"]:
             return []
         out = self.model.generate(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=self.hparams.max_new_tokens
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["layout"],
+            max_new_tokens=self.hparams.max_new_tokens,
         )
         return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch["ids"], out.tolist())]
 
