@@ -9,12 +9,14 @@ from collections.abc import Callable
 from mmllm.config import EncoderConfig, check_choice
 
 from .base import VisionEncoder
+from .hf_encoder import HFEncoder
 from .open_clip_encoder import OpenClipEncoder
 from .timm_encoder import TimmEncoder
 
 ENCODERS: dict[str, Callable[[EncoderConfig], VisionEncoder]] = {
     "timm": TimmEncoder,
     "open_clip": OpenClipEncoder,
+    "hf": HFEncoder,
 }
 
 

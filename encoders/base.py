@@ -6,8 +6,9 @@ token layout, geometry and input checks live here so every family behaves the sa
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,11 +16,15 @@ from torch import Tensor, nn
 from mmllm.config import ConfigError, EncoderConfig
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(nn.Module, ABC):
     """A vision tower that turns one batch of tiles into row-major patch tokens.
 
     `forward` maps normalised pixels [B, 3, H, W] to [B, rows*cols, dim] with no class/prefix
-    tokens, so connectors can rely on a fixed grid (pixel shuffle needs rows and cols).
+    tokens, so connectors can rely on a fixed grid (pixel shuffle needs rows and cols). Every
+    family drops them the same way: timm and open_clip through `forward_intermediates`, which
+    splits them off, hf by its embeddings' count of positions beyond the patches.
+    The tokens are the output of block `EncoderConfig.feature_layer`; families cut the tower right
+    after it (see `layer_index`), so every parameter left feeds the features.
     `mean`/`std` come from the library's own config for this model: the processor normalises
     with them, so pretrained weights see the statistics they were trained with.
     """
@@ -46,9 +51,9 @@ class VisionEncoder(nn.Module):
         self.dim, rows, cols = self._probe_feature_map_shape()
         self.grid = (rows, cols)
 
+    @abstractmethod
     def feature_map(self, pixel_values: Tensor) -> Tensor:
-        """The library model's last feature map, [B, C, h, w]; implemented per family."""
-        raise NotImplementedError
+        """The chosen layer's output as a patch map [B, C, h, w], prefix tokens dropped; per family."""
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         expected = (3, *self.image_size)
@@ -82,17 +87,40 @@ def tile_size(size: int | Sequence[int]) -> tuple[int, int]:
     return hw
 
 
-def weights_file(cfg: EncoderConfig) -> str | None:
-    """`cfg.pretrained` as an existing local file, or None when it is True/False.
+def layer_index(cfg: EncoderConfig, num_layers: int) -> int:
+    """`cfg.feature_layer` as an index into the tower's `num_layers` blocks (or stages, for conv nets).
 
-    Checked up front because both libraries would treat a mistyped path as a name to look up
-    online (or fail with a bare FileNotFoundError).
+    Python-style: -1 is the last block, -2 the penultimate, LLaVA's `hidden_states[-2]` (a
+    non-negative k is block k counted from 0, i.e. `hidden_states[k + 1]`).
+    Final norm: removed at every layer, with the pooling head, so features are the raw block output as LLaVA reads them.
     """
+    if not -num_layers <= cfg.feature_layer < num_layers:
+        raise ConfigError(
+            f"encoder.feature_layer {cfg.feature_layer} is out of range: {cfg.family} model {cfg.model!r} "
+            f"has {num_layers} layers, so valid values are {-num_layers}..{num_layers - 1} (-1 is the last)"
+        )
+    return cfg.feature_layer % num_layers
+
+
+def weights_file(cfg: EncoderConfig) -> str | None:
+    """`cfg.pretrained` as an existing local file, or None when it is True/False."""
+    return _local_weights(cfg, "file")
+
+
+def weights_dir(cfg: EncoderConfig) -> str | None:
+    """`cfg.pretrained` as an existing local model directory, or None when it is True/False."""
+    return _local_weights(cfg, "directory")
+
+
+def _local_weights(cfg: EncoderConfig, kind: Literal["file", "directory"]) -> str | None:
+    """Checked up front because the libraries would treat a mistyped path as a name to look up
+    online (or fail with a bare FileNotFoundError)."""
     if isinstance(cfg.pretrained, bool):
         return None
     path = os.fspath(cfg.pretrained)
-    if not os.path.isfile(path):
-        raise ConfigError(f"encoder.pretrained: no weights file at {path!r} (use true/false or a local file)")
+    exists = os.path.isfile if kind == "file" else os.path.isdir
+    if not exists(path):
+        raise ConfigError(f"encoder.pretrained: no weights {kind} at {path!r} (use true/false or a local {kind})")
     return path
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 from typing import Any
 
 import open_clip
-from torch import Tensor
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.timm_model import TimmModel
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
 
 from mmllm.config import ConfigError, EncoderConfig
 
-from .base import VisionEncoder, tile_size, weights_file
+from .base import VisionEncoder, layer_index, tile_size, weights_file
+from .timm_encoder import prune_timm_model
 
 
 class OpenClipEncoder(VisionEncoder):
@@ -21,6 +25,8 @@ class OpenClipEncoder(VisionEncoder):
     is built through `open_clip.create_model` and only `.visual` is kept. `cfg.pretrained` as a path
     is a full open_clip checkpoint read by open_clip's own loader (safetensors, or
     `torch.load(weights_only=True)`); True means the model's first pretrained tag (a hub download).
+    `feature_layer` picks a block of the ViT tower, a timm level of a timm-backed tower; the
+    ModifiedResNet (RN50, ...) has no prune API, so it only gives its last stage (-1).
     """
 
     family = "open_clip"
@@ -44,20 +50,41 @@ class OpenClipEncoder(VisionEncoder):
             **overrides,
         )
         preprocess = open_clip.get_model_preprocess_cfg(clip)
+        self.layer = _prune_tower(clip.visual, cfg)
         super().__init__(clip.visual, image_size, preprocess["mean"], preprocess["std"])
 
     def feature_map(self, pixel_values: Tensor) -> Tensor:
-        # Every open_clip tower type implements forward_intermediates; the last block's output
-        # without the class token is the patch grid. The final norm belongs to the tokens except
-        # after an attention pooler (CoCa), where it normalises the pooled queries instead.
+        # Every open_clip tower type implements forward_intermediates; it splits off and drops the
+        # ViT's class token, as every family drops prefix tokens.
         out = self.model.forward_intermediates(
-            pixel_values,
-            indices=1,
-            intermediates_only=True,
-            normalize_intermediates=getattr(self.model, "attn_pool", None) is None,
-            output_fmt="NCHW",
+            pixel_values, indices=[self.layer], intermediates_only=True, output_fmt="NCHW"
         )
-        return out["image_intermediates"][-1]
+        return out["image_intermediates"][0]
+
+
+def _prune_tower(visual: nn.Module, cfg: EncoderConfig) -> int:
+    """Cuts the image tower after layer `cfg.feature_layer`; returns that layer's index.
+
+    Pooling and projection heads go too: the features never pass through them.
+    """
+    if isinstance(visual, TimmModel):
+        visual.head = nn.Identity()  # open_clip's pooling/projection adapter on top of the timm trunk
+        return prune_timm_model(visual.trunk, cfg)
+    if isinstance(visual, VisionTransformer):
+        index = layer_index(cfg, len(visual.transformer.resblocks))
+        visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        visual.attn_pool = visual.attn_pool_contrastive = None  # CoCa's poolers, which prune_head keeps
+        return index
+    if isinstance(visual, ModifiedResNet):
+        levels = 5  # stem + 4 stages, as its forward_intermediates counts them
+        if layer_index(cfg, levels) != levels - 1:
+            raise ConfigError(
+                f"open_clip's ModifiedResNet tower ({cfg.model}) has no prune_intermediate_layers, so only "
+                "encoder.feature_layer -1 (its last stage) works; for earlier stages use the timm family"
+            )
+        visual.attnpool = None  # an attention-pool head; open_clip's own init allows it to be absent
+        return levels - 1
+    raise ConfigError(f"open_clip tower {type(visual).__name__} ({cfg.model}) has no known way to choose a layer")
 
 
 def _checkpoint(cfg: EncoderConfig) -> str | None:

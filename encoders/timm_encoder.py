@@ -4,11 +4,11 @@ from __future__ import annotations
 import timm
 from timm.data import resolve_model_data_config
 from timm.models import get_pretrained_cfg
-from torch import Tensor
+from torch import Tensor, nn
 
-from mmllm.config import EncoderConfig
+from mmllm.config import ConfigError, EncoderConfig
 
-from .base import VisionEncoder, tile_size, weights_file
+from .base import VisionEncoder, layer_index, tile_size, weights_file
 
 
 class TimmEncoder(VisionEncoder):
@@ -18,7 +18,8 @@ class TimmEncoder(VisionEncoder):
     so a 448 tile and a 32 tile differ only in config. `cfg.pretrained` as a path loads a local
     state-dict file (safetensors, or a weights-only torch checkpoint) through timm's pretrained
     path rather than `checkpoint_path`, so timm's checkpoint filter still adapts it (e.g. resamples
-    position embeddings to the tile size).
+    position embeddings to the tile size). `feature_layer` picks a block of a ViT, a stage of a
+    conv/hierarchical net (timm's `feature_info` levels, the stem first where timm lists it).
     """
 
     family = "timm"
@@ -36,16 +37,30 @@ class TimmEncoder(VisionEncoder):
             kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
         model = timm.create_model(cfg.model, pretrained=bool(cfg.pretrained), num_classes=0, **kwargs)
         data_cfg = resolve_model_data_config(model)
+        self.layer = prune_timm_model(model, cfg)
         super().__init__(model, image_size, data_cfg["mean"], data_cfg["std"])
 
     def feature_map(self, pixel_values: Tensor) -> Tensor:
-        features = self.model.forward_features(pixel_values)
-        if features.ndim == 3:  # ViT-style [B, prefix + h*w, C]: drop class/register tokens
-            patches = features[:, self.model.num_prefix_tokens :]
-            return patches.transpose(1, 2).unflatten(2, self.model.patch_embed.grid_size)
-        if getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin, MambaOut, ...
-            return features.permute(0, 3, 1, 2)
-        return features
+        # timm splits off and drops a ViT's prefix (class, register) tokens, as every family does.
+        return self.model.forward_intermediates(
+            pixel_values, indices=[self.layer], intermediates_only=True, output_fmt="NCHW"
+        )[0]
+
+
+def prune_timm_model(model: nn.Module, cfg: EncoderConfig) -> int:
+    """Cuts a timm model after layer `cfg.feature_layer` with timm's own API; returns that layer's index.
+
+    Shared with open_clip's timm-backed towers. The index stays valid for `forward_intermediates`
+    on the pruned model (timm keeps its feature bookkeeping, e.g. EfficientNet's stage ends).
+    """
+    if not hasattr(model, "prune_intermediate_layers"):
+        raise ConfigError(
+            f"timm model {cfg.model!r} has no prune_intermediate_layers, so encoder.feature_layer cannot "
+            "choose its layer; use a model with timm's forward_intermediates API (ViTs, ResNets, ConvNeXts, ...)"
+        )
+    index = layer_index(cfg, len(model.feature_info))
+    model.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+    return index
 
 
 def _size_is_built_in(model_name: str) -> bool:

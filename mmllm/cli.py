@@ -9,7 +9,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,demo} ...
 
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
-  data synth                 write a deterministic synthetic dataset (OCR, chart QA)
+  data synth|convert         write a synthetic dataset (OCR, chart QA) / convert a public benchmark
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   demo                       the main job: synthesise data, train the tiny model, evaluate, report
 
@@ -17,19 +17,30 @@ Run `mmllm COMMAND --help` for the options of one command."""
 
 
 def data_command(argv: list[str]) -> None:
+    from mmllm.eval.readers import READERS, convert
+    from mmllm.train.synth import LEVELS, TASKS, synthesize
+
     parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
     sub = parser.add_subparsers(dest="action", required=True)
     synth = sub.add_parser("synth", help="write a deterministic synthetic dataset")
-    synth.add_argument("--task", required=True, choices=["ocr", "chart"])
+    synth.add_argument("--task", required=True, choices=list(TASKS))
     synth.add_argument("--n", type=int, required=True, help="number of samples")
     synth.add_argument("--out", required=True, help="output folder (train.jsonl, items.jsonl, images/)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--level", choices=["easy", "hard"], default="easy")
+    synth.add_argument("--level", choices=list(LEVELS), default="easy")
+    conv = sub.add_parser("convert", help="convert a public benchmark folder into items.jsonl + images/")
+    conv.add_argument("--format", required=True, choices=sorted(READERS))
+    conv.add_argument("--src", required=True, help="the benchmark's local folder")
+    conv.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
-    from mmllm.train.synth import synthesize
-
-    summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level)
-    print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
+    if args.action == "synth":
+        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level)
+        print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
+    else:
+        summary = convert(args.format, args.src, args.out)
+        print(f"wrote {summary['n']} {args.format} items to {args.out}; skipped {summary['skipped']}")
+        for item in summary["skipped_items"]:
+            print(f"  skipped {item}")
 
 
 def main(argv: list[str] | None = None) -> int:
