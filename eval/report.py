@@ -1,4 +1,4 @@
-"""Report files: a markdown table, the loss curve and sample predictions as PNGs."""
+"""Report files: markdown tables, line and bar plots, and sample predictions as PNGs."""
 from __future__ import annotations
 
 import json
@@ -18,13 +18,35 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def plot_loss(history: Sequence[tuple[int, float]], path: Path, title: str = "training loss") -> None:
+def plot_lines(series: dict[str, Sequence[tuple[float, float]]], path: Path, title: str, xlabel: str,
+               ylabel: str, log: bool = False) -> None:
+    """One line per named series of (x, y) points."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses, lw=1)
-    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log")
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, lw=1, label=name, marker="o" if len(points) < 20 else None)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear")
     ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabel: str) -> None:
+    """Grouped bars: one group per key of `groups`, one bar per inner key (e.g. test set x arch)."""
+    names = list(groups)
+    members = list(dict.fromkeys(m for g in groups.values() for m in g))
+    width = 0.8 / max(1, len(members))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names)), 3.5))
+    for j, member in enumerate(members):
+        xs = [i + j * width for i in range(len(names))]
+        ax.bar(xs, [groups[n].get(member, 0.0) for n in names], width, label=member)
+    ax.set_xticks([i + width * (len(members) - 1) / 2 for i in range(len(names))], names, fontsize=8)
+    ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

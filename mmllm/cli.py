@@ -6,12 +6,13 @@ import os
 import sys
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,demo} ...
+USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,demo} ...
 
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
   data synth|convert         write a synthetic dataset (OCR, chart QA) / convert a public benchmark
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
-  demo                       the main job: synthesise data, train the tiny model, evaluate, report
+  compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
+  demo                       the main job: `compare` on configs/compare_tiny.yaml into runs/demo
 
 Run `mmllm COMMAND --help` for the options of one command."""
 
@@ -61,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             from mmllm.eval.runner import main as eval_main
 
             eval_main(rest)
-        elif command == "demo":
-            from mmllm.eval.demo import main as demo_main
+        elif command in ("compare", "demo"):
+            from mmllm.eval.compare import REPO, main as compare_main
 
-            demo_main(rest)
+            # demo = compare on the embedded default config, into runs/demo
+            defaults = ["--config", str(REPO / "configs" / "compare_tiny.yaml"), "--out", "runs/demo"]
+            compare_main((defaults if command == "demo" else []) + rest)
         else:
             print(f"mmllm: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
             return 2

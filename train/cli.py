@@ -1,7 +1,9 @@
 """`mmllm fit|validate|test|predict`: LightningCLI over MMLLMModule and MMDataModule."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from unittest import mock
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -30,10 +32,12 @@ class MMLLMCLI(LightningCLI):
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
     callbacks = [ModelCheckpoint(save_last=True), BadSampleMonitor(), *(extra_callbacks or [])]
-    return MMLLMCLI(
-        MMLLMModule,
-        MMDataModule,
-        args=args,
-        trainer_defaults={"callbacks": callbacks},
-        save_config_kwargs={"overwrite": True},
-    )
+    # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
+    with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
+        return MMLLMCLI(
+            MMLLMModule,
+            MMDataModule,
+            args=args,
+            trainer_defaults={"callbacks": callbacks},
+            save_config_kwargs={"overwrite": True},
+        )
