@@ -1,18 +1,22 @@
-"""`mmllm eval`: batched greedy generation on an eval set, per-sample predictions and a summary."""
+"""`mmllm eval`: batched greedy generation on an eval set (or scoring of predictions made elsewhere),
+per-sample `predictions.jsonl` and a `summary.json`, with each task's prompt and metric as lmms-eval
+defines them (../shared/reference/eval-metrics.md)."""
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
-from mmllm.eval.metrics import corpus_cer, score
+from mmllm.eval.metrics import corpus_cer, ocrbench_aggregate, score
 from mmllm.model import MMLLM
-from mmllm.train.data import ItemsDataset, PromptCollator
+from mmllm.train.data import ItemsDataset, PromptCollator, read_jsonl
 from mmllm.train.synth import PROMPT_TEMPLATES
 
 
@@ -21,12 +25,18 @@ class Task:
     metric: str
     template: str
     max_new_tokens: int
+    options: tuple[str, ...] = ()  # item fields passed to the metric (they override its defaults per item)
+    capitalize: bool = False  # TextVQA's prompt capitalises the question (and lowercases the rest)
 
 
 TASKS = {
-    "ocr": Task("exact_match", PROMPT_TEMPLATES["ocr"], 32),
-    # lmms-eval's ChartQA prompt and budget (eval-metrics.md §1); the synthetic chart data uses it too.
+    "ocr": Task("exact_match", PROMPT_TEMPLATES["ocr"], 32, ("ignore_case", "ignore_punctuation")),
+    # The synthetic chart data is trained with lmms-eval's ChartQA prompt, so both tasks share it.
     "chartqa": Task("chartqa_relaxed", PROMPT_TEMPLATES["chart"], 16),
+    "ocrbench": Task("ocrbench", "{question}", 128, ("dataset", "category")),
+    "textvqa": Task("vqa_accuracy", "{question}\nAnswer the question using a single word or phrase.", 32,
+                    ("variant",), capitalize=True),
+    "docvqa": Task("anls", "{question}\nAnswer the question using a single word or phrase.", 32),
 }
 
 
@@ -47,6 +57,50 @@ def load_model(ckpt: str | Path) -> MMLLM:
     return module.model.eval()
 
 
+def task_spec(task: str) -> Task:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def score_row(task: str, row: dict, item: dict) -> dict:
+    """Adds `score` (and `cer` for OCR); the item's option fields override the metric's defaults."""
+    spec = task_spec(task)
+    options = {k: item[k] for k in spec.options if k in item}
+    row = {**row, "score": score(spec.metric, row["prediction"], row["answers"], **options)}
+    if task == "ocr":
+        row["cer"] = score("cer", row["prediction"], row["answers"])
+    return row
+
+
+def summarise(task: str, rows: list[dict], skipped: list[str], meta: dict, out: Path) -> dict:
+    """Writes `summary.json`: the task metric, counts, skipped items with reasons, and `meta`."""
+    spec = task_spec(task)
+    summary = {"task": task, "metric": spec.metric,
+               "score": statistics.fmean(r["score"] for r in rows) if rows else 0.0,
+               "n": len(rows), "skipped": len(skipped), "skipped_items": skipped, **meta}
+    if task == "ocr" and rows:
+        summary["corpus_cer"] = corpus_cer([r["prediction"] for r in rows], [r["answers"] for r in rows])
+    if task == "ocrbench" and rows:
+        agg = ocrbench_aggregate((r["category"], r["score"]) for r in rows)
+        summary.update(final_score=agg.final_score, text_recognition=agg.text_recognition,
+                       category_counts=agg.category_counts)
+    splits = {"human_test": "relaxed_human_split", "augmented_test": "relaxed_augmented_split"}
+    for split, key in splits.items():  # lmms-eval's ChartQA split means (items from `data convert`)
+        part = [r["score"] for r in rows if r.get("type") == split]
+        if task == "chartqa" and part:
+            summary[key] = statistics.fmean(part)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
+
+
+def _row(record_data: dict, prediction: str, item_id: str) -> dict:
+    keep = ("category", "dataset", "type")
+    return {"id": item_id, "question": record_data.get("question"), "prediction": prediction,
+            "answers": record_data.get("answers", []), **{k: record_data[k] for k in keep if k in record_data}}
+
+
 def evaluate(
     model: MMLLM,
     task: str,
@@ -56,80 +110,97 @@ def evaluate(
     template: str | None = None,
     max_new_tokens: int | None = None,
     extra: dict | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Writes `out/predictions.jsonl` and `out/summary.json`; returns the summary."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    spec = TASKS[task]
+    """Generate and score; `out/predictions.jsonl` is appended batch by batch, so a rerun into the
+    same folder continues an interrupted run (items already there are not generated again)."""
+    spec = task_spec(task)
     template = template or spec.template
     max_new_tokens = max_new_tokens or spec.max_new_tokens
     data, out = Path(data), Path(out)
     items_file = data / "items.jsonl" if data.is_dir() else data
-    items = ItemsDataset(items_file, model.processor, template)
-    loader = DataLoader(items, batch_size=batch_size, collate_fn=PromptCollator(model.processor))
+    items = ItemsDataset(items_file, model.processor, template, capitalize=spec.capitalize)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_file = out / "predictions.jsonl"
+    done = {r.data["id"]: r.data for r in read_jsonl(pred_file, ("id", "prediction"))[0]} if pred_file.is_file() else {}
+    todo = [i for i, r in enumerate(items.records) if r.id not in done]
+    loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
     skipped = [str(b) for b in items.bad_lines]
-    rows, start = [], time.perf_counter()
     device = next(model.parameters()).device
     model.eval()
-    for batch in loader:
-        skipped += batch["skipped"]
-        if not batch["ids"]:
-            continue
-        generated = model.generate(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            batch["layout"], max_new_tokens=max_new_tokens,
-        )
-        for record, ids in zip(batch["records"], generated.tolist()):
-            prediction = model.processor.decode(ids)
-            answers = record.data.get("answers", [])
-            row = {"id": record.id, "question": record.data["question"], "prediction": prediction, "answers": answers}
-            try:
-                row["score"] = score(spec.metric, prediction, answers)
-                if task == "ocr":
-                    row["cer"] = score("cer", prediction, answers)
-            except (ValueError, TypeError) as exc:  # no or empty gold answers: a data error, not a 0
-                skipped.append(f"{record.where()}: cannot score: {exc}")
+    start = time.perf_counter()
+    with pred_file.open("a", encoding="utf-8") as fh:
+        for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
+            skipped += batch["skipped"]
+            if not batch["ids"]:
                 continue
-            rows.append(row)
+            generated = model.generate(
+                batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
+                batch["layout"], max_new_tokens=max_new_tokens,
+            )
+            for record, ids in zip(batch["records"], generated.tolist()):
+                row = _row(record.data, model.processor.decode(ids), record.id)
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                done[record.id] = row
+            fh.flush()
     elapsed = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    summary = {
-        "task": task,
-        "metric": spec.metric,
-        "score": sum(r["score"] for r in rows) / len(rows) if rows else 0.0,
-        "n": len(rows),
-        "skipped": len(skipped),
-        "skipped_items": skipped,
-        "data": str(items_file),
-        "prompt_template": template,
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "time_s": round(elapsed, 3),
-        "items_per_s": round(len(rows) / elapsed, 3) if elapsed else None,
-        **(extra or {}),
-    }
-    if task == "ocr":
-        summary["corpus_cer"] = corpus_cer([r["prediction"] for r in rows], [r["answers"] for r in rows])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    rows = []
+    by_id = {r.id: r for r in items.records}
+    for item_id, row in done.items():
+        record = by_id.get(item_id)
+        try:
+            rows.append(score_row(task, row, record.data if record else row))
+        except (ValueError, TypeError) as exc:  # no or empty gold answers: a data error, not a 0
+            skipped.append(f"{record.where() if record else item_id}: cannot score: {exc}")
+    _write_rows(pred_file, rows)
     for s in skipped:
         print(f"[mmllm] skipped {s}")
-    return summary
+    meta = {"data": str(items_file), "prompt_template": template, "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size, "generated": len(todo), "time_s": round(elapsed, 3),
+            "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
+    return summarise(task, rows, skipped, meta, out)
+
+
+def score_predictions(task: str, predictions: str | Path, out: str | Path) -> dict:
+    """Score a JSONL of predictions made elsewhere (`id`, `prediction`, `answers` + option fields)."""
+    records, bad = read_jsonl(predictions, ("id", "prediction", "answers"))
+    rows, skipped = [], [str(b) for b in bad]
+    for record in records:
+        try:
+            rows.append(score_row(task, _row(record.data, record.data["prediction"], record.id), record.data))
+        except (ValueError, TypeError) as exc:
+            skipped.append(f"{record.where()}: cannot score: {exc}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_rows(out / "predictions.jsonl", rows)
+    return summarise(task, rows, skipped, {"predictions": str(predictions)}, out)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="mmllm eval", description="Score a checkpoint on an eval set.")
+    parser = argparse.ArgumentParser(prog="mmllm eval", description="Score a checkpoint (or predictions) on a task.")
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
-    parser.add_argument("--ckpt", required=True, help="a Lightning .ckpt or a save_pretrained folder")
-    parser.add_argument("--data", required=True, help="folder with items.jsonl (and images/), or the JSONL itself")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a Lightning .ckpt or a save_pretrained folder")
+    source.add_argument("--predictions", help="score this JSONL (id, prediction, answers) without a model")
+    parser.add_argument("--data", help="folder with items.jsonl (and images/), or the JSONL itself (with --ckpt)")
     parser.add_argument("--out", required=True, help="output folder for predictions.jsonl and summary.json")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--prompt", default=None, help="prompt template with {question} (default: the task's)")
     parser.add_argument("--max_new_tokens", type=int, default=None)
     args = parser.parse_args(argv)
-    model = load_model(args.ckpt)
-    summary = evaluate(model, args.task, args.data, args.out, args.batch_size, args.prompt, args.max_new_tokens,
-                       extra={"ckpt": str(args.ckpt)})
+    if args.predictions:
+        summary = score_predictions(args.task, args.predictions, args.out)
+    else:
+        if not args.data:
+            parser.error("--data is required with --ckpt")
+        model = load_model(args.ckpt)
+        summary = evaluate(model, args.task, args.data, args.out, args.batch_size, args.prompt, args.max_new_tokens,
+                           extra={"ckpt": str(args.ckpt)}, progress=True)
     print(f"{args.task}: {summary['metric']} = {summary['score']:.4f} on {summary['n']} items "
           f"({summary['skipped']} skipped) -> {args.out}")

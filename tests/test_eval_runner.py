@@ -38,3 +38,43 @@ def test_bad_items_are_skipped_and_counted(tiny_model, eval_set, tmp_path):
 def test_unknown_task_lists_valid_ones(tiny_model, eval_set, tmp_path):
     with pytest.raises(ValueError, match="valid tasks: ocr, chartqa"):
         evaluate(tiny_model, "mmmu", eval_set, tmp_path)
+
+
+def test_an_interrupted_run_continues_from_its_predictions(tiny_model, eval_set, tmp_path):
+    full = evaluate(tiny_model, "ocr", eval_set, tmp_path / "full", batch_size=4)
+    lines = (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "predictions.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    resumed = evaluate(tiny_model, "ocr", eval_set, tmp_path / "part", batch_size=4)
+    assert resumed["generated"] == 8 and resumed["n"] == full["n"] == 10 and resumed["score"] == full["score"]
+    key = lambda text: sorted(text.splitlines())  # noqa: E731
+    assert key((tmp_path / "part" / "predictions.jsonl").read_text()) == key("\n".join(lines))
+
+
+def test_scoring_predictions_made_elsewhere(tmp_path):
+    from mmllm.eval.runner import score_predictions
+
+    rows = [
+        {"id": "a", "prediction": "Hello!", "answers": ["Hello"], "ignore_punctuation": True},
+        {"id": "b", "prediction": "hello", "answers": ["Hello"]},
+        {"id": "c", "prediction": "x", "answers": []},
+    ]
+    src = tmp_path / "preds.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summary = score_predictions("ocr", src, tmp_path / "out")
+    assert (summary["n"], summary["skipped"], summary["score"]) == (2, 1, 0.5)
+    scored = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["score"]) for r in scored] == [("a", 1.0), ("b", 0.0)] and scored[1]["cer"] == 0.2
+
+
+def test_ocrbench_summary_counts_categories(tmp_path):
+    from mmllm.eval.runner import score_predictions
+
+    rows = [
+        {"id": "1", "prediction": "the CAT sat", "answers": ["cat"], "dataset": "IIIT5K", "category": "Regular Text Recognition"},
+        {"id": "2", "prediction": "dog", "answers": ["cat"], "dataset": "IIIT5K", "category": "Regular Text Recognition"},
+    ]
+    src = tmp_path / "p.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    summary = score_predictions("ocrbench", src, tmp_path / "o")
+    assert summary["final_score"] == 1 and summary["category_counts"]["Regular Text Recognition"] == 1

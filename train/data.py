@@ -207,8 +207,9 @@ class ItemsDataset(Dataset):
     A bad item is not replaced (scores must cover exactly the given items): it comes back with its
     error, and the caller skips and counts it."""
 
-    def __init__(self, path: str | Path, processor: Processor, template: str = "{question}") -> None:
-        self.processor, self.template = processor, template
+    def __init__(self, path: str | Path, processor: Processor, template: str = "{question}",
+                 capitalize: bool = False) -> None:
+        self.processor, self.template, self.capitalize = processor, template, capitalize
         self.records, self.bad_lines = read_jsonl(path, ("id", "question"))
 
     def __len__(self) -> int:
@@ -218,7 +219,8 @@ class ItemsDataset(Dataset):
         record = self.records[index]
         try:
             images = [self.processor.load_image(p) for p in images_of(record)]
-            prompt = self.template.format(question=record.data["question"])
+            question = str(record.data["question"]).strip()
+            prompt = self.template.format(question=question.capitalize() if self.capitalize else question)
             return {"record": record, "sample": self.processor.encode_prompt(prompt, images), "error": None}
         except (SampleError, KeyError, IndexError) as exc:
             return {"record": record, "sample": None, "error": f"{record.where()}: {exc}"}
