@@ -9,7 +9,7 @@ from PIL import Image
 from mmllm.train.synth import CHART_KINDS, PROMPT_TEMPLATES, QUESTION_TYPES, synthesize
 
 COMBOS = [(task, level) for task in ("ocr", "chart") for level in ("easy", "hard")]
-EASY_SIZE = {"ocr": (128, 32), "chart": (192, 128)}
+EASY_SIZE = {"ocr": (128, 32), "chart": (128, 64)}
 
 
 def read_jsonl(path: Path) -> list[dict]:

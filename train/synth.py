@@ -51,7 +51,9 @@ OCR_HARD_MAX_TILT = 5.0  # degrees
 MIN_CONTRAST = 4.5  # WCAG AA ratio for text colour against background
 
 CHART_DPI = 100
-CHART_SIZE = {"easy": (192, 128), "hard": (256, 192)}
+# Easy charts are 2:1 so they tile as 2 tiles + thumbnail: short sequences, like the OCR lines they
+# are trained with (a 3:2 chart would take 6 tiles and pad every mixed batch to its length).
+CHART_SIZE = {"easy": (128, 64), "hard": (256, 192)}
 CHART_KINDS = {"easy": ("bar",), "hard": ("bar", "line", "pie")}
 # Hard has 5 question types and 3 chart kinds (coprime), so every 15 consecutive samples hold each pair once.
 QUESTION_TYPES = {"easy": ("count", "largest"), "hard": ("value", "largest", "smallest", "difference", "count")}
@@ -247,10 +249,10 @@ def _figure_image(size: tuple[int, int], draw: Callable[[Figure], None]) -> Imag
 
 def _easy_bar(fig: Figure, labels: list[str], values: list[int]) -> None:
     """One colour, no y axis, big labels: the count and the tallest bar are all there is to see."""
-    ax = fig.add_axes((0.04, 0.17, 0.92, 0.81))
+    ax = fig.add_axes((0.04, 0.2, 0.92, 0.78))
     x = range(len(values))
-    ax.bar_label(ax.bar(x, values, width=0.6, color="tab:blue"), fontsize=12)
-    ax.set_xticks(x, labels, fontsize=13)
+    ax.bar_label(ax.bar(x, values, width=0.6, color="tab:blue"), fontsize=7)
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, max(values) * 1.3)
     ax.set_yticks([])
     ax.tick_params(axis="x", length=0)
