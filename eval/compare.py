@@ -20,6 +20,7 @@ from mmllm.eval.bench import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.train.cli import run as run_cli
+from mmllm.train.data import ItemsDataset
 from mmllm.train.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def train_and_score(arch: str, seed: int, fit_config: Path, folders: dict[str, P
         summary = evaluate(model, s.eval, folders[s.name], out / "eval" / s.name, batch_size=16)
         scores[s.name] = summary["score"]
         rates.append(summary["items_per_s"] or 0.0)
-    lengths = [len(ids) for ids in _prompt_lengths(model, folders[test[0].name])] if test else [0]
+    lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
     n_params = sum(p.numel() for p in module.parameters())
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
     run = Run(arch, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, cli.trainer.global_step),
@@ -102,11 +103,11 @@ def train_and_score(arch: str, seed: int, fit_config: Path, folders: dict[str, P
     return run, model
 
 
-def _prompt_lengths(model, folder: Path, limit: int = 32) -> list[list[int]]:
-    from mmllm.train.data import ItemsDataset
-
+def _prompt_lengths(model, folder: Path, limit: int = 32) -> list[int]:
+    """Decoder tokens of the first test prompts: what each architecture puts into the sequence."""
     items = ItemsDataset(folder / "items.jsonl", model.processor)
-    return [items[i]["sample"]["input_ids"] for i in range(min(limit, len(items))) if items[i]["sample"]]
+    samples = (items[i]["sample"] for i in range(min(limit, len(items))))
+    return [len(s["input_ids"]) for s in samples if s is not None]
 
 
 def mean_std(values: list[float], pct: bool = True) -> str:
@@ -143,7 +144,8 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
         plot_lines({a: [(row["tiles"], row["step_s"]) for row in rows_] for a, rows_ in sweeps.items()},
                    report / "step_time_vs_tiles.png", "train step time (batch 4)", "tiles (+ thumbnail when > 1)", "s")
     (report / "metrics.json").write_text(json.dumps(
-        {"runs": [asdict(r) | {"losses": None} for r in runs], "tile_sweep": sweeps, "timing": timing}, indent=2))
+        {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
+         "timing": timing}, indent=2))
     pictures = ["accuracy.png", "loss_curves.png"] + (
         ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"] if sweeps else [])
     samples = sorted(p.name for p in report.glob("samples-*.png"))

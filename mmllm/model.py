@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from mmllm.connectors import PROJECTORS, GatedCrossAttention, PixelShuffle
 from mmllm.encoders import build_encoder
@@ -144,9 +145,9 @@ class MMLLM(nn.Module):
             seqs.append(torch.cat(parts) if parts else feats.new_zeros(0, feats.shape[-1]))
             key_image.append(torch.tensor(img, dtype=torch.long))
             key_tile.append(torch.tensor(tile, dtype=torch.long))
-        pad = lambda xs, v: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=v)  # noqa: E731
-        image = pad(seqs, 0.0)
-        key_image, key_tile = pad(key_image, -2).to(feats.device), pad(key_tile, -2).to(feats.device)
+        image = pad_sequence(seqs, batch_first=True, padding_value=0.0)
+        key_image = pad_sequence(key_image, batch_first=True, padding_value=-2).to(feats.device)  # -2: padding
+        key_tile = pad_sequence(key_tile, batch_first=True, padding_value=-2).to(feats.device)
         tok_image, tok_tile = layout.token_image, layout.token_tile
         prompt = (
             (tok_image.unsqueeze(-1) >= 0)
