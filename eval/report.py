@@ -35,7 +35,8 @@ def plot_lines(series: dict[str, Sequence[tuple[float, float]]], path: Path, tit
     plt.close(fig)
 
 
-def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabel: str) -> None:
+def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabel: str,
+              ylim: tuple[float, float] | None = (0, 1)) -> None:
     """Grouped bars: one group per key of `groups`, one bar per inner key (e.g. test set x arch)."""
     names = list(groups)
     members = list(dict.fromkeys(m for g in groups.values() for m in g))
@@ -44,8 +45,11 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabe
     for j, member in enumerate(members):
         xs = [i + j * width for i in range(len(names))]
         ax.bar(xs, [groups[n].get(member, 0.0) for n in names], width, label=member)
-    ax.set_xticks([i + width * (len(members) - 1) / 2 for i in range(len(names))], names, fontsize=8)
-    ax.set(title=title, ylabel=ylabel, ylim=(0, 1))
+    ax.set_xticks([i + width * (len(members) - 1) / 2 for i in range(len(names))], names, fontsize=8,
+                  rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set(title=title, ylabel=ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -186,7 +186,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="mmllm eval", description="Score a checkpoint (or predictions) on a task.")
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="a Lightning .ckpt or a save_pretrained folder")
+    source.add_argument("--ckpt", action="append", help="a Lightning .ckpt or a save_pretrained folder; "
+                        "repeat it to score several checkpoints into one table")
     source.add_argument("--predictions", help="score this JSONL (id, prediction, answers) without a model")
     parser.add_argument("--data", help="folder with items.jsonl (and images/), or the JSONL itself (with --ckpt)")
     parser.add_argument("--out", required=True, help="output folder for predictions.jsonl and summary.json")
@@ -195,12 +196,46 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=None)
     args = parser.parse_args(argv)
     if args.predictions:
-        summary = score_predictions(args.task, args.predictions, args.out)
+        summaries = {"predictions": score_predictions(args.task, args.predictions, args.out)}
     else:
         if not args.data:
             parser.error("--data is required with --ckpt")
-        model = load_model(args.ckpt)
-        summary = evaluate(model, args.task, args.data, args.out, args.batch_size, args.prompt, args.max_new_tokens,
-                           extra={"ckpt": str(args.ckpt)}, progress=True)
-    print(f"{args.task}: {summary['metric']} = {summary['score']:.4f} on {summary['n']} items "
-          f"({summary['skipped']} skipped) -> {args.out}")
+        names = checkpoint_names(args.ckpt)
+        summaries = {}
+        for name, ckpt in zip(names, args.ckpt):
+            out = Path(args.out) / name if len(args.ckpt) > 1 else Path(args.out)
+            summaries[name] = evaluate(load_model(ckpt), args.task, args.data, out, args.batch_size, args.prompt,
+                                       args.max_new_tokens, extra={"ckpt": str(ckpt)}, progress=True)
+    for name, summary in summaries.items():
+        print(f"{name}: {args.task} {summary['metric']} = {summary['score']:.4f} on {summary['n']} items "
+              f"({summary['skipped']} skipped)")
+    if len(summaries) > 1:
+        print(checkpoint_table(summaries, Path(args.out)))
+
+
+def checkpoint_names(ckpts: list[str]) -> list[str]:
+    """Short unique names: the path's last two parts (`version_0/last`), numbered if still equal."""
+    names = [f"{Path(c).parent.name}-{Path(c).stem}" for c in ckpts]
+    return [n if names.count(n) == 1 else f"{i}-{n}" for i, n in enumerate(names)]
+
+
+def checkpoint_table(summaries: dict[str, dict], out: Path) -> str:
+    """One table across checkpoints (with OCRBench categories / ChartQA splits) + `scores.png`."""
+    from mmllm.eval.report import markdown_table, plot_bars
+
+    first = next(iter(summaries.values()))
+    parts = sorted(first.get("category_counts", {})) + [k for k in first if k.startswith("relaxed_")]
+    header = ["checkpoint", f"{first['metric']} (%)", "n", "skipped", *parts]
+    rows = [[name, f"{100 * s['score']:.1f}", s["n"], s["skipped"],
+             *[s.get("category_counts", {}).get(p, s.get(p, "")) for p in parts]] for name, s in summaries.items()]
+    table = markdown_table(header, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(f"# {first['task']}\n\n{table}\n\n![scores](scores.png)\n")
+    splits = [p for p in parts if p.startswith("relaxed_")]
+    groups = {key: {name: s[key] for name, s in summaries.items()} for key in ["score", *splits]}
+    plot_bars(groups, out / "scores.png", f"{first['task']} per checkpoint", first["metric"])
+    categories = [p for p in parts if p not in splits]
+    if categories:  # OCRBench: raw hits per category
+        counts = {c: {name: s["category_counts"][c] for name, s in summaries.items()} for c in categories}
+        plot_bars(counts, out / "categories.png", "OCRBench hits per category", "hits", ylim=None)
+    return table

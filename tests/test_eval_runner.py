@@ -78,3 +78,27 @@ def test_ocrbench_summary_counts_categories(tmp_path):
     src.write_text("\n".join(json.dumps(r) for r in rows))
     summary = score_predictions("ocrbench", src, tmp_path / "o")
     assert summary["final_score"] == 1 and summary["category_counts"]["Regular Text Recognition"] == 1
+
+
+def test_several_checkpoints_make_one_table(tiny_model, eval_set, tmp_path):
+    from mmllm.eval.runner import main
+
+    tiny_model.save_pretrained(tmp_path / "a" / "model")
+    tiny_model.save_pretrained(tmp_path / "b" / "model")
+    main(["--task", "ocr", "--ckpt", str(tmp_path / "a" / "model"), "--ckpt", str(tmp_path / "b" / "model"),
+          "--data", str(eval_set), "--out", str(tmp_path / "out"), "--batch_size", "4"])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| a-model |" in table and "| b-model |" in table and (tmp_path / "out" / "scores.png").is_file()
+    scores = [json.loads((tmp_path / "out" / n / "summary.json").read_text())["score"] for n in ("a-model", "b-model")]
+    assert scores[0] == scores[1]  # the same weights score the same
+
+
+def test_checkpoint_table_shows_ocrbench_categories(tmp_path):
+    from mmllm.eval.runner import checkpoint_table
+
+    base = {"task": "ocrbench", "metric": "ocrbench", "n": 2, "skipped": 0}
+    summaries = {"a": {**base, "score": 0.5, "category_counts": {"Regular Text Recognition": 1, "Digit String Recognition": 0}},
+                 "b": {**base, "score": 1.0, "category_counts": {"Regular Text Recognition": 1, "Digit String Recognition": 1}}}
+    table = checkpoint_table(summaries, tmp_path)
+    assert "| a | 50.0 | 2 | 0 | 0 | 1 |" in table and "| b | 100.0 | 2 | 0 | 1 | 1 |" in table
+    assert (tmp_path / "categories.png").is_file() and (tmp_path / "scores.png").is_file()
