@@ -1,0 +1,128 @@
+"""lmms-eval adapter: `lmms-eval --model mmllm --model_args pretrained=DIR_OR_CKPT --tasks ...`.
+
+lmms-eval (>= 0.6) finds it through the `lmms_eval.models` entry point (`manifest`). lmms-eval is
+optional: without it `MMLLMLmms` subclasses a stand-in for lmms-eval's `lmms` base class.
+"""
+from __future__ import annotations
+
+import warnings
+from itertools import groupby
+from typing import Any, Sequence
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mmllm.processor import SampleError
+
+try:
+    from lmms_eval.api.model import lmms as _LmmsBase
+except ImportError:
+
+    class _LmmsBase:
+        """The part of lmms-eval's `lmms` base class that its evaluator and this adapter use."""
+
+        is_simple = True
+
+        def __init__(self) -> None:
+            self._rank, self._world_size = 0, 1
+            self.task_dict: dict = {}  # lmms-eval sets task_dict[task][split] = the task's docs
+
+        @property
+        def rank(self) -> int:
+            return self._rank
+
+        @property
+        def world_size(self) -> int:
+            return self._world_size
+
+
+MODEL_ID = "mmllm"
+
+
+def manifest():
+    """The `lmms_eval.models` entry point: registers `--model mmllm` (a "simple" model)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.{MMLLMLmms.__name__}")
+
+
+def truncate(text: str, until: str | Sequence[str] | None) -> str:
+    """`text` up to the earliest occurrence of any stop string (empty stop strings are ignored)."""
+    stops = [until] if isinstance(until, str) else until or []
+    return text[: min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))]
+
+
+class MMLLMLmms(_LmmsBase):
+    """An mmllm checkpoint (`save_pretrained` folder or Lightning `.ckpt`) as an lmms-eval model.
+
+    `generate_until` only: greedy decoding, batched by `max_new_tokens` with the longest prompts
+    first, answers in request order. A request whose input the processor rejects (e.g. more
+    `<image>` markers than images) gets an empty answer and a warning instead of ending the run.
+    """
+
+    is_simple = True
+
+    def __init__(
+        self, pretrained: str, batch_size: int | str = 1, device: str = "cpu", max_new_tokens: int = 128, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        # Imported here: lmms-eval imports this module (via the entry point) on every run, for any model.
+        from mmllm.eval.runner import load_model
+
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        ignored = sorted(set(kwargs) - {"max_batch_size"})  # lmms-eval passes it when --max_batch_size is set
+        if ignored:
+            warnings.warn(f"mmllm: ignoring unknown model_args {ignored}", stacklevel=2)
+        self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
+        self.model = load_model(pretrained).to(device).eval()
+
+    def generate_until(self, requests: Sequence[Any]) -> list[str]:
+        """`requests[i].args` = (context, gen_kwargs, doc_to_visual, doc_id, task, split) -> answers.
+
+        gen_kwargs: `until` (str or list) truncates at the first stop string, `max_new_tokens`
+        (default: the constructor's); sampling options are ignored (decoding is greedy).
+        """
+        args = [r.args for r in requests]
+        kwargs = [a[1] or {} for a in args]
+        if any(k.get("do_sample") or (k.get("temperature") or 0) > 0 for k in kwargs):
+            warnings.warn("mmllm: the task asks for sampling; the adapter decodes greedily", stacklevel=2)
+        budgets = [int(k.get("max_new_tokens", self.max_new_tokens)) for k in kwargs]
+        lengths = [len(self.model.tokenizer(a[0], add_special_tokens=False).input_ids) for a in args]
+        order = sorted(range(len(args)), key=lambda i: (budgets[i], -lengths[i]))
+        chunks = []
+        for _, group in groupby(order, key=budgets.__getitem__):
+            group = list(group)
+            chunks += [group[j : j + self.batch_size] for j in range(0, len(group), self.batch_size)]
+        answers = [""] * len(args)
+        for chunk in tqdm(chunks, desc="mmllm generate_until", disable=self.rank != 0):
+            for i, text in zip(chunk, self._answer([args[i] for i in chunk], budgets[chunk[0]])):
+                answers[i] = truncate(text, kwargs[i].get("until"))
+        return answers
+
+    def _answer(self, args: list[tuple], max_new_tokens: int) -> list[str]:
+        """One batch; on a rejected input, each request alone (the rejected one answers "")."""
+        try:
+            images = [self._images(a) for a in args]
+            return self.model.answer([a[0] for a in args], images, max_new_tokens=max_new_tokens)
+        except SampleError as exc:
+            if len(args) > 1:
+                return [self._answer([a], max_new_tokens)[0] for a in args]
+            _, _, _, doc_id, task, split = args[0]
+            warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: {exc}; answering with an empty string", stacklevel=2)
+            return [""]
+
+    def _images(self, arg: tuple) -> list[Image.Image]:
+        _, _, doc_to_visual, doc_id, task, split = arg
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        visuals = [] if visuals is None else [visuals] if isinstance(visuals, Image.Image) else list(visuals)
+        for v in visuals:
+            if not isinstance(v, Image.Image):
+                raise TypeError(f"mmllm takes PIL images; {task} doc {doc_id} gave a {type(v).__name__} visual")
+        return visuals
+
+    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until tasks only, not loglikelihood")
+
+    def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
+        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until tasks only, not multi-round")

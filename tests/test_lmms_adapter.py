@@ -1,0 +1,121 @@
+"""The lmms-eval adapter, driven with fake lmms-eval requests (lmms-eval itself is not installed)."""
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import text_image, tiny_config
+from mmllm.eval.lmms_adapter import MMLLMLmms, manifest, truncate
+
+# doc_to_visual gives a list, nothing, several images, or a bare image
+DOCS = [
+    {"visual": [text_image("ab12")], "context": "What text?"},
+    {"visual": None, "context": "Say hi."},
+    {"visual": [text_image("x", (64, 64)), text_image("hello", (200, 40))], "context": "Compare the two images."},
+    {"visual": text_image("zz", (40, 90)), "context": "Read."},
+    {"visual": [text_image("long line of text", (256, 32))], "context": "What is written in the image? Be brief."},
+]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    from mmllm.model import MMLLM
+
+    torch.manual_seed(0)
+    model = MMLLM(tiny_config()).eval()
+    path = tmp_path_factory.mktemp("lmms") / "model"
+    model.save_pretrained(path)
+    return model, path
+
+
+def adapter(path: Path, **kwargs) -> MMLLMLmms:
+    lm = MMLLMLmms(pretrained=str(path), **kwargs)
+    lm.task_dict = {"fake": {"test": DOCS}}  # what lmms-eval's evaluator sets before generating
+    return lm
+
+
+def requests(gen_kwargs: list[dict], doc_ids: list[int]) -> list[SimpleNamespace]:
+    """Shaped like lmms-eval's Instance: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
+    return [SimpleNamespace(args=(DOCS[i]["context"], kw, lambda doc: doc["visual"], i, "fake", "test"))
+            for kw, i in zip(gen_kwargs, doc_ids)]
+
+
+def images(doc: dict) -> list:
+    visual = doc["visual"]
+    return [] if visual is None else visual if isinstance(visual, list) else [visual]
+
+
+def test_answers_equal_model_answer_in_request_order_for_any_batch_size(saved):
+    model, path = saved
+    doc_ids = [3, 0, 4, 1, 2, 0]
+    budgets = [6, 10, 6, 10, 6, 6]  # two budgets: batched separately, answered in request order
+    expected = [model.answer([DOCS[i]["context"]], [images(DOCS[i])], max_new_tokens=n)[0]
+                for i, n in zip(doc_ids, budgets)]
+    reqs = requests([{"max_new_tokens": n, "until": None, "do_sample": False} for n in budgets], doc_ids)
+    one = adapter(path, batch_size=1).generate_until(reqs)
+    three = adapter(path, batch_size="3").generate_until(reqs)  # lmms-eval may pass it as a string
+    assert one == three == expected
+    assert all(expected) and len(set(expected)) > 2
+
+
+def test_until_truncates_at_the_first_stop_string(saved):
+    model, path = saved
+    lm = adapter(path, batch_size=2, max_new_tokens=12)
+    full = lm.generate_until(requests([{}] * 5, range(5)))  # no gen_kwargs: the constructor's max_new_tokens
+    assert full == [model.answer([d["context"]], [images(d)], max_new_tokens=12)[0] for d in DOCS]
+    text = full[4]
+    stops = [text[5:7], text[2]]  # the second one occurs first
+    cut = min(text.index(s) for s in stops)
+    assert 0 < cut < len(text) - 1
+    kwargs = [{"until": stops}, {"until": text[0]}, {"until": "\x00never"}, {"until": ["", text[-1]]}, {"until": []}]
+    got = lm.generate_until(requests(kwargs, [4] * 5))
+    assert got == [text[:cut], "", text, text[: text.index(text[-1])], text]
+    assert truncate("a\n\nb\nc", ["\n", "\n\n"]) == "a"
+
+
+def test_a_rejected_request_answers_empty_and_the_others_are_unaffected(saved):
+    model, path = saved
+    lm = adapter(path, batch_size=4)
+    reqs = requests([{"max_new_tokens": 5}] * 3, [0, 1, 4])
+    reqs[1].args = ("<image> <image> Two markers, no image.", *reqs[1].args[1:])
+    with pytest.warns(UserWarning, match="fake/test doc 1: .*marker"):
+        got = lm.generate_until(reqs)
+    first, last = (model.answer([DOCS[i]["context"]], [images(DOCS[i])], max_new_tokens=5)[0] for i in (0, 4))
+    assert got == [first, "", last]
+
+
+def test_unsupported_requests_and_arguments_fail_clearly(saved):
+    _, path = saved
+    with pytest.raises(ValueError, match="batch_size"):
+        MMLLMLmms(pretrained=str(path), batch_size="auto")
+    lm = adapter(path)
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.loglikelihood([])
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.generate_until_multi_round([])
+    with pytest.warns(UserWarning, match="greedily"):
+        assert lm.generate_until(requests([{"max_new_tokens": 2, "temperature": 0.7}], [0])) == [
+            lm.generate_until(requests([{"max_new_tokens": 2}], [0]))[0]]
+    video = [SimpleNamespace(args=("q", {}, lambda doc: ["clip.mp4"], 0, "fake", "test"))]
+    with pytest.raises(TypeError, match="PIL images"):
+        lm.generate_until(video)
+
+
+def test_entry_point_is_declared_and_registers_the_adapter(monkeypatch):
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    value = pyproject["project"]["entry-points"]["lmms_eval.models"]["mmllm"]
+    assert EntryPoint("mmllm", value, "lmms_eval.models").load() is manifest
+    # lmms-eval calls the entry point and registers the ModelManifest it returns; stand in for its class.
+    registry = ModuleType("lmms_eval.models.registry_v2")
+    registry.ModelManifest = lambda **fields: SimpleNamespace(**fields)
+    for name, module in [("lmms_eval", ModuleType("lmms_eval")), ("lmms_eval.models", ModuleType("lmms_eval.models")),
+                         ("lmms_eval.models.registry_v2", registry)]:
+        monkeypatch.setitem(sys.modules, name, module)
+    registered = manifest()
+    assert registered.model_id == "mmllm"
+    module, cls = registered.simple_class_path.rsplit(".", 1)
+    assert getattr(__import__(module, fromlist=[cls]), cls) is MMLLMLmms and MMLLMLmms.is_simple
