@@ -1,4 +1,4 @@
-"""What every vision encoder family shares: the output contract, geometry and config checks.
+"""What every encoder family shares: the output contract, geometry and config checks.
 
 A family file only builds its library's model and says how to get a feature map out of it;
 token layout, geometry and input checks live here so every family behaves the same.
@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from mmllm.config import ConfigError, EncoderConfig
+from mmllm.config import AudioConfig, ConfigError, EncoderConfig
 
 
 class VisionEncoder(nn.Module, ABC):
@@ -79,6 +79,35 @@ class VisionEncoder(nn.Module, ABC):
         return c, h, w
 
 
+class AudioEncoder(nn.Module, ABC):
+    """A speech tower: log-mel features [B, n_mels, n_frames] of a padded window -> states [B, n_states, dim].
+
+    The whole window is encoded (Whisper is trained on padded 30 s windows); `out_length` says how
+    many leading states cover a clip's real frames, which is all the model keeps.
+    """
+
+    family: ClassVar[str]
+    dim: int
+    n_mels: int
+    n_frames: int
+    stride: int  # input frames per output state
+
+    @abstractmethod
+    def states(self, features: Tensor) -> Tensor:
+        """[B, n_mels, n_frames] -> [B, n_frames / stride, dim]; per family."""
+
+    def out_length(self, frames: int) -> int:
+        return -(-frames // self.stride)
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.ndim != 3 or tuple(features.shape[1:]) != (self.n_mels, self.n_frames):
+            raise ValueError(
+                f"{self.family} encoder takes log-mel features [B, {self.n_mels}, {self.n_frames}], "
+                f"got {list(features.shape)}"
+            )
+        return self.states(features)
+
+
 def tile_size(size: int | Sequence[int]) -> tuple[int, int]:
     """`EncoderConfig.image_size` as (H, W): an int means a square tile; YAML gives lists."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
@@ -107,12 +136,14 @@ def weights_file(cfg: EncoderConfig) -> str | None:
     return _local_weights(cfg, "file")
 
 
-def weights_dir(cfg: EncoderConfig) -> str | None:
+def weights_dir(cfg: EncoderConfig | AudioConfig, section: str = "encoder") -> str | None:
     """`cfg.pretrained` as an existing local model directory, or None when it is True/False."""
-    return _local_weights(cfg, "directory")
+    return _local_weights(cfg, "directory", section)
 
 
-def _local_weights(cfg: EncoderConfig, kind: Literal["file", "directory"]) -> str | None:
+def _local_weights(
+    cfg: EncoderConfig | AudioConfig, kind: Literal["file", "directory"], section: str = "encoder"
+) -> str | None:
     """Checked up front because the libraries would treat a mistyped path as a name to look up
     online (or fail with a bare FileNotFoundError)."""
     if isinstance(cfg.pretrained, bool):
@@ -120,7 +151,7 @@ def _local_weights(cfg: EncoderConfig, kind: Literal["file", "directory"]) -> st
     path = os.fspath(cfg.pretrained)
     exists = os.path.isfile if kind == "file" else os.path.isdir
     if not exists(path):
-        raise ConfigError(f"encoder.pretrained: no weights {kind} at {path!r} (use true/false or a local {kind})")
+        raise ConfigError(f"{section}.pretrained: no weights {kind} at {path!r} (use true/false or a local {kind})")
     return path
 
 

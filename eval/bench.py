@@ -1,15 +1,34 @@
-"""Cost measurements shared by `mmllm compare` and `mmllm bench`: decoder length, step time, memory."""
+"""Cost measurements shared by `mmllm compare` and `mmllm bench`: decoder length, step time, memory.
+
+`mmllm bench` (`main`) measures NVLM-D, -X and -H, and the Hugging Face models closest to D and X
+(`LlavaForConditionalGeneration`, `MllamaForConditionalGeneration`) built at matched sizes, as the
+tile count grows, all in one process so that the printed ratios compare like with like.
+"""
 from __future__ import annotations
 
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
+from mmllm.config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM
+from mmllm.tokenizer import load_tokenizer
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+QUESTION = "What text is in the image?"
+ANSWER = "abcdefgh"
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -39,30 +58,54 @@ def tiles_image(model: MMLLM, n_tiles: int) -> Image.Image:
     return Image.new("RGB", (side * n_tiles, side), "white")
 
 
-def decoder_length(model: MMLLM, n_tiles: int, question: str = "What text is in the image?") -> int:
+def decoder_length(model: MMLLM, n_tiles: int, question: str = QUESTION) -> int:
     return len(model.processor.encode_prompt(question, [tiles_image(model, n_tiles)])["input_ids"])
+
+
+def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> dict:
+    """A collated batch of identical one-image question/answer samples with `n_tiles` tiles each."""
+    proc = model.processor
+    conv = [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]
+    return proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
+
+
+def prompt_batch(model: MMLLM, n_tiles: int, batch_size: int) -> dict:
+    """The generation prompts matching `train_batch` (question + assistant prefix, no answer)."""
+    proc = model.processor
+    return proc.collate([proc.encode_prompt(QUESTION, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of `fn` (CUDA synchronised)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def train_step(model: nn.Module, inputs: dict) -> Callable[[], None]:
+    """One forward + backward of `model(**inputs).loss`: ours and the HF peers alike."""
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        model(**inputs).loss.backward()
+
+    return run
 
 
 def step_time(model: MMLLM, n_tiles: int, batch_size: int = 4, repeats: int = 3) -> float:
     """Median seconds of one forward + backward on a batch whose images have `n_tiles` tiles."""
-    proc = model.processor
-    conv = [{"from": "human", "value": "<image>\nWhat text is in the image?"}, {"from": "gpt", "value": "abcdefgh"}]
-    batch = proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
     device = next(model.parameters()).device
-    args = (batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            batch["labels"].to(device), batch["layout"])
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(*args).loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    step = train_step(model, _our_inputs(train_batch(model, n_tiles, batch_size), device))
+    step()  # warm-up
+    seconds = statistics.median(timed(step, device) for _ in range(repeats))
     model.zero_grad(set_to_none=True)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return seconds
 
 
 def tile_sweep(model: MMLLM, max_tiles: int, batch_size: int = 4) -> list[dict]:
@@ -73,3 +116,422 @@ def tile_sweep(model: MMLLM, max_tiles: int, batch_size: int = 4) -> list[dict]:
             for k in range(1, max_tiles + 1)]
     model.train(was_training)
     return rows
+
+
+# -- mmllm bench ------------------------------------------------------------------------------
+
+# tiny: the test suite's tiny model (tests/conftest.py). Its 16x4 patches + 2x2 pixel shuffle give 4
+# tokens per tile, a square count a square-patch peer tower matches exactly; the demo config's 32x4
+# patches give 8, which none can. 100m: an 85M-parameter Llama and a ViT-S (384 wide, 12 blocks) with
+# 32-px patches and no pixel shuffle on 224-px tiles: 49 tokens per tile in the tower and in the LLM, as
+# many as ViT-S/16 + 2x2 shuffle give the LLM. The peers cannot pool, so with ViT-S/16 + shuffle their
+# towers would run 4x fewer tokens or their LLMs get 4x more; this way both run exactly what ours run.
+# Every tower gives its last block (feature_layer -1): LLaVA's -2 would still run the last block, unused.
+SIZES: dict[str, dict] = {
+    "tiny": dict(
+        encoder=dict(feature_layer=-1, options={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [16, 4]}),
+        llm=dict(options={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}),
+    ),
+    "100m": dict(
+        encoder=dict(model="vit_small_patch32_224", image_size=224, feature_layer=-1, options={}),
+        llm=dict(options={"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "num_key_value_heads": 12, "max_position_embeddings": 2048}),
+        pixel_shuffle=1,
+        cross_attention_every=4,  # 3 blocks in 12 layers (NVLM: one every 6-8 layers; Llama 3.2 Vision: every 5)
+    ),
+}
+PEER_OF = {"nvlm_d": "llava", "nvlm_x": "mllama"}
+
+
+def default_tiles(size: str, max_tiles: int) -> list[int]:
+    """Every count for tiny; 1 and max for 100m, whose steps take seconds each on a CPU."""
+    return list(range(1, max_tiles + 1)) if size == "tiny" else sorted({1, max_tiles})
+
+
+def size_config(size: str, arch: str, max_tiles: int) -> MMLLMConfig:
+    """The config of one benchmark size and arch (random init, nothing downloaded)."""
+    spec = SIZES[size]
+    return MMLLMConfig(
+        arch=arch, encoder=EncoderConfig(**spec["encoder"]), llm=LLMConfig(**spec["llm"]),
+        processor=ProcessorConfig(max_tiles=max_tiles),
+        **{k: v for k, v in spec.items() if k not in ("encoder", "llm")},
+    )
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Tower:
+    """Our timm ViT's geometry, which a peer's vision tower copies."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    image_size: int
+    tokens: int  # patches per tile our tower runs on
+    llm_tokens: int  # image tokens per tile our LLM gets (after pixel shuffle)
+
+    @classmethod
+    def of(cls, model: MMLLM) -> "Tower":
+        blocks = list(model.encoder.model.blocks)
+        rows, cols = model.encoder.grid
+        return cls(model.encoder.dim, len(blocks), blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features,
+                   model.processor.tile_size, rows * cols, model.processor.tokens_per_tile)
+
+    @property
+    def peer_patch(self) -> int:
+        """The square patch that gives a peer as many tokens per tile as our LLM gets (peers cannot pool)."""
+        per_side = math.isqrt(self.llm_tokens)
+        if per_side**2 != self.llm_tokens or self.image_size % per_side:
+            raise ValueError(f"{self.llm_tokens} tokens per {self.image_size}-px tile: no square patch matches")
+        return self.image_size // per_side
+
+
+def build_llava(ours: MMLLM) -> nn.Module:
+    """LLaVA at our size: the same Llama config, a CLIP tower of our ViT's width/depth/heads/MLP on
+    the same tiles, with the square patch that puts as many tokens per tile into the LLM as ours."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    t = Tower.of(ours)
+    vision = CLIPVisionConfig(hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
+                              num_attention_heads=t.heads, image_size=t.image_size, patch_size=t.peer_patch,
+                              hidden_act="gelu")
+    config = LlavaConfig(vision_config=vision, text_config=copy.deepcopy(ours.llm.config),
+                         image_token_index=ours.image_token_id, vision_feature_layer=-1,
+                         image_seq_length=ours.processor.tokens_per_tile)
+    return LlavaForConditionalGeneration(config)
+
+
+def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
+    """Llama 3.2 Vision at our NVLM-X's size, for images of exactly `n_tiles` tiles.
+
+    Text: our Llama's layers plus one Mllama cross-attention layer where we insert a block. Vision:
+    our ViT's width/depth/heads/MLP (no global layers; one intermediate layer concatenated) with the
+    patch that matches our tokens per tile. Mllama always encodes `max_num_tiles` tiles per image,
+    so it is built with that set to the tiles we feed, and runs no padding tiles.
+    """
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaTextConfig, MllamaVisionConfig
+
+    t = Tower.of(ours)
+    vision = MllamaVisionConfig(hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
+                                num_global_layers=0, attention_heads=t.heads, image_size=t.image_size,
+                                patch_size=t.peer_patch, max_num_tiles=n_tiles, supported_aspect_ratios=[[1, n_tiles]],
+                                intermediate_layers_indices=[t.depth // 2], vision_output_dim=2 * t.width)
+    llm = ours.llm.config
+    ours_at = [int(i) for i in ours.cross]
+    shared = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "rms_norm_eps", "max_position_embeddings", "rope_parameters", "hidden_act",
+              "bos_token_id", "eos_token_id", "pad_token_id")
+    text = MllamaTextConfig(num_hidden_layers=llm.num_hidden_layers + len(ours_at),
+                            cross_attention_layers=[i + rank for rank, i in enumerate(ours_at)],
+                            **{k: getattr(llm, k) for k in shared})
+    return MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text,
+                                                       image_token_index=ours.image_token_id))
+
+
+def _our_inputs(batch: dict, device: torch.device) -> dict:
+    keys = ("input_ids", "attention_mask", "pixel_values", "labels", "layout")
+    return {k: batch[k].to(device) if isinstance(batch[k], torch.Tensor) else batch[k] for k in keys if k in batch}
+
+
+def llava_inputs(batch: dict, device: torch.device) -> dict:
+    """Our NVLM-D batch as it is: LLaVA splices the tiles' features (a batch of images) over the same
+    placeholders, so both decoders see the same sequence."""
+    return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels") if k in batch}
+
+
+def mllama_inputs(batch: dict, device: torch.device) -> dict:
+    """Our NVLM-X batch for Mllama: each sample's tiles as one image of T tiles, and a tile-level
+    cross-attention mask equal to ours (a token sees its image's tiles, a tile tag only its own tile)."""
+    layout = batch["layout"]
+    b = batch["input_ids"].shape[0]
+    pixels = batch["pixel_values"]
+    n = pixels.shape[0] // b
+    tile = torch.arange(n)
+    sees = (layout.token_media >= 0).unsqueeze(-1) & (
+        (layout.token_tile.unsqueeze(-1) < 0) | (layout.token_tile.unsqueeze(-1) == tile))
+    inputs = {
+        "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+        "pixel_values": pixels.view(b, 1, n, *pixels.shape[1:]),
+        "aspect_ratio_ids": torch.ones(b, 1, dtype=torch.long),
+        "aspect_ratio_mask": torch.ones(b, 1, n, dtype=torch.long),
+        "cross_attention_mask": sees.unsqueeze(2).long(),  # [B, T, images=1, tiles]
+    }
+    if "labels" in batch:
+        inputs["labels"] = batch["labels"]
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+@dataclass
+class Entry:
+    """One model at one tile count: what to time it on."""
+
+    name: str
+    model: nn.Module
+    train: dict  # forward kwargs (with labels)
+    prompt: dict  # generate kwargs
+    decoder_len: int
+
+
+def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: int) -> list[dict]:
+    """Train-step time, generation throughput and peak memory of each model on its inputs.
+
+    One warm-up step and generation per model, under its own peak-memory window; then the timed
+    repeats go round the models in turn, so a change in machine load hits them all alike.
+    """
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    train_fns = [train_step(e.model, e.train) for e in entries]
+    gen_fns = [partial(e.model.generate, **e.prompt, **gen) for e in entries]
+    peaks = []
+    for e, step, generate in zip(entries, train_fns, gen_fns):
+        reset_peak_memory(device)
+        e.model.train()
+        step()
+        e.model.eval()
+        with torch.no_grad():
+            generate()
+        peaks.append(peak_memory_mb(device))
+        e.model.zero_grad(set_to_none=True)
+    step_s, gen_s = [[] for _ in entries], [[] for _ in entries]
+    for _ in range(steps):
+        for e, step, times in zip(entries, train_fns, step_s):
+            e.model.train()
+            times.append(timed(step, device))
+            e.model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for _ in range(steps):
+            for e, generate, times in zip(entries, gen_fns, gen_s):
+                e.model.eval()
+                times.append(timed(generate, device))
+    return [{"model": e.name, "decoder_len": e.decoder_len, "params": n_params(e.model),
+             "step_s": statistics.median(st), "gen_s": statistics.median(gt),
+             "tokens_per_s": e.prompt["input_ids"].shape[0] * new_tokens / statistics.median(gt), "peak_mb": peak}
+            for e, peak, st, gt in zip(entries, peaks, step_s, gen_s)]
+
+
+def build_entries(models: dict[str, MMLLM], peers: dict[str, nn.Module], n_tiles: int, batch_size: int,
+            device: torch.device) -> list[Entry]:
+    """Each of our models, and each peer on the inputs of the arch it stands next to."""
+    out = []
+    for arch, model in models.items():
+        train, prompt = train_batch(model, n_tiles, batch_size), prompt_batch(model, n_tiles, batch_size)
+        out.append(Entry(arch, model, _our_inputs(train, device), _our_inputs(prompt, device),
+                         decoder_length(model, n_tiles)))
+        if arch in peers:
+            convert = llava_inputs if arch == "nvlm_d" else mllama_inputs
+            ids = {"pad_token_id": model.tokenizer.pad_token_id, "eos_token_id": model.tokenizer.eos_token_id}
+            out.append(Entry(PEER_OF[arch], peers[arch], convert(train, device), {**convert(prompt, device), **ids},
+                             prompt["input_ids"].shape[1]))
+    return out
+
+
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """X/D and H/D, D/LLaVA and X/Mllama at each size and tile count: time and decoder-length ratios."""
+    pairs = [("nvlm_x", "nvlm_d"), ("nvlm_h", "nvlm_d"), ("nvlm_d", "llava"), ("nvlm_x", "mllama")]
+    out = []
+    for size, tiles in dict.fromkeys((r["size"], r["tiles"]) for r in rows):
+        at = {r["model"]: r for r in rows if (r["size"], r["tiles"]) == (size, tiles)}
+        for a, b in pairs:
+            if a in at and b in at:
+                out.append({"size": size, "tiles": tiles, "pair": f"{a}/{b}",
+                            **{k: at[a][k] / at[b][k] for k in ("step_s", "gen_s", "decoder_len")}})
+    return out
+
+
+def model_rows(size: str, models: dict[str, MMLLM], peers: dict[str, nn.Module]) -> list[dict]:
+    """Parameters and tokens per tile of each model: patches its tower runs on, image tokens its LLM
+    gets (in the sequence for D and LLaVA, as cross-attention keys for X, H and Mllama, which keeps CLS)."""
+    out = [{"size": size, "model": arch, "params": n_params(m), "tower_tokens_per_tile": Tower.of(m).tokens,
+            "llm_tokens_per_tile": m.processor.tokens_per_tile} for arch, m in models.items()]
+    for arch, peer in peers.items():
+        patches = Tower.of(models[arch]).llm_tokens
+        out.append({"size": size, "model": PEER_OF[arch], "params": n_params(peer), "tower_tokens_per_tile": patches,
+                    "llm_tokens_per_tile": patches + (arch == "nvlm_x")})
+    return out
+
+
+def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles: int, batch_size: int, steps: int,
+          new_tokens: int, device: torch.device, peers: bool) -> dict:
+    """Every size x tile count x model, measured in this one process; returns rows, ratios and models.
+
+    `tiles` None: `default_tiles` per size.
+    """
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = load_tokenizer(None)
+    rows, models_info = [], []
+    for size in sizes:
+        models = {}
+        for arch in archs:
+            torch.manual_seed(0)
+            models[arch] = MMLLM(size_config(size, arch, max_tiles), tokenizer=tokenizer).to(device, dtype)
+        built = {}
+        if peers and "nvlm_d" in models:
+            torch.manual_seed(0)
+            built["nvlm_d"] = build_llava(models["nvlm_d"]).to(device, dtype)
+        for k in tiles or default_tiles(size, max_tiles):
+            if peers and "nvlm_x" in models:
+                torch.manual_seed(0)  # Mllama's tile tables are sized by the tile count: one model per count
+                built["nvlm_x"] = build_mllama(models["nvlm_x"], k + (k > 1)).to(device, dtype)
+            for row in measure(build_entries(models, built, k, batch_size, device), device, steps, new_tokens):
+                rows.append({"size": size, "tiles": k, **row})
+                print(f"[bench] {size}, {k} tile(s), {row['model']}: step {row['step_s'] * 1000:.1f} ms, "
+                    f"{row['tokens_per_s']:.1f} tok/s, decoder {row['decoder_len']} tokens")
+        models_info += model_rows(size, models, built)
+    return {"rows": rows, "ratios": ratio_rows(rows), "models": models_info}
+
+
+NOTES = """\
+- **Timing.** Train step = forward + backward of the LM loss on a batch of identical one-image
+  question/answer samples (median of the timed repeats after one warm-up); generation = greedy decoding
+  of exactly `new_tokens` tokens with the KV cache, prefill and image encoding included (tokens/s =
+  batch x new tokens / median time). Repeats go round the models in turn, so load changes hit all alike.
+  Ratios are time ratios (ours / theirs, X / D, ...), so < 1 means the first is faster.
+- **Shared CPUs.** With another job on the cores, OpenMP's spinning worker threads stall: on a shared
+  2-core machine a tiny train step took 1.7 s with torch's 2 threads and 8 ms with
+  `OMP_WAIT_POLICY=PASSIVE`, so `mmllm bench` sets that unless the variable is already set (settings
+  record it; export OMP_WAIT_POLICY=ACTIVE for libgomp's default). Compare numbers of one run only.
+- **Tiles.** `k` tiles come from a 1 x k image; for k > 1 the thumbnail is added (k + 1 tiles encoded).
+  D puts every tile's tag and tokens into the decoder, X only the tags (keys/values: all tiles), H the
+  thumbnail (keys/values: the regular tiles with their tag embeddings).
+- **Peak memory** on CPU is the process RSS high-water mark (VmHWM, reset per model with
+  /proc/self/clear_refs): it includes the Python runtime and every model built so far; on CUDA it is
+  the allocator's peak for that model's warm-up step and generation.
+- **LLaVA next to NVLM-D.** Same Llama config; a CLIP tower with our ViT's width, depth, heads and MLP on
+  the same tiles, fed as a batch of images; its square patch is chosen so that each tile gives as many
+  tokens as ours gives the LLM after pixel shuffle (LLaVA cannot pool). It then gets our NVLM-D batch
+  as it is (same placeholders, tags and text), so both decoders see the same sequence. Its projector is
+  Linear-GELU-Linear (d_llm wide) where ours is LayerNorm-Linear-GELU-Linear (d_ffn wide).
+- **Mllama next to NVLM-X.** Same Llama layers plus one Mllama cross-attention layer where we insert a
+  gated block (its MLP is SwiGLU and its keys/values use the LLM's KV heads; ours are GELU and full
+  width). Vision: our ViT's width/depth/heads/MLP with the matching patch, no global encoder layers
+  (Llama 3.2 Vision has 8), its gated position/tile embeddings and one intermediate layer concatenated
+  (vision_output_dim = 2 x width). It keeps CLS, so it has one key more per tile. Mllama always encodes
+  `max_num_tiles` tiles per image, so one model is built per tile count with exactly the tiles we feed
+  (ours, thumbnail included): no padding tiles; its tile tables, and so its parameter count, grow with it
+  (the models table shows it at the largest tile count; bench.json has it per row).
+  Its cross-attention mask is ours at tile level (a token sees its image's tiles, an X tile tag only
+  its own tile).
+- **Sizes.** tiny = the test suite's tiny model (16x4 patches + 2x2 pixel shuffle on 32-px tiles: 4
+  tokens per tile; the peers' 16-px patches give the LLM the same 4 but run their towers on 4 patches
+  where ours runs on 16, negligible at this width). 100m = ViT-S (384 wide, 12 blocks) with 32-px
+  patches and no pixel shuffle on 224-px tiles (49 tokens per tile, as ViT-S/16 + 2x2 shuffle would give
+  the LLM) and a 12-layer, 768-wide Llama: towers and LLMs of ours and the peers run on exactly the same
+  token counts.
+"""
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def tables(result: dict) -> dict[str, str]:
+    """The markdown tables of a result: models, measurements, ratios."""
+    from mmllm.eval.report import markdown_table
+
+    models = markdown_table(
+        ["size", "model", "params", "tower patches / tile", "LLM image tokens / tile"],
+        [[m["size"], m["model"], f"{m['params']:,}", m["tower_tokens_per_tile"], m["llm_tokens_per_tile"]]
+         for m in result["models"]])
+    rows = markdown_table(
+        ["size", "tiles", "model", "decoder tokens", "step ms", "gen tokens/s", "peak MB"],
+        [[r["size"], r["tiles"], r["model"], r["decoder_len"], fmt(r["step_s"] * 1000, ".1f"),
+          fmt(r["tokens_per_s"], ".1f"), fmt(r["peak_mb"], ".0f")] for r in result["rows"]])
+    ratios = markdown_table(
+        ["size", "tiles", "pair", "step time", "generation time", "decoder tokens"],
+        [[r["size"], r["tiles"], r["pair"], fmt(r["step_s"], ".2f"), fmt(r["gen_s"], ".2f"),
+          fmt(r["decoder_len"], ".2f")] for r in result["ratios"]])
+    return {"models": models, "rows": rows, "ratios": ratios}
+
+
+def write_report(result: dict, out: Path) -> list[Path]:
+    """bench.json, bench.md and, per size, step time and tokens/s vs tiles (PNG)."""
+    from mmllm.eval.report import plot_lines
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    pictures = []
+    for size in dict.fromkeys(r["size"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["size"] == size]
+        for key, title, unit in (("step_s", "train step time", "s"), ("tokens_per_s", "generation", "tokens/s")):
+            series = {m: [(r["tiles"], r[key]) for r in rows if r["model"] == m]
+                      for m in dict.fromkeys(r["model"] for r in rows)}
+            path = out / f"{key}_vs_tiles-{size}.png"
+            plot_lines(series, path, f"{size}: {title} (batch {result['settings']['batch']})",
+                       "tiles (+ thumbnail when > 1)", unit)
+            pictures.append(path)
+    t = tables(result)
+    settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
+    (out / "bench.md").write_text(
+        "# mmllm bench: NVLM-D, -X, -H and their Hugging Face peers\n\n"
+        f"Settings: {settings}. Total {result['total_s']:.0f} s in one process.\n\n"
+        f"## Models\n\n{t['models']}\n\n## Measurements\n\n{t['rows']}\n\n## Ratios (time: first / second)\n\n"
+        f"{t['ratios']}\n\n" + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
+    return [out / "bench.json", out / "bench.md", *pictures]
+
+
+def _csv(kind: type) -> Callable[[str], list]:
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`mmllm bench`: parse the options, measure, print the tables and write the report; returns bench.json."""
+    parser = argparse.ArgumentParser(
+        prog="mmllm bench",
+        description="Train-step time, generation tokens/s and peak memory of NVLM-D, -X and -H (and of "
+        "LLaVA / Mllama built at matched sizes) as the tile count grows; prints tables and ratios. "
+        "A benchmark, not a test: numbers depend on the machine and its load.")
+    parser.add_argument("--sizes", type=_csv(str), default=["tiny", "100m"],
+                        help=f"comma list of {', '.join(SIZES)} (default tiny,100m)")
+    parser.add_argument("--archs", type=_csv(str), default=list(ARCHS),
+                        help="comma list of nvlm_d, nvlm_x, nvlm_h (default all)")
+    parser.add_argument("--max_tiles", type=_positive, default=6,
+                        help="the processor's max tiles (default 6, as in NVLM)")
+    parser.add_argument("--tiles", type=_csv(int), default=None,
+                        help="tile counts to measure, a thumbnail added when > 1 (default: 1..max_tiles for tiny, "
+                        "1 and max_tiles for 100m)")
+    parser.add_argument("--batch", type=_positive, default=1,
+                        help="samples per batch, train step and generation (default 1)")
+    parser.add_argument("--steps", type=_positive, default=2,
+                        help="timed repeats per model after one warm-up (default 2)")
+    parser.add_argument("--new_tokens", type=_positive, default=8, help="tokens generated per sample (default 8)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cpu (default, float32) or cuda: every model in bf16 weights, no fp32 master copy")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure LLaVA (next to D) and Mllama (next to X)")
+    parser.add_argument("--out", default="runs/bench",
+                        help="folder for bench.json, bench.md and plots (default runs/bench)")
+    args = parser.parse_args(argv)
+    for name, values, valid in (("size", args.sizes, SIZES), ("arch", args.archs, ARCHS)):
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            parser.error(f"unknown {name} {bad or values}; valid: {', '.join(valid)}")
+    tiles = sorted(set(args.tiles)) if args.tiles else None
+    if tiles and not all(1 <= k <= args.max_tiles for k in tiles):
+        parser.error(f"--tiles {tiles} must lie in 1..--max_tiles {args.max_tiles}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    result = bench(args.sizes, args.archs, tiles, args.max_tiles, args.batch, args.steps, args.new_tokens, device,
+                   args.peers)
+    result = {"settings": {"device": args.device, "dtype": "bfloat16" if device.type == "cuda" else "float32",
+                           "threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
+                           "new_tokens": args.new_tokens, "max_tiles": args.max_tiles, "tiles": tiles or "default",
+                           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")},
+              "total_s": time.perf_counter() - start, **result}
+    files = write_report(result, Path(args.out))
+    t = tables(result)
+    print(f"\n{t['models']}\n\n{t['rows']}\n\nRatios (time: first / second; < 1: first is faster)\n\n{t['ratios']}")
+    print(f"\n[bench] {result['total_s']:.0f} s; wrote {', '.join(str(f) for f in files)}")
+    return result

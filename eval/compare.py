@@ -70,12 +70,13 @@ def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, P
     return folders
 
 
-def train_and_score(arch: str, seed: int, fit_config: Path, folders: dict[str, Path], train: list[DataSet],
+def train_and_score(arch: str, seed: int, fit_configs: list[Path], folders: dict[str, Path], train: list[DataSet],
                     val: list[DataSet], test: list[DataSet], max_steps: int | None, out: Path,
                     overrides: list[str]) -> tuple[Run, object]:
     history = LossHistory()
     args = [
-        "fit", "--config", str(fit_config), f"--model.arch={arch}", f"--seed_everything={seed}",
+        "fit", *(a for c in fit_configs for a in ("--config", str(c))), f"--model.arch={arch}",
+        f"--seed_everything={seed}",
         f"--data.train=[{','.join(str(folders[s.name] / 'train.jsonl') for s in train)}]",
         "--data.synth_task=null", f"--trainer.default_root_dir={out / 'train'}",
     ]
@@ -121,7 +122,8 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     report = out / "report"
     archs = list(dict.fromkeys(r.arch for r in runs))
     by_arch = {a: [r for r in runs if r.arch == a] for a in archs}
-    header = ["arch"] + [f"{s.name} ({TASKS[s.eval].metric}, %)" for s in test] + [
+    header = ["arch"] + [f"{s.name} ({TASKS[s.eval].metric}, %{', lower is better' * TASKS[s.eval].lower_is_better})"
+                         for s in test] + [
         "params", "trainable", "decoder tokens", "step s", "peak MB", "eval items/s"]
     rows = []
     for a, rs in by_arch.items():
@@ -160,7 +162,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
 
 
 def compare(
-    fit_config: str = "configs/nvlm_d_tiny.yaml",
+    fit_config: str | list[str] = "configs/nvlm_d_tiny.yaml",
     archs: list[Arch] = ["nvlm_d", "nvlm_x", "nvlm_h"],  # noqa: B006 (jsonargparse needs a literal default)
     seeds: list[int] = [0],  # noqa: B006
     max_steps: int | None = None,
@@ -175,7 +177,8 @@ def compare(
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
     Args:
-        fit_config: the `mmllm fit` YAML shared by all runs (relative paths resolve from the repo).
+        fit_config: the `mmllm fit` YAML shared by all runs, or a list of YAMLs applied in order (e.g. the
+            tiny config + configs/asr_tiny.yaml); relative paths resolve from the repo.
         archs: architectures to compare; only `--model.arch` differs between their runs.
         seeds: one run per arch and seed.
         max_steps: training steps per run (default: the fit config's).
@@ -189,7 +192,8 @@ def compare(
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
-    config = Path(fit_config) if Path(fit_config).is_file() else REPO / fit_config
+    names = [fit_config] if isinstance(fit_config, str) else fit_config
+    configs = [Path(c) if Path(c).is_file() else REPO / c for c in names]
     train, val, test = train or [], val or [], test or []
     folders = synthesise_all(train + val + test, out_dir / "data", data_scale)
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
@@ -198,14 +202,15 @@ def compare(
     for arch in archs:
         for seed in seeds:
             run_dir = out_dir / "runs" / f"{arch}-seed{seed}"
-            run, model = train_and_score(arch, seed, config, folders, train, val, test, max_steps, run_dir,
+            run, model = train_and_score(arch, seed, configs, folders, train, val, test, max_steps, run_dir,
                                          fit_overrides or [])
             runs.append(run)
             print(f"[compare] {arch} seed {seed}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
             if seed == seeds[0]:
                 for s in test:
                     plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
-                                 out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}")
+                                 out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
+                                 lower_is_better=TASKS[s.eval].lower_is_better)
                 if tile_sweep_batch:
                     sweeps[arch] = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
     steps = max(len(r.losses) for r in runs)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from mmllm.audio import load_audio  # noqa: E402
+
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -56,15 +58,21 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabe
     plt.close(fig)
 
 
-def plot_samples(predictions_file: Path, data_dir: Path, path: Path, k: int = 8, title: str = "") -> None:
-    """The first k eval items: image, truth and prediction (green when scored correct)."""
+def plot_samples(predictions_file: Path, data_dir: Path, path: Path, k: int = 8, title: str = "",
+                 lower_is_better: bool = False) -> None:
+    """The first k eval items: image (or waveform), truth and prediction (green when scored correct:
+    score 1, or 0 for an error rate)."""
     rows = [json.loads(line) for line in predictions_file.read_text(encoding="utf-8").splitlines()[:k]]
     items = {json.loads(line)["id"]: json.loads(line) for line in (data_dir / "items.jsonl").read_text().splitlines()}
     fig, axes = plt.subplots(len(rows), 1, figsize=(5, 1.3 * len(rows)), squeeze=False)
     for ax, row in zip(axes[:, 0], rows):
-        with Image.open(data_dir / items[row["id"]]["image"]) as im:
-            ax.imshow(im.convert("RGB"))
-        ok = row["score"] >= 1.0
+        item = items[row["id"]]
+        if "image" in item:
+            with Image.open(data_dir / item["image"]) as im:
+                ax.imshow(im.convert("RGB"))
+        else:
+            ax.plot(load_audio(data_dir / item["audio"]), linewidth=0.3)
+        ok = row["score"] <= 0.0 if lower_is_better else row["score"] >= 1.0
         ax.set_title(f"{row['question'][:50]}\ntruth {row['answers'][0]!r}  pred {row['prediction']!r}",
                      fontsize=7, color="green" if ok else "red")
         ax.axis("off")

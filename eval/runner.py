@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from mmllm.eval.metrics import corpus_cer, ocrbench_aggregate, score
+from mmllm.eval.metrics import corpus_cer, corpus_wer, ocrbench_aggregate, score
 from mmllm.model import MMLLM
 from mmllm.train.data import ItemsDataset, PromptCollator, read_jsonl
 from mmllm.train.synth import PROMPT_TEMPLATES
@@ -27,6 +27,7 @@ class Task:
     max_new_tokens: int
     options: tuple[str, ...] = ()  # item fields passed to the metric (they override its defaults per item)
     capitalize: bool = False  # TextVQA's prompt capitalises the question (and lowercases the rest)
+    lower_is_better: bool = False  # error rates
 
 
 TASKS = {
@@ -37,7 +38,10 @@ TASKS = {
     "textvqa": Task("vqa_accuracy", "{question}\nAnswer the question using a single word or phrase.", 32,
                     ("variant",), capitalize=True),
     "docvqa": Task("anls", "{question}\nAnswer the question using a single word or phrase.", 32),
+    # Scored as ASR is reported: the summary's score is the corpus WER (edits over all reference words).
+    "asr": Task("wer", PROMPT_TEMPLATES["asr"], 48, lower_is_better=True),
 }
+CER_TASKS = ("ocr", "asr")  # also get a per-item and corpus character error rate
 
 
 def load_model(ckpt: str | Path) -> MMLLM:
@@ -52,6 +56,8 @@ def load_model(ckpt: str | Path) -> MMLLM:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = dict(state["hyper_parameters"])
     hparams["encoder"] = dict(hparams["encoder"], pretrained=False)  # weights come from the checkpoint
+    if hparams.get("audio"):
+        hparams["audio"] = dict(hparams["audio"], pretrained=False)
     module = MMLLMModule(**hparams)
     module.load_state_dict(state["state_dict"])
     return module.model.eval()
@@ -64,11 +70,11 @@ def task_spec(task: str) -> Task:
 
 
 def score_row(task: str, row: dict, item: dict) -> dict:
-    """Adds `score` (and `cer` for OCR); the item's option fields override the metric's defaults."""
+    """Adds `score` (and `cer` for OCR and ASR); the item's option fields override the metric's defaults."""
     spec = task_spec(task)
     options = {k: item[k] for k in spec.options if k in item}
     row = {**row, "score": score(spec.metric, row["prediction"], row["answers"], **options)}
-    if task == "ocr":
+    if task in CER_TASKS:
         row["cer"] = score("cer", row["prediction"], row["answers"])
     return row
 
@@ -79,8 +85,12 @@ def summarise(task: str, rows: list[dict], skipped: list[str], meta: dict, out: 
     summary = {"task": task, "metric": spec.metric,
                "score": statistics.fmean(r["score"] for r in rows) if rows else 0.0,
                "n": len(rows), "skipped": len(skipped), "skipped_items": skipped, **meta}
-    if task == "ocr" and rows:
-        summary["corpus_cer"] = corpus_cer([r["prediction"] for r in rows], [r["answers"] for r in rows])
+    predictions, references = [r["prediction"] for r in rows], [r["answers"] for r in rows]
+    if task in CER_TASKS and rows:
+        summary["corpus_cer"] = corpus_cer(predictions, references)
+    if task == "asr" and rows:
+        summary["mean_item_wer"] = summary["score"]
+        summary["score"] = summary["corpus_wer"] = corpus_wer(predictions, references)
     if task == "ocrbench" and rows:
         agg = ocrbench_aggregate((r["category"], r["score"]) for r in rows)
         summary.update(final_score=agg.final_score, text_recognition=agg.text_recognition,
@@ -125,18 +135,19 @@ def evaluate(
     done = {r.data["id"]: r.data for r in read_jsonl(pred_file, ("id", "prediction"))[0]} if pred_file.is_file() else {}
     todo = [i for i, r in enumerate(items.records) if r.id not in done]
     loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
-    skipped = [str(b) for b in items.bad_lines]
+    skipped, truncated = [str(b) for b in items.bad_lines], []
     device = next(model.parameters()).device
     model.eval()
     start = time.perf_counter()
     with pred_file.open("a", encoding="utf-8") as fh:
         for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
             skipped += batch["skipped"]
+            truncated += batch["truncated"]
             if not batch["ids"]:
                 continue
             generated = model.generate(
                 batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-                batch["layout"], max_new_tokens=max_new_tokens,
+                batch["layout"], max_new_tokens=max_new_tokens, audio_values=batch["audio_values"].to(device),
             )
             for record, ids in zip(batch["records"], generated.tolist()):
                 row = _row(record.data, model.processor.decode(ids), record.id)
@@ -155,7 +166,10 @@ def evaluate(
     _write_rows(pred_file, rows)
     for s in skipped:
         print(f"[mmllm] skipped {s}")
+    for t in truncated:
+        print(f"[mmllm] {t}")
     meta = {"data": str(items_file), "prompt_template": template, "max_new_tokens": max_new_tokens,
+            "truncated": len(truncated), "truncated_items": truncated,
             "batch_size": batch_size, "generated": len(todo), "time_s": round(elapsed, 3),
             "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
     return summarise(task, rows, skipped, meta, out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from .config import LLMConfig
@@ -36,3 +37,13 @@ def build_llm(cfg: LLMConfig, tokenizer, hf_config: PretrainedConfig | dict[str,
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The stack of decoder blocks, whatever the family calls it (`layers` in Llama/Qwen2, `h` in GPT-2)."""
+    decoder = model.get_decoder()
+    n_layers = model.config.num_hidden_layers
+    stacks = [m for m in decoder.children() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if len(stacks) != 1:
+        raise ValueError(f"cannot find the {n_layers} decoder layers of {type(model).__name__}")
+    return stacks[0]

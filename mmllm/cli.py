@@ -6,12 +6,13 @@ import os
 import sys
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,demo} ...
+USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,bench,demo} ...
 
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
-  data synth|convert         write a synthetic dataset (OCR, chart QA) / convert a public benchmark
+  data synth|convert         write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
+  bench                      step time, tokens/s and memory of D, X, H (and LLaVA, Mllama) vs tile count
   demo                       the main job: `compare` on configs/compare_tiny.yaml into runs/demo
 
 Run `mmllm COMMAND --help` for the options of one command."""
@@ -19,23 +20,25 @@ Run `mmllm COMMAND --help` for the options of one command."""
 
 def data_command(argv: list[str]) -> None:
     from mmllm.eval.readers import READERS, convert
-    from mmllm.train.synth import LEVELS, TASKS, synthesize
+    from mmllm.train.synth import LEVELS, TASKS, VOICES, synthesize
 
     parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
     sub = parser.add_subparsers(dest="action", required=True)
     synth = sub.add_parser("synth", help="write a deterministic synthetic dataset")
     synth.add_argument("--task", required=True, choices=list(TASKS))
     synth.add_argument("--n", type=int, required=True, help="number of samples")
-    synth.add_argument("--out", required=True, help="output folder (train.jsonl, items.jsonl, images/)")
+    synth.add_argument("--out", required=True, help="output folder (train.jsonl, items.jsonl, images/ or audio/)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--level", choices=list(LEVELS), default="easy")
+    synth.add_argument("--voice", choices=list(VOICES), default="tones",
+                       help="asr only: offline tone words (default) or real speech via espeak-ng")
     conv = sub.add_parser("convert", help="convert a public benchmark folder into items.jsonl + images/")
     conv.add_argument("--format", required=True, choices=sorted(READERS))
     conv.add_argument("--src", required=True, help="the benchmark's local folder")
     conv.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     if args.action == "synth":
-        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level)
+        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
         summary = convert(args.format, args.src, args.out)
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             from mmllm.eval.runner import main as eval_main
 
             eval_main(rest)
+        elif command == "bench":
+            # Before torch loads: spinning OpenMP workers stall for seconds when other jobs share the cores.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from mmllm.eval.bench import main as bench_main
+
+            bench_main(rest)
         elif command in ("compare", "demo"):
             from mmllm.eval.compare import REPO, main as compare_main
 

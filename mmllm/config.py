@@ -64,11 +64,39 @@ class ProcessorConfig:
 
 
 @dataclass
+class AudioConfig:
+    """A speech encoder on log-mel features and the connector that turns its states into LLM tokens.
+
+    `pretrained` False builds a random Whisper encoder from `options` (WhisperConfig kwargs); True
+    loads `model` (hub name) and a path loads that local directory, never with remote code.
+    `max_seconds` is the window every clip is padded or truncated to (Whisper's 30 s by default;
+    the position table is cut to match, so a tiny CPU model can use a few seconds). The connector
+    groups `factor` encoder states (`downsample` stack: concatenated, pool: averaged) into one
+    token, then an MLP maps it to the LLM width: Whisper gives 50 states/s, so the default turns a
+    30 s clip into 300 tokens.
+    """
+
+    family: str = "whisper"
+    model: str = "openai/whisper-tiny"
+    pretrained: bool | str = False
+    n_mels: int = 80
+    max_seconds: int = 30
+    downsample: str = "stack"
+    factor: int = 5
+    options: dict[str, Any] = field(
+        default_factory=lambda: {
+            "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+        }
+    )
+
+
+@dataclass
 class MMLLMConfig:
     arch: str = "nvlm_d"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    audio: AudioConfig | None = None  # None: a vision-only model
     pixel_shuffle: int = 2
     connector_hidden: int | None = None  # None: the LLM's FFN width, as NVLM-D does
     # NVLM-X/H: a gated cross-attention block before every k-th decoder layer (layer 0, k, 2k, ...),
@@ -77,7 +105,8 @@ class MMLLMConfig:
     cross_attention_layers: list[int] | None = None
 
     def __post_init__(self) -> None:
-        for name, cls in (("encoder", EncoderConfig), ("llm", LLMConfig), ("processor", ProcessorConfig)):
+        parts = (("encoder", EncoderConfig), ("llm", LLMConfig), ("processor", ProcessorConfig), ("audio", AudioConfig))
+        for name, cls in parts:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value, name))
@@ -94,6 +123,10 @@ class MMLLMConfig:
             raise ConfigError(f"cross_attention_every must be >= 1, got {self.cross_attention_every}")
         if self.pixel_shuffle < 1:
             raise ConfigError(f"pixel_shuffle must be >= 1, got {self.pixel_shuffle}")
+        if self.audio is not None:
+            for name in ("n_mels", "max_seconds", "factor"):
+                if getattr(self.audio, name) < 1:
+                    raise ConfigError(f"audio.{name} must be >= 1, got {getattr(self.audio, name)}")
 
     def cross_attention_at(self, n_layers: int) -> list[int]:
         """Decoder layer indices that get a cross-attention block (none for nvlm_d)."""

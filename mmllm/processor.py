@@ -1,9 +1,10 @@
-"""Turns conversations and images into model inputs: tiling, tile tags, prompt layout, tokens."""
+"""Turns conversations, images and audio clips into model inputs: tiling, tile tags, prompt layout, tokens."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +14,12 @@ from .config import ProcessorConfig
 from .tiling import tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
+if TYPE_CHECKING:
+    from .audio import AudioFrontEnd
+
 IMAGE_MARKER = "<image>"
+AUDIO_MARKER = "<audio>"
+MARKERS = re.compile(f"({re.escape(IMAGE_MARKER)}|{re.escape(AUDIO_MARKER)})")
 IGNORE_INDEX = -100
 
 
@@ -43,16 +49,22 @@ def check_image_size(image: Image.Image, max_side: int) -> None:
 
 
 @dataclass
-class ImageLayout:
-    """Where a batch's image features go; built by `Processor.collate`, read by the model."""
+class MediaLayout:
+    """Where a batch's image tiles and audio clips go; built by `Processor.collate`, read by the model.
 
-    slots: torch.Tensor  # [n] batch-wide tile indices whose features fill the placeholders, in order
-    token_image: torch.Tensor  # [B, T] the image (within its sample) each token's cross-attention sees; -1: none
+    Images and clips are both "media": a sample numbers them in order of appearance (what the
+    cross-attention mask follows), and the batch numbers their token segments, every tile of every
+    sample first, then every clip.
+    """
+
+    slots: torch.Tensor  # [n] segments whose tokens fill the placeholders, in order
+    token_media: torch.Tensor  # [B, T] the media item (within its sample) each token's cross-attention sees; -1: none
     token_tile: torch.Tensor  # [B, T] -1: every tile of that image; k: only tile k (NVLM-X tile tags)
-    kv: list[list[tuple]]  # per sample: ("tile", batch tile index, image, tile) | ("text", tag ids, image, tile)
+    kv: list[list[tuple]]  # per sample: ("tile" | "audio", segment, media, tile) | ("text", tag ids, media, tile)
+    audio_frames: torch.Tensor  # [clips] real length of each clip in mel frames; the rest of its window is padding
 
-    def to(self, device: torch.device) -> "ImageLayout":
-        return replace(self, slots=self.slots.to(device), token_image=self.token_image.to(device),
+    def to(self, device: torch.device) -> "MediaLayout":
+        return replace(self, slots=self.slots.to(device), token_media=self.token_media.to(device),
                        token_tile=self.token_tile.to(device))
 
 
@@ -61,7 +73,8 @@ class Processor:
 
     NVLM-D layout of one image: `<Image>` + for each tile (thumbnail last) its tag text followed
     by `tokens_per_tile` placeholder tokens + `</Image>`; the model swaps the placeholders for
-    image embeddings. Loss is taken on assistant turns only.
+    image embeddings. Audio clips (when the model has an audio front-end) are laid out by
+    `audio_layout`. Loss is taken on assistant turns only.
     """
 
     def __init__(
@@ -73,8 +86,9 @@ class Processor:
         tokens_per_tile: int,
         mean: Sequence[float],
         std: Sequence[float],
+        audio: "AudioFrontEnd | None" = None,
     ) -> None:
-        self.config, self.tokenizer, self.arch = config, tokenizer, arch
+        self.config, self.tokenizer, self.arch, self.audio = config, tokenizer, arch, audio
         self.tile_size, self.tokens_per_tile = tile_size, tokens_per_tile
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -135,42 +149,85 @@ class Processor:
         token_tile += [-1] * (len(ids) - len(token_tile))
         return {"ids": ids, "tile": token_tile, "slots": slots, "kv": kv}
 
-    # -- samples ------------------------------------------------------------------------------
-    def encode(self, conversations: Sequence[dict], images: Sequence[Image.Image], add_generation_prompt: bool = False) -> dict:
-        """One sample -> input_ids, labels (answer tokens only), pixel_values and the image layout.
+    # -- audio --------------------------------------------------------------------------------
+    def front_end(self) -> "AudioFrontEnd":
+        if self.audio is None:
+            raise SampleError("audio given but this model has no audio encoder (set model.audio in the config)")
+        return self.audio
 
-        `token_image` is, per token, the image whose tiles its cross-attention sees: the most recent
-        image (OpenFlamingo rule), -1 before any image.
+    def load_audio(self, path: str | Path) -> np.ndarray:
+        return self.front_end().load(path)
+
+    def audio_layout(self, n_tokens: int, media: int, clip: int) -> dict:
+        """How one clip enters the model; it is one segment (audio is not tiled).
+
+        - nvlm_d: `<Audio>` + one placeholder per token of real audio + `</Audio>` in the sequence.
+        - nvlm_x and nvlm_h: only `<Audio></Audio>` in the sequence; the clip's tokens are cross-attention
+          keys/values. H puts the image thumbnail in the sequence to give the decoder a cheap global
+          view of the layout; a clip has no such summary short of pooling most of it away, and
+          transcription needs the full-rate tokens, which cross-attention reaches without lengthening
+          the sequence (why H sends tiles there). So H treats audio exactly as X does.
+        Same return format as `image_layout`, with sample-wide clip indices.
+        """
+        in_sequence = self.arch == "nvlm_d"
+        placeholders = [self.image_token_id] * (n_tokens if in_sequence else 0)
+        ids = self.text_ids("<Audio>") + placeholders + self.text_ids("</Audio>")
+        return {"ids": ids, "tile": [-1] * len(ids), "slots": [clip] if in_sequence else [],
+                "kv": [] if in_sequence else [("audio", clip, media, 0)]}
+
+    # -- samples ------------------------------------------------------------------------------
+    def encode(
+        self,
+        conversations: Sequence[dict],
+        images: Sequence[Image.Image],
+        add_generation_prompt: bool = False,
+        audio: Sequence[np.ndarray] = (),
+    ) -> dict:
+        """One sample -> input_ids, labels (answer tokens only), pixel_values, audio features and the layout.
+
+        `<image>` and `<audio>` markers in human turns take the images and clips in order.
+        `token_media` is, per token, the media item (image or clip) its cross-attention sees: the
+        most recent one (OpenFlamingo rule), -1 before any. `truncated` notes clips cut to the window.
         """
         tiled = [self.tiles(im) for im in images]
-        n_markers = sum(turn["value"].count(IMAGE_MARKER) for turn in conversations)
-        if n_markers != len(images):
-            raise SampleError(f"{n_markers} {IMAGE_MARKER} marker(s) in the text but {len(images)} image(s)")
+        clips = [self.front_end().features(wave) for wave in audio]
+        for marker, given in ((IMAGE_MARKER, len(images)), (AUDIO_MARKER, len(audio))):
+            n_markers = sum(turn["value"].count(marker) for turn in conversations)
+            if n_markers != given:
+                noun = "image" if marker == IMAGE_MARKER else "audio clip"
+                raise SampleError(f"{n_markers} {marker} marker(s) in the text but {given} {noun}(s)")
         ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        labels, token_image, token_tile = [IGNORE_INDEX] * len(ids), [-1] * len(ids), [-1] * len(ids)
-        slots, kv, offset, image = [], [], 0, -1
+        labels, token_media, token_tile = [IGNORE_INDEX] * len(ids), [-1] * len(ids), [-1] * len(ids)
+        slots, kv, offset, media, image, clip = [], [], 0, -1, -1, -1
 
         def add(new_ids: list[int], new_labels: list[int] | None = None, tiles: list[int] | None = None) -> None:
             ids.extend(new_ids)
             labels.extend(new_labels or [IGNORE_INDEX] * len(new_ids))
-            token_image.extend([image] * len(new_ids))
+            token_media.extend([media] * len(new_ids))
             token_tile.extend(tiles or [-1] * len(new_ids))
 
         for turn in conversations:
             role, value = turn.get("from"), turn.get("value")
             if role in ("human", "user"):
                 add(self.text_ids(self.config.user_prefix))
-                for i, chunk in enumerate(value.split(IMAGE_MARKER)):
-                    if i:
-                        image += 1
+                for piece in MARKERS.split(value):
+                    if piece == IMAGE_MARKER:
+                        media, image = media + 1, image + 1
                         pixels, grid = tiled[image]
-                        layout = self.image_layout(len(pixels), grid, image)
+                        layout = self.image_layout(len(pixels), grid, media)
                         add(layout["ids"], tiles=layout["tile"])
-                        slots += [offset + k for k in layout["slots"]]
-                        for kind, payload, img, tile in layout["kv"]:  # tile indices become sample-wide
-                            kv.append((kind, offset + payload if kind == "tile" else payload, img, tile))
+                        slots += [("tile", offset + k) for k in layout["slots"]]
+                        for kind, payload, item, tile in layout["kv"]:  # tile indices become sample-wide
+                            kv.append((kind, offset + payload if kind == "tile" else payload, item, tile))
                         offset += len(pixels)
-                    add(self.text_ids(chunk))
+                    elif piece == AUDIO_MARKER:
+                        media, clip = media + 1, clip + 1
+                        layout = self.audio_layout(self.audio.tokens_for_frames(clips[clip][1]), media, clip)
+                        add(layout["ids"], tiles=layout["tile"])
+                        slots += [("audio", c) for c in layout["slots"]]
+                        kv += layout["kv"]
+                    else:
+                        add(self.text_ids(piece))
             elif role in ("gpt", "assistant"):
                 prefix = self.text_ids(self.config.assistant_prefix)
                 answer = self.text_ids(value) + [self.tokenizer.eos_token_id]
@@ -180,35 +237,46 @@ class Processor:
         if add_generation_prompt:
             add(self.text_ids(self.config.assistant_prefix))
         pixel_values = torch.cat([p for p, _ in tiled]) if tiled else torch.zeros(0, 3, self.tile_size, self.tile_size)
+        window = (self.audio.n_mels, self.audio.n_frames) if self.audio is not None else (0, 0)
+        audio_values = torch.stack([v for v, _, _ in clips]) if clips else torch.zeros(0, *window)
         return {
             "input_ids": ids, "labels": labels, "pixel_values": pixel_values,
-            "tiles_per_image": [len(p) for p, _ in tiled],
-            "token_image": token_image, "token_tile": token_tile, "slots": slots, "kv": kv,
+            "tiles_per_image": [len(p) for p, _ in tiled], "audio_values": audio_values,
+            "audio_frames": [f for _, f, _ in clips], "truncated": [note for _, _, note in clips if note],
+            "token_media": token_media, "token_tile": token_tile, "slots": slots, "kv": kv,
         }
 
-    def encode_prompt(self, question: str, images: Sequence[Image.Image]) -> dict:
-        """A generation prompt: the question (with one image marker per image) and the assistant prefix."""
+    def encode_prompt(self, question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> dict:
+        """A generation prompt: the question (one marker per image and clip; missing ones are put first)
+        and the assistant prefix."""
         if images and IMAGE_MARKER not in question:
             question = "".join(IMAGE_MARKER + "\n" for _ in images) + question
-        return self.encode([{"from": "human", "value": question}], images, add_generation_prompt=True)
+        if len(audio) and AUDIO_MARKER not in question:
+            question = "".join(AUDIO_MARKER + "\n" for _ in audio) + question
+        return self.encode([{"from": "human", "value": question}], images, add_generation_prompt=True, audio=audio)
 
     def collate(self, samples: Sequence[dict]) -> dict:
-        """Left-pad to the longest sample; tiles of all samples are stacked in sample order."""
+        """Left-pad to the longest sample; tiles of all samples are stacked in sample order, then clips."""
         width = max(len(s["input_ids"]) for s in samples)
         batch = {key: torch.full((len(samples), width), fill, dtype=torch.long) for key, fill in (
             ("input_ids", self.tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX),
-            ("token_image", -1), ("token_tile", -1))}
-        slots, kv, offset = [], [], 0
+            ("token_media", -1), ("token_tile", -1))}
+        n_tiles = sum(len(s["pixel_values"]) for s in samples)
+        slots, kv, tiles, clips = [], [], 0, 0
         for row, s in enumerate(samples):
             n = len(s["input_ids"])
-            for key in ("input_ids", "labels", "token_image", "token_tile"):
+            for key in ("input_ids", "labels", "token_media", "token_tile"):
                 batch[key][row, width - n:] = torch.tensor(s[key])
             batch["attention_mask"][row, width - n:] = 1
-            slots += [offset + k for k in s["slots"]]
-            kv.append([(kind, offset + p if kind == "tile" else p, img, tile) for kind, p, img, tile in s["kv"]])
-            offset += len(s["pixel_values"])
+            first = {"tile": tiles, "audio": n_tiles + clips}  # the sample's first segment of each kind
+            slots += [first[kind] + i for kind, i in s["slots"]]
+            kv.append([(kind, p if kind == "text" else first[kind] + p, item, tile) for kind, p, item, tile in s["kv"]])
+            tiles += len(s["pixel_values"])
+            clips += len(s["audio_frames"])
         batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+        batch["audio_values"] = torch.cat([s["audio_values"] for s in samples])
         batch["tiles_per_image"] = [n for s in samples for n in s["tiles_per_image"]]
-        batch["layout"] = ImageLayout(torch.tensor(slots, dtype=torch.long), batch.pop("token_image"),
-                                      batch.pop("token_tile"), kv)
+        frames = torch.tensor([f for s in samples for f in s["audio_frames"]], dtype=torch.long)
+        batch["layout"] = MediaLayout(torch.tensor(slots, dtype=torch.long), batch.pop("token_media"),
+                                      batch.pop("token_tile"), kv, frames)
         return batch

@@ -5,6 +5,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 IMAGE_PAD = "<image_pad>"
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_PAD)
+# Strings the processor writes around every image and clip. A real tokenizer splits them into a few
+# BPE pieces; byte-level they would cost ~60 positions per image, so the offline tokenizer keeps each
+# as one ordinary (decodable) token. Tile tags up to 12 tiles cover every max_tiles we ship.
+STRUCTURE = (
+    "<Image>", "</Image>", "<Audio>", "</Audio>", "<tile_global_thumbnail>", *(f"<tile_{k}>" for k in range(1, 13))
+)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -13,7 +19,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     Built with `tokenizers` and wrapped as a fast HF tokenizer, so the code that serves it also
     serves a real Llama/Qwen tokenizer.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(list(SPECIALS) + alphabet)}
@@ -21,6 +27,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIALS))
+    core.add_tokens([AddedToken(t, normalized=False, special=False) for t in STRUCTURE])
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         additional_special_tokens=[IMAGE_PAD],

@@ -93,7 +93,7 @@ def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
         row = ctx.prompt[0, pos]
         if tile >= 0:  # a tag token: only its own tile's tokens
             assert row.nonzero().flatten().tolist() == list(range(tile * tpt, (tile + 1) * tpt))
-        elif layout.token_image[0, pos] >= 0:
+        elif layout.token_media[0, pos] >= 0:
             assert row.all()
         else:
             assert not row.any()
@@ -109,8 +109,8 @@ def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
         c = model.cross_context(model.image_features(p), layout)
         outs.append(block(hidden, c.kv(0, block), c.prompt))
     moved = (outs[1] - outs[0]).abs().amax(-1)[0] > 1e-6
-    token_tile, token_image = layout.token_tile[0], layout.token_image[0]
-    assert torch.equal(moved, (token_tile == 2) | ((token_tile < 0) & (token_image >= 0)))
+    token_tile, token_media = layout.token_tile[0], layout.token_media[0]
+    assert torch.equal(moved, (token_tile == 2) | ((token_tile < 0) & (token_media >= 0)))
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
@@ -120,7 +120,7 @@ def test_text_before_any_image_is_untouched(arch):
     conv = [{"from": "human", "value": "Some words first, then <image> and a question"}]
     sample = model.processor.encode(conv, [text_image("ab")])
     batch = model.processor.collate([sample])
-    before = int((batch["layout"].token_image[0] < 0).sum())
+    before = int((batch["layout"].token_media[0] < 0).sum())
     assert before > 10
     assert torch.equal(run(model, batch)[:, :before], bare(model, batch)[:, :before])
 
@@ -134,10 +134,10 @@ def test_two_images_follow_the_most_recent_rule():
         ctx = model.cross_context(model.image_features(batch["pixel_values"]), batch["layout"])
         key_image = torch.tensor([img for kind, payload, img, _ in batch["layout"].kv[0]
                                   for _ in range(model.processor.tokens_per_tile if kind == "tile" else len(payload))])
-        token_image = batch["layout"].token_image[0]
-        for pos in range(len(token_image)):
+        token_media = batch["layout"].token_media[0]
+        for pos in range(len(token_media)):
             allowed = set(key_image[ctx.prompt[0, pos]].tolist())
-            assert allowed <= ({int(token_image[pos])} if token_image[pos] >= 0 else set())
+            assert allowed <= ({int(token_media[pos])} if token_media[pos] >= 0 else set())
         assert set(key_image[ctx.tail[0]].tolist()) == {1}  # decoding steps see the last image
 
 

@@ -109,7 +109,7 @@ def test_chart_answers_match_drawn_values(level, datasets):
 
 
 @pytest.mark.parametrize("kwargs,valid", [
-    (dict(task="asr"), "ocr, chart"),
+    (dict(task="tts"), "ocr, chart, asr"),
     (dict(level="medium"), "easy, hard"),
     (dict(n=0), "at least 1"),
 ])

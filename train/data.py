@@ -61,15 +61,23 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[list[Record],
     return records, bad
 
 
-def images_of(record: Record) -> list[str]:
-    image = record.data.get("image")
-    paths = [] if image is None else [image] if isinstance(image, str) else list(image)
+def paths_of(record: Record, key: str) -> list[str]:
+    """The record's `image` or `audio` paths (one or a list), resolved against the JSONL's folder."""
+    value = record.data.get(key)
+    paths = [] if value is None else [value] if isinstance(value, str) else list(value)
     return [str(Path(record.file).parent / p) for p in paths]
+
+
+def load_media(processor: Processor, record: Record) -> tuple[list, list]:
+    """Decode and check every image and audio clip of a record (a bad one raises SampleError)."""
+    images = [processor.load_image(p) for p in paths_of(record, "image")]
+    return images, [processor.load_audio(p) for p in paths_of(record, "audio")]
 
 
 class ConversationDataset(Dataset):
     """LLaVA conversation records. A sample that fails to load is replaced by the next good one
-    (deterministic, so batch shapes agree across ranks) and its id and reason travel with the batch."""
+    (deterministic, so batch shapes agree across ranks) and its id and reason travel with the batch;
+    so do notes on audio clips truncated to the window (those samples are kept)."""
 
     def __init__(self, files: str | Sequence[str], processor: Processor) -> None:
         self.processor = processor
@@ -87,8 +95,9 @@ class ConversationDataset(Dataset):
 
     def load(self, record: Record) -> dict:
         try:
-            images = [self.processor.load_image(p) for p in images_of(record)]
-            return self.processor.encode(record.data["conversations"], images)
+            images, audio = load_media(self.processor, record)
+            sample = self.processor.encode(record.data["conversations"], images, audio=audio)
+            return {**sample, "truncated": [f"{record.where()}: {note}" for note in sample["truncated"]]}
         except SampleError as exc:
             raise SampleError(f"{record.where()}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
@@ -118,6 +127,7 @@ class Collator:
         batch = self.processor.collate(samples)
         batch["ids"] = [s["id"] for s in samples]
         batch["bad"] = [b for s in samples for b in s["bad"]]
+        batch["truncated"] = [t for s in samples for t in s["truncated"]]
         return batch
 
 
@@ -202,7 +212,7 @@ class MMDataModule(L.LightningDataModule):
 
 
 class ItemsDataset(Dataset):
-    """Eval-format items (`id`, `image`, `question`, `answers`) encoded as generation prompts.
+    """Eval-format items (`id`, `image` and/or `audio`, `question`, `answers`) encoded as generation prompts.
 
     A bad item is not replaced (scores must cover exactly the given items): it comes back with its
     error, and the caller skips and counts it."""
@@ -218,12 +228,14 @@ class ItemsDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            images = [self.processor.load_image(p) for p in images_of(record)]
+            images, audio = load_media(self.processor, record)
             question = str(record.data["question"]).strip()
             prompt = self.template.format(question=question.capitalize() if self.capitalize else question)
-            return {"record": record, "sample": self.processor.encode_prompt(prompt, images), "error": None}
+            sample = self.processor.encode_prompt(prompt, images, audio)
+            notes = [f"{record.where()}: {note}" for note in sample["truncated"]]
+            return {"record": record, "sample": sample, "error": None, "truncated": notes}
         except (SampleError, KeyError, IndexError) as exc:
-            return {"record": record, "sample": None, "error": f"{record.where()}: {exc}"}
+            return {"record": record, "sample": None, "error": f"{record.where()}: {exc}", "truncated": []}
 
 
 class PromptCollator:
@@ -236,4 +248,5 @@ class PromptCollator:
         batch["records"] = [it["record"] for it in good]
         batch["ids"] = [r.id for r in batch["records"]]
         batch["skipped"] = [it["error"] for it in items if it["sample"] is None]
+        batch["truncated"] = [t for it in items for t in it["truncated"]]
         return batch

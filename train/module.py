@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mmllm.config import EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
+from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM
 
 from .health import check_finite
@@ -46,6 +46,7 @@ class MMLLMModule(L.LightningModule):
         encoder: EncoderConfig | dict | None = None,
         llm: LLMConfig | dict | None = None,
         processor: ProcessorConfig | dict | None = None,
+        audio: AudioConfig | dict | None = None,
         pixel_shuffle: int = 2,
         connector_hidden: int | None = None,
         cross_attention_every: int = 1,
@@ -65,17 +66,19 @@ class MMLLMModule(L.LightningModule):
             encoder=encoder or EncoderConfig(),
             llm=llm or LLMConfig(),
             processor=processor or ProcessorConfig(),
+            audio=audio,
             pixel_shuffle=pixel_shuffle,
             connector_hidden=connector_hidden,
             cross_attention_every=cross_attention_every,
             cross_attention_layers=cross_attention_layers,
         )
-        # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
+        self.model = MMLLM(self.config)
+        # Plain dicts only, so checkpoints load with torch.load(weights_only=True). Saved after the build,
+        # which writes a loaded pretrained audio encoder's architecture into the config.
         self.save_hyperparameters(
             dict(self.config.to_dict(), stage=stage, freeze_llm_in_sft=freeze_llm_in_sft, train_encoder=train_encoder,
                  lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, max_new_tokens=max_new_tokens)
         )
-        self.model = MMLLM(self.config)
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
         for name, module in self.parts().items():
             module.requires_grad_(self.trainable[name])
@@ -85,14 +88,21 @@ class MMLLMModule(L.LightningModule):
         return self.model.processor
 
     def parts(self) -> dict[str, nn.Module]:
-        """The units a stage freezes; the connector is the projector plus any cross-attention blocks."""
-        connector = nn.ModuleList([self.model.projector, self.model.cross])
-        return {"encoder": self.model.encoder, "connector": connector, "llm": self.model.llm}
+        """The units a stage freezes: the encoders (vision, and audio when configured); the connector is
+        the projector, the audio connector and any cross-attention blocks."""
+        m = self.model
+        audio = m.audio_encoder is not None
+        encoder = nn.ModuleList([m.encoder, m.audio_encoder]) if audio else m.encoder
+        connector = nn.ModuleList([m.projector, m.cross] + ([m.audio_connector] if audio else []))
+        return {"encoder": encoder, "connector": connector, "llm": m.llm}
 
     def describe(self) -> str:
+        audio = self.config.audio
         labels = {
-            "encoder": f"{self.config.encoder.family}:{self.config.encoder.model}",
+            "encoder": f"{self.config.encoder.family}:{self.config.encoder.model}"
+            + (f" + {audio.family} audio" if audio else ""),
             "connector": "pixel shuffle + " + type(self.model.projector).__name__
+            + (f" + audio {audio.downsample} x{audio.factor} + MLP" if audio else "")
             + (f" + {len(self.model.cross)} gated cross-attn" if len(self.model.cross) else ""),
             "llm": self.model.llm.config.model_type,
         }
@@ -112,7 +122,8 @@ class MMLLMModule(L.LightningModule):
 
     def step(self, batch: dict) -> torch.Tensor:
         return self.model(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"], batch["layout"]
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"], batch["layout"],
+            batch["audio_values"],
         ).loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -134,7 +145,7 @@ class MMLLMModule(L.LightningModule):
             return []
         out = self.model.generate(
             batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["layout"],
-            max_new_tokens=self.hparams.max_new_tokens,
+            max_new_tokens=self.hparams.max_new_tokens, audio_values=batch["audio_values"],
         )
         return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch["ids"], out.tolist())]
 

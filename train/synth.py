@@ -1,19 +1,22 @@
-"""Deterministic synthetic datasets: OCR (rendered text) and chart QA (matplotlib charts).
+"""Deterministic synthetic datasets: OCR (rendered text), chart QA (matplotlib charts) and ASR (tone words).
 
 Sample i is drawn from its own RNG seeded by (task, level, seed, i), so rerunning writes byte-identical
 files and a dataset of n samples is a prefix of a larger one with the same seed. Charts are rendered
 with Agg under matplotlib's default style (a user's matplotlibrc cannot change them) and every image
-is saved by Pillow without metadata.
+is saved by Pillow without metadata; clips are 16-bit PCM WAV written by soundfile.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import random
+import shutil
 import string
+import subprocess
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -21,19 +24,26 @@ from typing import Any, Callable
 import matplotlib
 import matplotlib.style
 import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 LEVELS = ("easy", "hard")
+VOICES = ("tones", "espeak")
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 OCR_QUESTION = "What text is in the image?"
 # The training prompt equals the eval task's template (lmms-eval's for ChartQA), so `mmllm eval`
 # asks the model exactly what it was trained on.
-PROMPT_TEMPLATES = {"ocr": "{question}", "chart": "{question}\nAnswer the question with a single word."}
-# Easy OCR is one fixed layout so a tiny model learns it in minutes: 20 px mono fits 8 chars in 128 px.
-OCR_EASY_FONT, OCR_EASY_FONT_SIZE, OCR_EASY_SIZE, OCR_EASY_X = "DejaVuSansMono.ttf", 20, (128, 32), 4
+PROMPT_TEMPLATES = {"ocr": "{question}", "chart": "{question}\nAnswer the question with a single word.",
+                    "asr": "{question}"}
+# Easy OCR is one fixed layout so a tiny model learns it in minutes: 20 px mono glyphs centred in
+# 16 px cells, 8 cells per 128 px line, so with 32 px tiles every tile holds two whole glyphs and no
+# glyph straddles a tile border (the encoder sees each tile alone).
+OCR_EASY_FONT, OCR_EASY_FONT_SIZE, OCR_EASY_SIZE, OCR_EASY_CELL = "DejaVuSansMono.ttf", 20, (128, 32), 16
 OCR_EASY_CHARS = string.ascii_lowercase + string.digits
 # Every DejaVu face with full Latin coverage (the Display faces lack most glyphs).
 OCR_HARD_FONTS = tuple(
@@ -63,37 +73,63 @@ WORDS = ("cat", "dog", "sun", "map", "tea", "box", "key", "oak", "fox", "ice", "
 TITLES = ("Sales", "Votes", "Scores", "Stock", "Visits", "Budget")
 PALETTES = ("tab10", "Set2", "Dark2", "Paired")
 
+ASR_QUESTION = "Transcribe the audio."
+ASR_RATE = 16_000
+ASR_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Each word is a DTMF-like pair of tones, one from each group; the groups are spread wider than
+# telephone DTMF so the pairs sit several mel bins apart even at 80 bins.
+ASR_LOW_HZ, ASR_HIGH_HZ = (300, 450, 650, 900), (1300, 1900, 2800)
+ASR_LEVEL = {  # words per clip, seconds per word, seconds between words, noise std
+    "easy": {"words": (3, 5), "word_s": (0.20, 0.30), "gap_s": (0.06, 0.12), "noise": 0.003},
+    "hard": {"words": (4, 8), "word_s": (0.12, 0.25), "gap_s": (0.03, 0.10), "noise": 0.02},
+}
+
 
 @dataclass(frozen=True)
 class Sample:
-    image: Image.Image
+    image: Image.Image | None
     question: str
     answer: str
     extra: dict[str, Any]  # further items.jsonl fields: question type, chart kind, what was drawn
+    audio: np.ndarray | None = None  # 16 kHz mono float waveform
 
 
-def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy") -> dict:
-    """Write `n` samples to `out`: images/<id>.png, train.jsonl (LLaVA conversations) and items.jsonl
-    (eval format), and return a summary with counts per question type and chart kind."""
+def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy", voice: str = "tones") -> dict:
+    """Write `n` samples to `out`: images/<id>.png and/or audio/<id>.wav, train.jsonl (LLaVA
+    conversations) and items.jsonl (eval format), and return a summary with counts per question
+    type and chart kind. `voice` (ASR only): `tones` (offline, the default) or `espeak`, which speaks
+    the same transcripts with espeak-ng."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
+    if voice not in VOICES or (voice != "tones" and task != "asr"):
+        raise ValueError(f"voice {voice!r}: valid voices are {', '.join(VOICES)}, and only the asr task has a voice")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     train, items, counts = [], [], {}
     for i in range(n):
         sample = TASKS[task](random.Random(f"{task}/{level}/{seed}/{i}"), level, i)
+        if voice == "espeak":
+            sample = replace(sample, audio=_espeak(sample.answer))
         sid = f"{task}-{i:06d}"
-        image = f"images/{sid}.png"
-        sample.image.save(out / image, format="PNG")
-        train.append({"id": sid, "image": image, "conversations": [
-            {"from": "human", "value": "<image>\n" + PROMPT_TEMPLATES[task].format(question=sample.question)},
+        media = {}
+        if sample.image is not None:
+            media["image"] = f"images/{sid}.png"
+            (out / "images").mkdir(exist_ok=True)
+            sample.image.save(out / media["image"], format="PNG")
+        if sample.audio is not None:
+            media["audio"] = f"audio/{sid}.wav"
+            (out / "audio").mkdir(exist_ok=True)
+            sf.write(out / media["audio"], sample.audio, ASR_RATE, subtype="PCM_16", format="WAV")
+        markers = "".join(f"<{kind}>\n" for kind in media)
+        train.append({"id": sid, **media, "conversations": [
+            {"from": "human", "value": markers + PROMPT_TEMPLATES[task].format(question=sample.question)},
             {"from": "gpt", "value": sample.answer},
         ]})
-        items.append({"id": sid, "image": image, "question": sample.question, "answers": [sample.answer], **sample.extra})
+        items.append({"id": sid, **media, "question": sample.question, "answers": [sample.answer], **sample.extra})
         for key in ("type", "chart"):
             if key in sample.extra:
                 counts.setdefault(key, Counter())[sample.extra[key]] += 1
@@ -129,7 +165,9 @@ def _ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     text = "".join(rng.choices(OCR_EASY_CHARS, k=rng.randint(4, 8)))
     image = Image.new("RGB", OCR_EASY_SIZE, "white")
     font = _font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE)
-    ImageDraw.Draw(image).text((OCR_EASY_X, OCR_EASY_SIZE[1] // 2), text, fill="black", font=font, anchor="lm")
+    draw = ImageDraw.Draw(image)
+    for k, char in enumerate(text):
+        draw.text((OCR_EASY_CELL * k + OCR_EASY_CELL // 2, OCR_EASY_SIZE[1] // 2), char, fill="black", font=font, anchor="mm")
     return image, text, OCR_EASY_FONT, OCR_EASY_FONT_SIZE
 
 
@@ -294,4 +332,40 @@ def _hard_chart(fig: Figure, rng: random.Random, kind: str, labels: list[str], v
         ax.tick_params(axis="y", labelsize=7)
 
 
-TASKS: dict[str, Callable[[random.Random, str, int], Sample]] = {"ocr": _ocr_sample, "chart": _chart_sample}
+# ------------------------------------------------------------------------------------------------ ASR
+
+
+def _asr_sample(rng: random.Random, level: str, index: int) -> Sample:
+    """Digit words, each a short tone pair with jittered pitch, length, loudness and spacing, in light noise."""
+    spec = ASR_LEVEL[level]
+    words = rng.choices(range(len(ASR_WORDS)), k=rng.randint(*spec["words"]))
+    pieces = [np.zeros(int(rng.uniform(0.05, 0.15) * ASR_RATE))]
+    for w in words:
+        low, high = divmod(w, len(ASR_HIGH_HZ))
+        seconds = rng.uniform(*spec["word_s"])
+        t = np.arange(int(seconds * ASR_RATE)) / ASR_RATE
+        tone = sum(np.sin(2 * np.pi * hz * rng.uniform(0.98, 1.02) * t + rng.uniform(0, 2 * np.pi))
+                   for hz in (ASR_LOW_HZ[low], ASR_HIGH_HZ[high]))
+        fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # 10 ms ramps: no clicks
+        pieces += [rng.uniform(0.15, 0.35) * tone * fade, np.zeros(int(rng.uniform(*spec["gap_s"]) * ASR_RATE))]
+    clip = np.concatenate(pieces)
+    clip += np.random.default_rng(rng.getrandbits(64)).normal(0.0, spec["noise"], clip.shape)
+    text = " ".join(ASR_WORDS[w] for w in words)
+    meta = {"words": len(words), "seconds": round(len(clip) / ASR_RATE, 3)}
+    return Sample(None, ASR_QUESTION, text, {"type": "asr", "meta": meta}, np.clip(clip, -1.0, 1.0).astype(np.float32))
+
+
+def _espeak(text: str) -> np.ndarray:
+    """`text` spoken by espeak-ng (US English, fixed speed), as a 16 kHz mono waveform."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("--voice espeak needs espeak-ng, which is not installed: `apt-get install espeak-ng` "
+                           "(Debian/Ubuntu) or use the offline default --voice tones")
+    wav = subprocess.run([exe, "-v", "en-us", "-s", "150", "--stdout", text], capture_output=True, check=True).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+    return AF.resample(torch.from_numpy(data.mean(axis=1)), rate, ASR_RATE).numpy()
+
+
+TASKS: dict[str, Callable[[random.Random, str, int], Sample]] = {
+    "ocr": _ocr_sample, "chart": _chart_sample, "asr": _asr_sample,
+}
