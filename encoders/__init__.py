@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from mmllm.config import AudioConfig, EncoderConfig, check_choice
 
-from .base import AudioEncoder, VisionEncoder
+from .base import AudioEncoder, VisionEncoder, triple
 from .hf_encoder import HFEncoder
 from .open_clip_encoder import OpenClipEncoder
 from .timm_encoder import TimmEncoder
@@ -28,7 +28,12 @@ AUDIO_ENCODERS: dict[str, Callable[[AudioConfig], AudioEncoder]] = {
 def build_encoder(cfg: EncoderConfig) -> VisionEncoder:
     """The encoder `cfg` describes; an unknown family is a ConfigError naming the valid ones."""
     check_choice("encoder.family", cfg.family, tuple(ENCODERS))
-    return ENCODERS[cfg.family](cfg)
+    encoder = ENCODERS[cfg.family](cfg)
+    if cfg.mean is not None:
+        encoder.mean = triple(cfg.mean, "encoder.mean")
+    if cfg.std is not None:
+        encoder.std = triple(cfg.std, "encoder.std")
+    return encoder
 
 
 def build_audio_encoder(cfg: AudioConfig) -> AudioEncoder:

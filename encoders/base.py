@@ -46,8 +46,8 @@ class VisionEncoder(nn.Module, ABC):
         super().__init__()
         self.model = model
         self.image_size = image_size
-        self.mean = _triple(mean)
-        self.std = _triple(std)
+        self.mean = triple(mean)
+        self.std = triple(std)
         self.dim, rows, cols = self._probe_feature_map_shape()
         self.grid = (rows, cols)
 
@@ -155,6 +155,9 @@ def _local_weights(
     return path
 
 
-def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+def triple(values: Sequence[float], name: str = "mean/std") -> tuple[float, float, float]:
+    """Per-channel RGB values; anything but three numbers is a ConfigError naming the field."""
+    if len(values) != 3:
+        raise ConfigError(f"{name} needs 3 values (R, G, B), got {list(values)}")
     r, g, b = (float(v) for v in values)
     return r, g, b

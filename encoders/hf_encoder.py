@@ -38,11 +38,16 @@ class HFEncoder(VisionEncoder):
         # Class tokens lead the sequence: CLIP has one position more than it has patches, SigLIP none.
         self.num_prefix_tokens = model.embeddings.num_positions - model.embeddings.num_patches
         mean, std = _normalisation(source, vision)
+        if source is not None:  # saved with the model (see _tower): the rebuild has no directory to read
+            cfg.mean, cfg.std = list(mean), list(std)
         super().__init__(model, image_size, mean, std)
 
     def feature_map(self, pixel_values: Tensor) -> Tensor:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]
         return hidden[:, self.num_prefix_tokens :].transpose(1, 2).unflatten(2, self.patch_grid)
+
+
+_NOT_ARCHITECTURE = {"model_type", "transformers_version", "architectures", "dtype", "torch_dtype", "image_size"}
 
 
 def _tower(cfg: EncoderConfig, source: str | None, size: int) -> tuple[nn.Module, PreTrainedConfig]:
@@ -61,6 +66,9 @@ def _tower(cfg: EncoderConfig, source: str | None, size: int) -> tuple[nn.Module
                 "its position embeddings are fixed to that size"
             )
         model = AutoModel.from_pretrained(source, trust_remote_code=False)
+        # Write the loaded architecture back, so a saved MMLLM rebuilds this tower offline from its config.
+        cfg.model = vision.model_type
+        cfg.options = {k: v for k, v in vision.to_diff_dict().items() if k not in _NOT_ARCHITECTURE}
     return getattr(model, "vision_model", model), vision
 
 

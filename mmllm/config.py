@@ -26,6 +26,10 @@ class EncoderConfig:
     image_size: int = 32
     pretrained: bool | str = False
     feature_layer: int = -2  # which block's output; negative counts from the end (LLaVA-style penultimate)
+    # Pixel normalisation; None takes the library's config for this model. An hf tower loaded from a
+    # directory records its image processor's values here, so the saved model keeps them.
+    mean: list[float] | None = None
+    std: list[float] | None = None
     # Default: a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on a CPU.
     options: dict[str, Any] = field(
         default_factory=lambda: {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": [16, 4]}

@@ -257,6 +257,31 @@ def test_hf_local_directory_round_trip(tmp_path):
         assert not torch.allclose(fresh(x), expected)
 
 
+def test_mmllm_with_an_hf_tower_from_a_directory_reloads_offline(tmp_path):
+    """The tower's directory is not needed again: its architecture and normalisation travel in config.json."""
+    from conftest import text_image, tiny_config
+    from mmllm.model import MMLLM
+
+    torch.manual_seed(0)
+    CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(tmp_path / "tower")
+    CLIPImageProcessor(image_mean=DISTINCT_MEAN, image_std=DISTINCT_STD).save_pretrained(tmp_path / "tower")
+    model = MMLLM(tiny_config(encoder=hf_cfg(model="unused-with-a-directory", pretrained=str(tmp_path / "tower")))).eval()
+    model.save_pretrained(tmp_path / "saved")
+    (tmp_path / "tower" / "model.safetensors").unlink()
+    loaded = MMLLM.from_pretrained(tmp_path / "saved")
+    assert (loaded.encoder.mean, loaded.encoder.std) == (tuple(DISTINCT_MEAN), tuple(DISTINCT_STD))
+    batch = model.processor.collate([model.processor.encode_prompt("Read it.", [text_image("ab")])])
+    with torch.no_grad():
+        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        torch.testing.assert_close(loaded(*args, layout=batch["layout"]).logits, model(*args, layout=batch["layout"]).logits)
+
+
+def test_mean_and_std_in_the_config_override_the_library_and_are_checked():
+    assert build(timm_cfg(mean=DISTINCT_MEAN, std=DISTINCT_STD)).mean == tuple(DISTINCT_MEAN)
+    with pytest.raises(ConfigError, match="encoder.std needs 3 values"):
+        build(timm_cfg(std=[0.5]))
+
+
 def test_hf_full_clip_directory_keeps_the_vision_tower(tmp_path):
     torch.manual_seed(0)
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
