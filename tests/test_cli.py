@@ -79,6 +79,6 @@ def test_three_step_fit_per_arch(arch, tmp_path):
     mmllm("data", "synth", "--task", "chart", "--n", "8", "--out", "d", cwd=tmp_path)
     proc = mmllm("fit", "--config", CONFIG, "--model.arch", arch, "--data.train", "d/train.jsonl",
                  "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.default_root_dir", "out", cwd=tmp_path)
-    assert f"arch={arch}" in proc.stdout and "2 gated cross-attn" in proc.stdout
+    assert f"arch={arch}" in proc.stdout and "1 gated cross-attn" in proc.stdout
     state = torch.load(next((tmp_path / "out").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert state["global_step"] == 3 and state["hyper_parameters"]["arch"] == arch

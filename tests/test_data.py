@@ -109,3 +109,12 @@ def test_stages_freeze_the_right_parts():
     assert trainable(stage="sft") == {"encoder": False, "connector": True, "llm": True}
     assert trainable(stage="sft", freeze_llm_in_sft=True) == {"encoder": False, "connector": True, "llm": False}
     assert trainable(stage="pretrain", train_encoder=True)["encoder"] is True
+
+
+def test_lr_schedule_cosine_and_warmup_stable_decay():
+    from mmllm.train.module import lr_factor
+
+    cosine = [lr_factor(s, total=100, warmup=10) for s in (0, 9, 10, 55, 100)]
+    assert cosine == pytest.approx([1 / 11, 10 / 11, 1.0, 0.55, 0.1])
+    wsd = [lr_factor(s, total=100, warmup=10, decay=20) for s in (10, 50, 80, 90, 100)]
+    assert wsd == pytest.approx([1.0, 1.0, 1.0, 0.55, 0.1])

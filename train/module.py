@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Literal
 
 import lightning as L
@@ -57,9 +58,15 @@ class MMLLMModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
+        decay_steps: int | None = None,
         max_new_tokens: int = 32,
     ) -> None:
-        """Model fields mirror `MMLLMConfig`; the rest describe how it trains."""
+        """Model fields mirror `MMLLMConfig`; the rest describe how it trains.
+
+        The LR warms up linearly for `warmup_steps`, then decays by a cosine to 10 %: over the whole
+        run, or with `decay_steps` over only the last that many steps after holding the peak
+        (warmup-stable-decay), so a from-scratch model's late learning transition is not starved of LR.
+        """
         super().__init__()
         self.config = MMLLMConfig(
             arch=arch,
@@ -77,7 +84,8 @@ class MMLLMModule(L.LightningModule):
         # which writes a loaded pretrained audio encoder's architecture into the config.
         self.save_hyperparameters(
             dict(self.config.to_dict(), stage=stage, freeze_llm_in_sft=freeze_llm_in_sft, train_encoder=train_encoder,
-                 lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, max_new_tokens=max_new_tokens)
+                 lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, decay_steps=decay_steps,
+                 max_new_tokens=max_new_tokens)
         )
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
         for name, module in self.parts().items():
@@ -153,13 +161,17 @@ class MMLLMModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def factor(step: int) -> float:  # linear warmup, then cosine to 10 %
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.get("decay_steps"))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, warmup: int, decay: int | None = None) -> float:
+    """Multiplier of the peak LR at `step`: linear warmup, a hold when `decay` is set, cosine to 10 %."""
+    warmup = min(warmup, total // 2)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    start = warmup if decay is None else max(warmup, total - decay)
+    progress = min(1.0, max(0, step - start) / max(1, total - start))
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
