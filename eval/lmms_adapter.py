@@ -9,10 +9,11 @@ import warnings
 from itertools import groupby
 from typing import Any, Sequence
 
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmllm.processor import SampleError
+from mmllm.processor import IGNORE_INDEX, SampleError
 
 try:
     from lmms_eval.api.model import lmms as _LmmsBase
@@ -122,7 +123,37 @@ class MMLLMLmms(_LmmsBase):
         return visuals
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until tasks only, not loglikelihood")
+        """`args` = (context, doc_to_target, doc_to_visual, doc_id, task, split) -> (log P(continuation), greedy?).
+
+        The continuation is scored as the assistant's answer to the context (without the end-of-answer
+        token), one request at a time; a rejected input scores -inf with a warning.
+        """
+        return [self._loglikelihood(r.args) for r in requests]
+
+    @torch.no_grad()
+    def _loglikelihood(self, arg: tuple) -> tuple[float, bool]:
+        context, target, _, doc_id, task, split = arg
+        continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+        processor = self.model.processor
+        try:
+            images = self._images(arg)
+            turns = [{"from": "human", "value": processor.prompt_text(context, images)}, {"from": "gpt", "value": continuation}]
+            batch = processor.collate([processor.encode(turns, images)])
+        except SampleError as exc:
+            warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: {exc}; scoring -inf", stacklevel=2)
+            return float("-inf"), False
+        device = next(self.model.parameters()).device
+        logits = self.model(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
+            layout=batch["layout"], audio_values=batch["audio_values"].to(device),
+        ).logits[0, :-1].float()
+        targets = batch["labels"][0, 1:].to(device)
+        answer = (targets != IGNORE_INDEX).nonzero().squeeze(-1)[:-1]  # the last answer token is the eos
+        logprobs = logits[answer].log_softmax(-1)
+        chosen = logprobs.gather(-1, targets[answer].unsqueeze(-1)).sum().item()
+        return chosen, bool((logprobs.argmax(-1) == targets[answer]).all())
 
     def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
-        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until tasks only, not multi-round")
+        # Required by lmms-eval's abstract base; its multi-round tasks rewrite visuals and context between
+        # rounds through task callbacks, which a single-image-turn model like ours has not been built for.
+        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until and loglikelihood, not multi-round")

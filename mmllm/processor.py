@@ -249,11 +249,17 @@ class Processor:
     def encode_prompt(self, question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> dict:
         """A generation prompt: the question (one marker per image and clip; missing ones are put first)
         and the assistant prefix."""
+        question = self.prompt_text(question, images, audio)
+        return self.encode([{"from": "human", "value": question}], images, add_generation_prompt=True, audio=audio)
+
+    @staticmethod
+    def prompt_text(question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> str:
+        """The question with one marker per image and clip; missing markers are put first."""
         if images and IMAGE_MARKER not in question:
             question = "".join(IMAGE_MARKER + "\n" for _ in images) + question
         if len(audio) and AUDIO_MARKER not in question:
             question = "".join(AUDIO_MARKER + "\n" for _ in audio) + question
-        return self.encode([{"from": "human", "value": question}], images, add_generation_prompt=True, audio=audio)
+        return question
 
     def collate(self, samples: Sequence[dict]) -> dict:
         """Left-pad to the longest sample; tiles of all samples are stacked in sample order, then clips."""

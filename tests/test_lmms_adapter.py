@@ -92,9 +92,7 @@ def test_unsupported_requests_and_arguments_fail_clearly(saved):
     with pytest.raises(ValueError, match="batch_size"):
         MMLLMLmms(pretrained=str(path), batch_size="auto")
     lm = adapter(path)
-    with pytest.raises(NotImplementedError, match="generate_until"):
-        lm.loglikelihood([])
-    with pytest.raises(NotImplementedError, match="generate_until"):
+    with pytest.raises(NotImplementedError, match="not multi-round"):
         lm.generate_until_multi_round([])
     with pytest.warns(UserWarning, match="greedily"):
         assert lm.generate_until(requests([{"max_new_tokens": 2, "temperature": 0.7}], [0])) == [
@@ -119,3 +117,36 @@ def test_entry_point_is_declared_and_registers_the_adapter(monkeypatch):
     assert registered.model_id == "mmllm"
     module, cls = registered.simple_class_path.rsplit(".", 1)
     assert getattr(__import__(module, fromlist=[cls]), cls) is MMLLMLmms and MMLLMLmms.is_simple
+
+
+def by_hand(model, context: str, doc_images: list, continuation: str) -> tuple[float, bool]:
+    """Sum of log P(answer token) and whether each is the argmax, from the model's own logits."""
+    batch = model.processor.collate([model.processor.encode(
+        [{"from": "human", "value": "<image>\n" * len(doc_images) + context}, {"from": "gpt", "value": continuation}],
+        doc_images)])
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], layout=batch["layout"]).logits
+    answer = model.tokenizer(continuation, add_special_tokens=False).input_ids
+    start = batch["input_ids"].shape[1] - 1 - len(answer)  # the answer tokens, then eos
+    rows = [logits[0, start - 1 + k].log_softmax(-1) for k in range(len(answer))]
+    return sum(r[t].item() for r, t in zip(rows, answer)), all(int(r.argmax()) == t for r, t in zip(rows, answer))
+
+
+def test_loglikelihood_scores_the_continuation_as_the_answer(saved):
+    model, path = saved
+    lm = adapter(path)
+    targets = ["ab12", lambda doc: "ab12", "ab12 and more", "z"]
+    reqs = [SimpleNamespace(args=(DOCS[0]["context"], t, lambda d: d["visual"], 0, "fake", "test")) for t in targets]
+    scores = lm.loglikelihood(reqs)
+    assert scores[0] == scores[1] and scores[2][0] < scores[0][0] < 0  # a string or doc_to_target; longer is less likely
+    for (lp, greedy), text in zip(scores, ["ab12", "ab12", "ab12 and more", "z"]):
+        expected_lp, expected_greedy = by_hand(model, DOCS[0]["context"], images(DOCS[0]), text)
+        assert lp == pytest.approx(expected_lp, abs=1e-4) and greedy == expected_greedy
+    # the model's own greedy token (the argmax after the prompt) is greedy by definition
+    prompt = model.processor.collate([model.processor.encode_prompt(DOCS[1]["context"], [])])
+    with torch.no_grad():
+        first = int(model(prompt["input_ids"], prompt["attention_mask"]).logits[0, -1].argmax())
+    token = model.tokenizer.decode([first])
+    req = SimpleNamespace(args=(DOCS[1]["context"], token, lambda d: d["visual"], 1, "fake", "test"))
+    assert model.tokenizer(token, add_special_tokens=False).input_ids == [first]  # seed 0: an ASCII byte
+    assert lm.loglikelihood([req])[0][1] is True
