@@ -21,7 +21,7 @@ from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_sample
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.train.cli import run as run_cli
 from mmllm.train.data import ItemsDataset
-from mmllm.train.synth import synthesize
+from mmllm.train.synth import synthesize_once
 
 REPO = Path(__file__).resolve().parents[1]
 Arch = Literal["nvlm_d", "nvlm_x", "nvlm_h"]
@@ -65,8 +65,7 @@ def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, P
     folders = {}
     for s in sets:
         folders[s.name] = root / s.name
-        if not (folders[s.name] / "items.jsonl").is_file():
-            synthesize(s.task, folders[s.name], max(8, int(s.n * scale)), seed=s.seed, level=s.level)
+        synthesize_once(s.task, folders[s.name], max(8, int(s.n * scale)), seed=s.seed, level=s.level)
     return folders
 
 

@@ -117,3 +117,24 @@ def test_invalid_arguments(kwargs, valid, tmp_path):
     args = dict(task="ocr", out=tmp_path, n=2, level="easy") | kwargs
     with pytest.raises(ValueError, match=valid):
         synthesize(**args)
+
+
+def test_synthesize_once_reuses_only_the_same_dataset(tmp_path, monkeypatch):
+    """A finished folder is reused; other arguments, an older generator or an interrupted run rewrite it."""
+    from mmllm.train import synth
+
+    out = tmp_path / "d"
+    assert synth.synthesize_once("ocr", out, 4, seed=1) is True
+    first = tree(out)
+    assert json.loads(first[synth.STAMP])["seed"] == 1
+    assert synth.synthesize_once("ocr", out, 4, seed=1) is False and tree(out) == first
+    assert synth.synthesize_once("ocr", out, 4, seed=2) is True and tree(out)["train.jsonl"] != first["train.jsonl"]
+
+    stamp = synth._stamp
+    monkeypatch.setattr(synth, "_stamp", lambda *a: {**stamp(*a), "generator": "edited"})
+    assert synth.synthesize_once("ocr", out, 4, seed=2) is True  # same arguments, another generator
+    monkeypatch.undo()
+
+    assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first
+    (out / synth.STAMP).unlink()  # as an interrupted run leaves the folder
+    assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first

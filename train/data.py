@@ -168,11 +168,10 @@ class MMDataModule(L.LightningDataModule):
         self.datasets: dict[str, ConversationDataset] = {}
 
     def prepare_data(self) -> None:
-        from .synth import synthesize
+        from .synth import synthesize_once
 
         for folder, n, seed in self.synth_jobs:
-            if not (folder / "items.jsonl").is_file():
-                synthesize(self.synth_task, folder, n, seed=seed, level=self.synth_level)
+            synthesize_once(self.synth_task, folder, n, seed=seed, level=self.synth_level)
 
     def dataset(self, split: str) -> ConversationDataset:
         if split not in self.datasets:

@@ -7,6 +7,7 @@ is saved by Pillow without metadata; clips are 16-bit PCM WAV written by soundfi
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -33,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 LEVELS = ("easy", "hard")
 VOICES = ("tones", "espeak")
+STAMP = "synth.json"  # what a finished dataset folder was made from (synthesize_once)
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 OCR_QUESTION = "What text is in the image?"
@@ -109,6 +111,7 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
         raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STAMP).unlink(missing_ok=True)  # the folder is unfinished until the new stamp is written
     train, items, counts = [], [], {}
     for i in range(n):
         sample = TASKS[task](random.Random(f"{task}/{level}/{seed}/{i}"), level, i)
@@ -134,10 +137,31 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
             if key in sample.extra:
                 counts.setdefault(key, Counter())[sample.extra[key]] += 1
     _write_jsonl(out / "train.jsonl", train)
-    # items.jsonl last: its presence is what marks a finished dataset (MMDataModule.prepare_data, demo).
     _write_jsonl(out / "items.jsonl", items)
+    # The stamp last: it marks a finished dataset (synthesize_once).
+    (out / STAMP).write_text(json.dumps(_stamp(task, n, seed, level, voice)) + "\n", encoding="utf-8")
     return {"task": task, "level": level, "n": n, "seed": seed, "out": str(out),
             "counts": {key: dict(sorted(c.items())) for key, c in counts.items()}}
+
+
+def synthesize_once(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy") -> bool:
+    """Synthesise into `out` unless it already holds this very dataset; True when it wrote it.
+
+    The stamp holds the arguments and a hash of this generator's source, so a folder written by an
+    older generator (or an interrupted run) is written again instead of being reused unnoticed."""
+    try:
+        current = json.loads((Path(out) / STAMP).read_text(encoding="utf-8")) == _stamp(task, n, seed, level, "tones")
+    except (OSError, ValueError):
+        current = False
+    if not current:
+        synthesize(task, out, n, seed=seed, level=level)
+    return not current
+
+
+
+def _stamp(task: str, n: int, seed: int, level: str, voice: str) -> dict:
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return {"task": task, "n": n, "seed": seed, "level": level, "voice": voice, "generator": source}
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
