@@ -9,7 +9,7 @@ def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_pa
         val=[],
         test=[DataSet("ocr-test", "ocr", n=8, seed=2, eval="ocr"), DataSet("chart-test", "chart", n=8, seed=3, eval="chartqa")],
     )
-    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null"]
+    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null", "--model.processor.tile_tag=1d"]
     table = compare(archs=["nvlm_d", "nvlm_x", "nvlm_h"], max_steps=2, out=str(tmp_path), tile_sweep_batch=1,
                     fit_overrides=overrides, **sets)
     report = tmp_path / "report"
@@ -20,7 +20,7 @@ def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_pa
     metrics = json.loads((report / "metrics.json").read_text())
     runs = {r["arch"]: r for r in metrics["runs"]}
     assert set(runs) == {"nvlm_d", "nvlm_x", "nvlm_h"} and all(set(r["scores"]) == {"ocr-test", "chart-test"} for r in runs.values())
-    # Per extra tile D adds tokens + tag, X only the tag, H nothing (the thumbnail alone is in the sequence).
+    # With 1-D tags, per extra tile D adds tokens + tag, X only the tag, H nothing (the thumbnail alone is in the sequence).
     length = {a: [row["decoder_len"] for row in rows] for a, rows in metrics["tile_sweep"].items()}
     assert [row["tiles"] for row in metrics["tile_sweep"]["nvlm_d"]] == [1, 2, 3, 4, 5, 6]
     for k in range(2, 6):
