@@ -6,7 +6,9 @@ optional: without it `MMLLMLmms` subclasses a stand-in for lmms-eval's `lmms` ba
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from itertools import groupby
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -56,26 +58,28 @@ def truncate(text: str, until: str | Sequence[str] | None) -> str:
 class MMLLMLmms(_LmmsBase):
     """An mmllm checkpoint (`save_pretrained` folder or Lightning `.ckpt`) as an lmms-eval model.
 
-    `generate_until` only: greedy decoding, batched by `max_new_tokens` with the longest prompts
-    first, answers in request order. A request whose input the processor rejects (e.g. more
+    `generate_until` (and, round by round, `generate_until_multi_round`): greedy decoding, batched by
+    `max_new_tokens` with the longest prompts first, answers in request order; `loglikelihood`. A request whose input the processor rejects (e.g. more
     `<image>` markers than images) gets an empty answer and a warning instead of ending the run.
     """
 
     is_simple = True
 
     def __init__(
-        self, pretrained: str, batch_size: int | str = 1, device: str = "cpu", max_new_tokens: int = 128, **kwargs: Any
+        self, pretrained: str, batch_size: int | str = 1, device: str = "cpu", max_new_tokens: int = 128,
+        max_rounds: int = 32, **kwargs: Any
     ) -> None:
         super().__init__()
         # Imported here: lmms-eval imports this module (via the entry point) on every run, for any model.
         from mmllm.eval.runner import load_model
 
-        if not str(batch_size).isdigit() or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for name, value in (("batch_size", batch_size), ("max_rounds", max_rounds)):
+            if not str(value).isdigit() or int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         ignored = sorted(set(kwargs) - {"max_batch_size"})  # lmms-eval passes it when --max_batch_size is set
         if ignored:
             warnings.warn(f"mmllm: ignoring unknown model_args {ignored}", stacklevel=2)
-        self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
+        self.batch_size, self.max_new_tokens, self.max_rounds = int(batch_size), int(max_new_tokens), int(max_rounds)
         self.model = load_model(pretrained).to(device).eval()
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
@@ -153,7 +157,36 @@ class MMLLMLmms(_LmmsBase):
         chosen = logprobs.gather(-1, targets[answer].unsqueeze(-1)).sum().item()
         return chosen, bool((logprobs.argmax(-1) == targets[answer]).all())
 
-    def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
-        # Required by lmms-eval's abstract base; its multi-round tasks rewrite visuals and context between
-        # rounds through task callbacks, which a single-image-turn model like ours has not been built for.
-        raise NotImplementedError("mmllm's lmms-eval adapter supports generate_until and loglikelihood, not multi-round")
+    def generate_until_multi_round(self, requests: Sequence[Any]) -> list[list[str]]:
+        """`args` = (context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split) -> per request,
+        the task's result of every round (lmms-eval's round protocol).
+
+        Round 1 answers the context and the doc's visuals. After round r the task's
+        `doc_to_text(doc, previous_output=answers, round_idx=r, previous_round_info=info)` returns
+        (visuals, context, terminal, round results, info): the next round's input, or on `terminal`
+        the request's result. Each round is one single-turn `generate_until` answer (the task carries
+        any history in the context it returns). A task that never signals `terminal` is stopped
+        after `max_rounds` rounds with a warning naming the doc.
+        """
+        results = []
+        for request in tqdm(requests, desc="mmllm generate_until_multi_round", disable=self.rank != 0):
+            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+            doc, rounds, info = self.task_dict[task][split][doc_id], [], None
+            for round_idx in range(1, self.max_rounds + 1):
+                answer = self.generate_until([SimpleNamespace(args=(context, gen_kwargs, doc_to_visual, doc_id, task, split))])
+                visuals, context, terminal, rounds, info = doc_to_text(
+                    doc, previous_output=[*rounds, *answer], round_idx=round_idx, previous_round_info=info)
+                rounds = list(rounds or [])
+                if terminal:
+                    break
+                doc_to_visual = partial(_constant, visuals)
+            else:
+                warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: no terminal signal after {self.max_rounds} rounds; "
+                              "keeping those rounds (raise max_rounds in --model_args)", stacklevel=2)
+            results.append(rounds)
+        return results
+
+
+def _constant(visuals: Any, doc: Any) -> Any:
+    """doc_to_visual for a later round: the visuals the task returned for it."""
+    return visuals

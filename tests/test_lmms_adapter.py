@@ -92,14 +92,49 @@ def test_unsupported_requests_and_arguments_fail_clearly(saved):
     with pytest.raises(ValueError, match="batch_size"):
         MMLLMLmms(pretrained=str(path), batch_size="auto")
     lm = adapter(path)
-    with pytest.raises(NotImplementedError, match="not multi-round"):
-        lm.generate_until_multi_round([])
     with pytest.warns(UserWarning, match="greedily"):
         assert lm.generate_until(requests([{"max_new_tokens": 2, "temperature": 0.7}], [0])) == [
             lm.generate_until(requests([{"max_new_tokens": 2}], [0]))[0]]
     video = [SimpleNamespace(args=("q", {}, lambda doc: ["clip.mp4"], 0, "fake", "test"))]
     with pytest.raises(TypeError, match="PIL images"):
         lm.generate_until(video)
+
+
+def test_multi_round_follows_the_task_rounds(saved):
+    """lmms-eval's protocol: doc_to_text gets the answers so far and returns the next round's input."""
+    model, path = saved
+    lm = adapter(path, max_new_tokens=6)
+    calls = []
+
+    def doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
+        calls.append((list(previous_output), round_idx, previous_round_info))
+        if round_idx == 1:  # round 2: another doc's images and question
+            return DOCS[2]["visual"], DOCS[2]["context"], False, previous_output, {"seen": 1}
+        if round_idx == 2:  # round 3: text only, the history folded into the context
+            return None, "Earlier: " + " | ".join(previous_output), False, previous_output, {"seen": 2}
+        return None, None, True, [a.upper() for a in previous_output], None
+
+    reqs = [SimpleNamespace(args=(DOCS[i]["context"], {"until": ["\x00never"]}, lambda doc: doc["visual"], doc_to_text,
+                                  i, "fake", "test")) for i in (0, 3)]
+    got = lm.generate_until_multi_round(reqs)
+
+    def answer(context, imgs):
+        return model.answer([context], [imgs], max_new_tokens=6)[0]
+
+    for k, (i, result) in enumerate(zip((0, 3), got)):
+        first = answer(DOCS[i]["context"], images(DOCS[i]))
+        second = answer(DOCS[2]["context"], images(DOCS[2]))
+        third = answer(f"Earlier: {first} | {second}", [])
+        assert result == [first.upper(), second.upper(), third.upper()] and len({first, second, third}) == 3
+        assert calls[3 * k : 3 * k + 3] == [([first], 1, None), ([first, second], 2, {"seen": 1}),
+                                            ([first, second, third], 3, {"seen": 2})]
+    assert len(calls) == 6
+
+    never = [SimpleNamespace(args=("Read.", {}, lambda doc: doc["visual"],
+                                   lambda doc, previous_output, **kw: (None, "Again.", False, previous_output, None),
+                                   3, "fake", "test"))]
+    with pytest.warns(UserWarning, match="fake/test doc 3: no terminal signal after 2 rounds"):
+        assert len(adapter(path, max_rounds=2).generate_until_multi_round(never)[0]) == 2
 
 
 def test_entry_point_is_declared_and_registers_the_adapter(monkeypatch):
