@@ -24,6 +24,7 @@ from torch import nn
 
 from mmllm.config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM
+from mmllm.processor import ModelInputs
 from mmllm.tokenizer import load_tokenizer
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -62,14 +63,14 @@ def decoder_length(model: MMLLM, n_tiles: int, question: str = QUESTION) -> int:
     return len(model.processor.encode_prompt(question, [tiles_image(model, n_tiles)])["input_ids"])
 
 
-def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> dict:
+def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
     """A collated batch of identical one-image question/answer samples with `n_tiles` tiles each."""
     proc = model.processor
     conv = [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]
     return proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
 
 
-def prompt_batch(model: MMLLM, n_tiles: int, batch_size: int) -> dict:
+def prompt_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
     """The generation prompts matching `train_batch` (question + assistant prefix, no answer)."""
     proc = model.processor
     return proc.collate([proc.encode_prompt(QUESTION, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
@@ -222,7 +223,7 @@ def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
                                 patch_size=t.peer_patch, max_num_tiles=n_tiles, supported_aspect_ratios=[[1, n_tiles]],
                                 intermediate_layers_indices=[t.depth // 2], vision_output_dim=2 * t.width)
     llm = ours.llm.config
-    ours_at = [int(i) for i in ours.cross]
+    ours_at = list(ours.cross_layers())
     shared = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "rms_norm_eps", "max_position_embeddings", "rope_parameters", "hidden_act",
               "bos_token_id", "eos_token_id", "pad_token_id")
@@ -233,36 +234,33 @@ def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
                                                        image_token_index=ours.image_token_id))
 
 
-def _our_inputs(batch: dict, device: torch.device) -> dict:
-    keys = ("input_ids", "attention_mask", "pixel_values", "labels", "layout")
-    return {k: batch[k].to(device) if isinstance(batch[k], torch.Tensor) else batch[k] for k in keys if k in batch}
+def _our_inputs(batch: ModelInputs, device: torch.device) -> dict:
+    return {"inputs": batch.to(device)}
 
 
-def llava_inputs(batch: dict, device: torch.device) -> dict:
+def llava_inputs(batch: ModelInputs, device: torch.device) -> dict:
     """Our NVLM-D batch as it is: LLaVA splices the tiles' features (a batch of images) over the same
     placeholders, so both decoders see the same sequence."""
-    return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels") if k in batch}
+    return {k: getattr(batch, k).to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
 
 
-def mllama_inputs(batch: dict, device: torch.device) -> dict:
+def mllama_inputs(batch: ModelInputs, device: torch.device) -> dict:
     """Our NVLM-X batch for Mllama: each sample's tiles as one image of T tiles, and a tile-level
     cross-attention mask equal to ours (a token sees its image's tiles, a tile tag only its own tile)."""
-    layout = batch["layout"]
-    b = batch["input_ids"].shape[0]
-    pixels = batch["pixel_values"]
+    layout = batch.layout
+    b = batch.input_ids.shape[0]
+    pixels = batch.pixel_values
     n = pixels.shape[0] // b
     tile = torch.arange(n)
     sees = (layout.token_media >= 0).unsqueeze(-1) & (
         (layout.token_tile.unsqueeze(-1) < 0) | (layout.token_tile.unsqueeze(-1) == tile))
     inputs = {
-        "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+        "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels,
         "pixel_values": pixels.view(b, 1, n, *pixels.shape[1:]),
         "aspect_ratio_ids": torch.ones(b, 1, dtype=torch.long),
         "aspect_ratio_mask": torch.ones(b, 1, n, dtype=torch.long),
         "cross_attention_mask": sees.unsqueeze(2).long(),  # [B, T, images=1, tiles]
     }
-    if "labels" in batch:
-        inputs["labels"] = batch["labels"]
     return {k: v.to(device) for k, v in inputs.items()}
 
 
@@ -275,6 +273,7 @@ class Entry:
     train: dict  # forward kwargs (with labels)
     prompt: dict  # generate kwargs
     decoder_len: int
+    batch_size: int
 
 
 def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: int) -> list[dict]:
@@ -309,7 +308,7 @@ def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: 
                 times.append(timed(generate, device))
     return [{"model": e.name, "decoder_len": e.decoder_len, "params": n_params(e.model),
              "step_s": statistics.median(st), "gen_s": statistics.median(gt),
-             "tokens_per_s": e.prompt["input_ids"].shape[0] * new_tokens / statistics.median(gt), "peak_mb": peak}
+             "tokens_per_s": e.batch_size * new_tokens / statistics.median(gt), "peak_mb": peak}
             for e, peak, st, gt in zip(entries, peaks, step_s, gen_s)]
 
 
@@ -320,12 +319,12 @@ def build_entries(models: dict[str, MMLLM], peers: dict[str, nn.Module], n_tiles
     for arch, model in models.items():
         train, prompt = train_batch(model, n_tiles, batch_size), prompt_batch(model, n_tiles, batch_size)
         out.append(Entry(arch, model, _our_inputs(train, device), _our_inputs(prompt, device),
-                         decoder_length(model, n_tiles)))
+                         decoder_length(model, n_tiles), batch_size))
         if arch in peers:
             convert = llava_inputs if arch == "nvlm_d" else mllama_inputs
             ids = {"pad_token_id": model.tokenizer.pad_token_id, "eos_token_id": model.tokenizer.eos_token_id}
             out.append(Entry(PEER_OF[arch], peers[arch], convert(train, device), {**convert(prompt, device), **ids},
-                             prompt["input_ids"].shape[1]))
+                             prompt.input_ids.shape[1], batch_size))
     return out
 
 
@@ -396,7 +395,7 @@ NOTES = """\
   record it; export OMP_WAIT_POLICY=ACTIVE for libgomp's default). Compare numbers of one run only.
 - **Tiles.** `k` tiles come from a 1 x k image; for k > 1 the thumbnail is added (k + 1 tiles encoded).
   D puts every tile's tag and tokens into the decoder, X only the tags (keys/values: all tiles), H the
-  thumbnail (keys/values: the regular tiles with their tag embeddings).
+  thumbnail (keys/values: the regular tiles, each with its tile identity).
 - **Peak memory** on CPU is the process RSS high-water mark (VmHWM, reset per model with
   /proc/self/clear_refs): it includes the Python runtime and every model built so far; on CUDA it is
   the allocator's peak for that model's warm-up step and generation.

@@ -142,16 +142,13 @@ class MMLLMLmms(_LmmsBase):
         try:
             images = self._images(arg)
             turns = [{"from": "human", "value": processor.prompt_text(context, images)}, {"from": "gpt", "value": continuation}]
-            batch = processor.collate([processor.encode(turns, images)])
+            inputs = processor.collate([processor.encode(turns, images)])
         except SampleError as exc:
             warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: {exc}; scoring -inf", stacklevel=2)
             return float("-inf"), False
         device = next(self.model.parameters()).device
-        logits = self.model(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            layout=batch["layout"], audio_values=batch["audio_values"].to(device),
-        ).logits[0, :-1].float()
-        targets = batch["labels"][0, 1:].to(device)
+        logits = self.model(inputs.to(device)).logits[0, :-1].float()
+        targets = inputs.labels[0, 1:].to(device)
         answer = (targets != IGNORE_INDEX).nonzero().squeeze(-1)[:-1]  # the last answer token is the eos
         logprobs = logits[answer].log_softmax(-1)
         chosen = logprobs.gather(-1, targets[answer].unsqueeze(-1)).sum().item()

@@ -141,15 +141,12 @@ def evaluate(
     start = time.perf_counter()
     with pred_file.open("a", encoding="utf-8") as fh:
         for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
-            skipped += batch["skipped"]
-            truncated += batch["truncated"]
-            if not batch["ids"]:
+            skipped += batch.skipped
+            truncated += batch.truncated
+            if batch.inputs is None:
                 continue
-            generated = model.generate(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-                batch["layout"], max_new_tokens=max_new_tokens, audio_values=batch["audio_values"].to(device),
-            )
-            for record, ids in zip(batch["records"], generated.tolist()):
+            generated = model.generate(batch.inputs.to(device), max_new_tokens=max_new_tokens)
+            for record, ids in zip(batch.records, generated.tolist()):
                 row = _row(record.data, model.processor.decode(ids), record.id)
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[record.id] = row

@@ -1,11 +1,20 @@
 """One config object describes a whole model; it round-trips through config.json."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
+TILES_IN_SEQUENCE = ("all", "thumbnail", "none")
+# How a cross-attention key/value token knows which tile it came from (every tile is encoded alone with
+# the same ViT position table, so without one of these X and H cannot tell tiles apart):
+#   learned     - a learned embedding per tile slot (thumbnail: its own slot) added to the tile's tokens
+#   tag         - the tile's tag-text embedding (mean over its tokens) added to every token of the tile
+#   tag_entries - the paper read literally: tag embeddings as extra keys/values before the tile (binds
+#                 nothing, since attention over position-free keys is a set; kept for the ablation)
+#   none        - nothing
+TILE_IDENTITIES = ("learned", "tag", "tag_entries", "none")
 
 
 class ConfigError(ValueError):
@@ -94,8 +103,42 @@ class AudioConfig:
     )
 
 
+@dataclass(frozen=True)
+class ArchKnobs:
+    """What tells NVLM-D, -X and -H apart; `ARCH_PRESETS` names three points in this space.
+
+    tiles_in_sequence: which tiles become decoder tokens ("all": D; "thumbnail": H, the global view in the
+        sequence; "none": X). Tiles not in the sequence (and audio clips, unless "all") are reached
+        through gated cross-attention, so "all" means no cross-attention blocks at all.
+    tags_own_tile: tile-tag text stays in the decoder sequence and each tag token cross-attends only
+        its own tile (X). Otherwise tags of cross-attended tiles feed the keys/values (H).
+    projector: `connectors.PROJECTORS` name (NVLM: 2-layer MLP for D and H, 1 layer for X).
+    cross_attention_every: one block every k decoder layers, the first before layer min(k, n) - 1
+        (OpenFlamingo places them before layers k-1, 2k-1, ...; Mllama's first is before layer 3). A
+        block before layer 0 reads bare token embeddings that carry no position: every occurrence of a
+        token asks the image the same question (measured: identical block output at all five `a`s of
+        an answer), so the default never puts the first block there unless k = 1.
+    tile_identity: see TILE_IDENTITIES.
+    """
+
+    tiles_in_sequence: str
+    tags_own_tile: bool
+    projector: str
+    cross_attention_every: int = 4
+    tile_identity: str = "learned"
+
+
+ARCH_PRESETS: dict[str, ArchKnobs] = {
+    "nvlm_d": ArchKnobs(tiles_in_sequence="all", tags_own_tile=False, projector="mlp"),
+    "nvlm_x": ArchKnobs(tiles_in_sequence="none", tags_own_tile=True, projector="linear"),
+    "nvlm_h": ArchKnobs(tiles_in_sequence="thumbnail", tags_own_tile=False, projector="mlp"),
+}
+
+
 @dataclass
 class MMLLMConfig:
+    """The whole model. `arch` picks a row of ARCH_PRESETS; any knob set here (not None) overrides it."""
+
     arch: str = "nvlm_d"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -103,10 +146,18 @@ class MMLLMConfig:
     audio: AudioConfig | None = None  # None: a vision-only model
     pixel_shuffle: int = 2
     connector_hidden: int | None = None  # None: the LLM's FFN width, as NVLM-D does
-    # NVLM-X/H: a gated cross-attention block before every k-th decoder layer (layer 0, k, 2k, ...),
-    # or before the layers listed explicitly (which wins when given).
-    cross_attention_every: int = 1
+    # ArchKnobs overrides (None: the arch's preset). `cross_attention_layers` lists the decoder layers
+    # that get a block explicitly and wins over `cross_attention_every`.
+    tiles_in_sequence: str | None = None
+    tags_own_tile: bool | None = None
+    projector: str | None = None
+    cross_attention_every: int | None = None
     cross_attention_layers: list[int] | None = None
+    tile_identity: str | None = None
+    # A learned absolute position embedding added to the LLM's input (0: none, the LLM's own scheme only).
+    # A RoPE-only LLM gives a query no absolute position, so a from-scratch X cannot ask "the i-th answer
+    # character" for "the i-th glyph" through cross-attention; D finds its glyph at a fixed relative offset.
+    input_positions: int = 0
 
     def __post_init__(self) -> None:
         parts = (("encoder", EncoderConfig), ("llm", LLMConfig), ("processor", ProcessorConfig), ("audio", AudioConfig))
@@ -116,15 +167,39 @@ class MMLLMConfig:
                 setattr(self, name, _from_dict(cls, value, name))
         self.validate()
 
+    @property
+    def knobs(self) -> ArchKnobs:
+        """The arch's preset with every override applied."""
+        preset = ARCH_PRESETS[self.arch]
+        names = ("tiles_in_sequence", "tags_own_tile", "projector", "cross_attention_every", "tile_identity")
+        return replace(preset, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
+
+    @property
+    def cross_attends(self) -> bool:
+        """Whether tiles (or clips) are reached through cross-attention blocks at all."""
+        return self.knobs.tiles_in_sequence != "all"
+
     def validate(self) -> None:
+        from mmllm.connectors import PROJECTORS  # connectors come before the core in the data flow
+
         check_choice("arch", self.arch, ARCHS)
+        knobs = self.knobs
+        check_choice("tiles_in_sequence", knobs.tiles_in_sequence, TILES_IN_SEQUENCE)
+        check_choice("projector", knobs.projector, tuple(PROJECTORS))
+        check_choice("tile_identity", knobs.tile_identity, TILE_IDENTITIES)
         check_choice("processor.tile_tag", self.processor.tile_tag, TILE_TAGS)
         if self.processor.max_tiles < 1:
             raise ConfigError(f"processor.max_tiles must be >= 1, got {self.processor.max_tiles}")
-        if self.arch == "nvlm_h" and not self.processor.use_thumbnail:
-            raise ConfigError("nvlm_h puts the thumbnail into the decoder sequence: processor.use_thumbnail must be true")
-        if self.cross_attention_every < 1:
-            raise ConfigError(f"cross_attention_every must be >= 1, got {self.cross_attention_every}")
+        if knobs.tiles_in_sequence == "thumbnail" and not self.processor.use_thumbnail:
+            raise ConfigError("tiles_in_sequence 'thumbnail' (nvlm_h) puts the thumbnail into the decoder sequence: "
+                              "processor.use_thumbnail must be true")
+        if self.cross_attends and knobs.tile_identity.startswith("tag") and self.processor.tile_tag == "none":
+            raise ConfigError(f"tile_identity {knobs.tile_identity!r} binds tile tags, but processor.tile_tag is "
+                              "'none'; use tile_identity 'learned' or 'none', or turn tags on")
+        if knobs.cross_attention_every < 1:
+            raise ConfigError(f"cross_attention_every must be >= 1, got {knobs.cross_attention_every}")
+        if self.input_positions < 0:
+            raise ConfigError(f"input_positions must be >= 0, got {self.input_positions}")
         if self.pixel_shuffle < 1:
             raise ConfigError(f"pixel_shuffle must be >= 1, got {self.pixel_shuffle}")
         if self.audio is not None:
@@ -133,11 +208,11 @@ class MMLLMConfig:
                     raise ConfigError(f"audio.{name} must be >= 1, got {getattr(self.audio, name)}")
 
     def cross_attention_at(self, n_layers: int) -> list[int]:
-        """Decoder layer indices that get a cross-attention block (none for nvlm_d)."""
-        if self.arch == "nvlm_d":
+        """Decoder layer indices that get a cross-attention block (none when every tile is in the sequence)."""
+        if not self.cross_attends:
             return []
-        layers = self.cross_attention_layers
-        layers = list(range(0, n_layers, self.cross_attention_every)) if layers is None else sorted(set(layers))
+        every, layers = self.knobs.cross_attention_every, self.cross_attention_layers
+        layers = list(range(min(every, n_layers) - 1, n_layers, every)) if layers is None else sorted(set(layers))
         bad = [i for i in layers if not 0 <= i < n_layers]
         if bad or not layers:
             raise ConfigError(f"cross_attention_layers {layers} must be non-empty indices in 0..{n_layers - 1}")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,56 +17,27 @@ from mmllm.encoders import build_audio_encoder, build_encoder
 from .audio import AudioFrontEnd
 from .backbone import build_llm, decoder_layers
 from .config import MMLLMConfig, check_choice
-from .processor import IGNORE_INDEX, MediaLayout, Processor
+from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
+from .processor import IGNORE_INDEX, MediaLayout, ModelInputs, Processor
 from .tokenizer import load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
-_CROSS: ContextVar["CrossContext | None"] = ContextVar("mmllm_cross_attention", default=None)
-
-
-@dataclass
-class CrossContext:
-    """What the cross-attention blocks see during one forward or one `generate()` call.
-
-    Keys/values are computed once per block and reused at every decoding step. `prompt` holds the
-    mask rows of the prompt; tokens beyond it (decoding) see the sample's last media item (`tail`).
-    """
-
-    owner: nn.Module
-    media: torch.Tensor  # [B, N, d] projected tiles and clips (and, for H, tag embeddings) per sample, padded
-    prompt: torch.Tensor  # [B, T0, N] bool
-    tail: torch.Tensor  # [B, N] bool
-    cache: dict = field(default_factory=dict)
-
-    def kv(self, layer: int, block: GatedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer not in self.cache:
-            self.cache[layer] = block.kv(self.media)
-        return self.cache[layer]
-
-    def mask(self, length: int) -> torch.Tensor:
-        t0 = self.prompt.shape[1]
-        if length == t0:
-            return self.prompt
-        tail = self.tail.unsqueeze(1).expand(-1, length if length < t0 else length - t0, -1)
-        return tail if length < t0 else torch.cat([self.prompt, tail], 1)
-
-
 class MMLLM(nn.Module):
     """Encoder -> pixel shuffle -> projector, wired into any causal LM as NVLM-D, -X or -H.
 
-    D splices tile embeddings over placeholder tokens; X reaches all tiles through gated
-    cross-attention blocks run before chosen decoder layers; H splices the thumbnail and reaches
-    the tiles (with their tag embeddings) through cross-attention. The blocks are fed through a
-    scoped context around each LLM call, so HF `generate()` and its KV cache work unchanged.
+    What differs between the three is `config.knobs` (mmllm.config.ArchKnobs): which tiles are
+    spliced over placeholder tokens of the sequence, and which are reached through gated
+    cross-attention layers placed in the LLM's own decoder stack (`CrossAttentionDecoderLayer`).
     With `config.audio`, a speech encoder + audio connector add clips as one more kind of media
-    segment: spliced like tiles in D, cross-attention keys/values in X and H (Processor.audio_layout).
+    segment: spliced like tiles when all tiles are, cross-attention keys/values otherwise.
     """
 
     def __init__(self, config: MMLLMConfig, tokenizer=None, llm_config: dict | None = None) -> None:
         super().__init__()
         self.config = config
+        knobs = config.knobs
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.processor.tokenizer)
         self.encoder = build_encoder(config.encoder)
         height, width = self.encoder.image_size
@@ -78,16 +47,23 @@ class MMLLM(nn.Module):
         self.shuffle = PixelShuffle(self.encoder.grid, config.pixel_shuffle)
         llm_cfg = self.llm.config
         d_llm = llm_cfg.hidden_size
-        ffn = getattr(llm_cfg, "intermediate_size", 4 * d_llm)
-        projector = "linear" if config.arch == "nvlm_x" else "mlp"
-        self.projector = PROJECTORS[projector](self.encoder.dim * config.pixel_shuffle**2, config.connector_hidden or ffn, d_llm)
+        ffn = getattr(llm_cfg, "intermediate_size", None) or 4 * d_llm
+        self.projector = PROJECTORS[knobs.projector](
+            self.encoder.dim * config.pixel_shuffle**2, config.connector_hidden or ffn, d_llm
+        )
         layers = decoder_layers(self.llm)
-        self.cross = nn.ModuleDict({
-            str(i): GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn)
-            for i in config.cross_attention_at(len(layers))
-        })
-        for i, block in self.cross.items():
-            layers[int(i)].register_forward_pre_hook(self._cross_hook(int(i), block), with_kwargs=True)
+        for i in config.cross_attention_at(len(layers)):
+            layers[i] = CrossAttentionDecoderLayer(GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn), layers[i])
+        if config.input_positions:
+            layers[0] = InputPositionLayer(layers[0], config.input_positions, d_llm)
+        # Per tile slot (the global view has its own) and token within the tile, as Mllama's tile-position
+        # table: a key then says both which tile and where in it, whatever the tower's features keep.
+        learned = config.cross_attends and knobs.tile_identity == "learned"
+        self.tile_embedding = None
+        if learned:
+            rows, cols = self.shuffle.out_grid
+            shape = (config.processor.max_tiles + 1, rows * cols, d_llm)
+            self.tile_embedding = nn.Parameter(torch.randn(shape) * d_llm**-0.5)
         self.audio_encoder = self.audio_connector = front_end = None
         if config.audio is not None:
             self.audio_encoder = build_audio_encoder(config.audio)
@@ -99,23 +75,22 @@ class MMLLM(nn.Module):
             front_end = AudioFrontEnd(config.audio.n_mels, config.audio.max_seconds, self.audio_tokens)
         rows, cols = self.shuffle.out_grid
         self.processor = Processor(
-            config.processor, self.tokenizer, config.arch, height, rows * cols, self.encoder.mean, self.encoder.std,
-            front_end,
+            config.processor, self.tokenizer, knobs, height, rows * cols, self.encoder.mean, self.encoder.std, front_end,
         )
         self.image_token_id = self.processor.image_token_id
 
-    def _cross_hook(self, layer: int, block: GatedCrossAttention):
-        def hook(module, args, kwargs):
-            ctx = _CROSS.get()
-            if ctx is None or ctx.owner is not self:
-                return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            hidden = block(hidden, ctx.kv(layer, block), ctx.mask(hidden.shape[1]))
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+    def cross_layers(self) -> dict[int, CrossAttentionDecoderLayer]:
+        """Decoder layer index -> the cross-attention layer wrapping it (empty when nothing cross-attends)."""
+        found = {}
+        for i, layer in enumerate(decoder_layers(self.llm)):
+            while not isinstance(layer, CrossAttentionDecoderLayer) and isinstance(layer, InputPositionLayer):
+                layer = layer.layer
+            if isinstance(layer, CrossAttentionDecoderLayer):
+                found[i] = layer
+        return found
 
-        return hook
+    def cross_blocks(self) -> dict[int, GatedCrossAttention]:
+        return {i: layer.cross for i, layer in self.cross_layers().items()}
 
     # -- inputs -------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -139,21 +114,20 @@ class MMLLM(nn.Module):
         idle = [] if images else [self.encoder, self.projector]
         if not audio and self.audio_encoder is not None:
             idle += [self.audio_encoder, self.audio_connector]
-        return idle + ([] if images or audio else [self.cross])
+        if not images and not audio:
+            idle += [layer.cross for layer in self.cross_layers().values()]
+        return idle
 
-    def embed(
-        self, input_ids: torch.Tensor, segments: Sequence[torch.Tensor], slots: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments
-        (all segments in order when no layout says which)."""
+    def embed(self, input_ids: torch.Tensor, segments: Sequence[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.image_token_id
         n_slots = int(placeholders.sum())
         if n_slots and not len(segments):
             raise ValueError(f"{n_slots} placeholder tokens but no pixel_values or audio_values")
-        chosen = [segments[i] for i in (range(len(segments)) if slots is None else slots.tolist())]
+        chosen = [segments[i] for i in slots.tolist() if i < len(segments)]
         n_embeds = sum(len(c) for c in chosen)
-        if n_embeds != n_slots:
+        if n_embeds != n_slots or len(chosen) != len(slots):
             raise ValueError(
                 f"{n_slots} placeholder tokens but the tiles and clips give {n_embeds} embeddings "
                 f"(tiles of {self.processor.tokens_per_tile} tokens each); build inputs with model.processor"
@@ -162,21 +136,31 @@ class MMLLM(nn.Module):
             return embeds
         return embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(chosen).to(embeds.dtype))
 
-    def cross_context(self, segments: Sequence[torch.Tensor], layout: MediaLayout) -> CrossContext:
-        """Per-sample key/value sequences and the mask: a token sees the tokens of its most recent
-        media item (an X tile tag only its own tile); a token before any media sees nothing.
+    def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout) -> MediaMemory:
+        """Per-sample key/value inputs and the mask: a token sees the tokens of its most recent media item
+        (a tag token kept in the sequence only its own tile); a token before any media sees nothing.
 
+        Each tile carries its identity (`config.knobs.tile_identity`): a learned slot embedding, its tag's
+        mean embedding added to every token, or its tag embeddings as separate entries before it.
         `segments[i]` is segment i's tokens [n_i, d] (a [tiles, tokens, d] tensor works as well)."""
         ref = segments[0]
+        identity = self.config.knobs.tile_identity
         table = self.llm.get_input_embeddings()
         seqs, key_media, key_tile = [], [], []
         for entries in layout.kv:
             parts, item, tile = [], [], []
-            for kind, payload, media, k in entries:
-                part = table(torch.tensor(payload, device=ref.device)) if kind == "text" else segments[payload]
-                parts.append(part.to(ref.dtype))
-                item += [media] * len(part)
-                tile += [k] * len(part)
+            for seg in entries:
+                tokens = segments[seg.index]
+                tag = table(torch.tensor(seg.tag, device=ref.device)).to(ref.dtype) if seg.tag else None
+                if identity == "learned" and seg.slot >= 0:
+                    tokens = tokens + self.tile_embedding[seg.slot].to(ref.dtype)
+                elif identity == "tag" and tag is not None:
+                    tokens = tokens + tag.mean(0)
+                elif identity == "tag_entries" and tag is not None:
+                    tokens = torch.cat([tag, tokens])
+                parts.append(tokens.to(ref.dtype))
+                item += [seg.media] * len(tokens)
+                tile += [seg.tile] * len(tokens)
             seqs.append(torch.cat(parts) if parts else ref.new_zeros(0, ref.shape[-1]))
             key_media.append(torch.tensor(item, dtype=torch.long))
             key_tile.append(torch.tensor(tile, dtype=torch.long))
@@ -191,79 +175,55 @@ class MMLLM(nn.Module):
         )
         last = tok_media.max(dim=1).values.unsqueeze(-1)  # [B, 1]
         tail = (last >= 0) & (key_media == last)
-        return CrossContext(self, values, prompt, tail)
+        return MediaMemory(values, prompt, tail)
 
     @contextmanager
-    def conditioned(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None,
-        layout: MediaLayout | None,
-        audio_values: torch.Tensor | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Input embeddings for the LLM, with the cross-attention context active around the call.
+    def conditioned(self, inputs: ModelInputs) -> Iterator[torch.Tensor]:
+        """Input embeddings for the LLM, with the cross-attention layers conditioned on this batch's media
+        for the duration of the call (and cleared after it, also on error).
 
         Segments are every tile, then every clip, as `MediaLayout` numbers them."""
-        has_images = pixel_values is not None and len(pixel_values) > 0
-        has_audio = audio_values is not None and len(audio_values) > 0
-        if layout is not None:
-            layout = layout.to(input_ids.device)
-        elif has_audio or (has_images and self.config.arch != "nvlm_d"):
-            raise ValueError(f"{self.config.arch} with {'audio' if has_audio else 'images'} needs the batch's "
-                             "`layout` from model.processor.collate")
-        segments = list(self.image_features(pixel_values)) if has_images else []
+        layout = inputs.layout.to(inputs.input_ids.device)
+        has_images, has_audio = len(inputs.pixel_values) > 0, len(inputs.audio_values) > 0
+        segments = list(self.image_features(inputs.pixel_values)) if has_images else []
         if has_audio:
-            segments += self.audio_features(audio_values, layout.audio_frames)
-        embeds = self.embed(input_ids, segments, layout.slots if layout is not None else None)
+            segments += self.audio_features(inputs.audio_values, layout.audio_frames)
+        embeds = self.embed(inputs.input_ids, segments, layout.slots)
         # Parts this batch skips stay in the graph with a zero gradient (DDP needs no unused-param search).
-        idle = self.idle_modules(has_images, has_audio)
-        embeds = embeds + sum(p.sum() for m in idle for p in m.parameters() if p.requires_grad) * 0.0
-        ctx = self.cross_context(segments, layout) if self.cross and segments else None
-        token = _CROSS.set(ctx)
+        idle = [p for m in self.idle_modules(has_images, has_audio) for p in m.parameters()]
+        idle += [self.tile_embedding] if self.tile_embedding is not None and not has_images else []
+        embeds = embeds + sum(p.sum() for p in idle if p.requires_grad) * 0.0
+        layers = self.cross_layers().values()
+        memory = self.memory(segments, layout) if layers and segments else None
+        for layer in layers:
+            layer.condition(memory)
         try:
             yield embeds
         finally:
-            _CROSS.reset(token)
+            for layer in layers:
+                layer.condition(None)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        layout: MediaLayout | None = None,
-        audio_values: torch.Tensor | None = None,
-        **kwargs,
-    ):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if labels is not None:
-            labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
-        with self.conditioned(input_ids, pixel_values, layout, audio_values) as embeds:
+    def forward(self, inputs: ModelInputs, **kwargs):
+        """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`)."""
+        labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
+        with self.conditioned(inputs) as embeds:
             return self.llm(
-                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                labels=labels, **kwargs,
+                inputs_embeds=embeds, attention_mask=inputs.attention_mask,
+                position_ids=positions(inputs.attention_mask), labels=labels, **kwargs,
             )
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        layout: MediaLayout | None = None,
-        max_new_tokens: int = 32,
-        audio_values: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """New tokens only, [batch, <= max_new_tokens], eos-padded; HF `generate` drives the KV cache."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    def generate(self, inputs: ModelInputs, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
+        """New tokens only, [batch, <= max_new_tokens], eos-padded; HF `generate` drives the KV cache.
+
+        The placeholder token is never generated: it stands for media embeddings, so an answer that
+        contained it could not be fed back as text."""
         kwargs.setdefault("do_sample", False)
-        with self.conditioned(input_ids, pixel_values, layout, audio_values) as embeds:
+        kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or []), self.image_token_id})
+        with self.conditioned(inputs) as embeds:
             return self.llm.generate(
-                inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                inputs_embeds=embeds, attention_mask=inputs.attention_mask, max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
             )
 
@@ -273,14 +233,10 @@ class MMLLM(nn.Module):
     ) -> list[str]:
         """Questions with their images (and 16 kHz mono waveforms) -> decoded answers, in one left-padded batch."""
         audio = audio or [[] for _ in questions]
-        batch = self.processor.collate(
+        inputs = self.processor.collate(
             [self.processor.encode_prompt(q, ims, clips) for q, ims, clips in zip(questions, images, audio)]
         )
-        device = next(self.parameters()).device
-        out = self.generate(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["pixel_values"].to(device),
-            batch["layout"], max_new_tokens=max_new_tokens, audio_values=batch["audio_values"].to(device), **kwargs,
-        )
+        out = self.generate(inputs.to(next(self.parameters()).device), max_new_tokens=max_new_tokens, **kwargs)
         return [self.processor.decode(row) for row in out.tolist()]
 
     # -- save / load --------------------------------------------------------------------------

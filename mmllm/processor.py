@@ -4,13 +4,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import ProcessorConfig
+from .config import ArchKnobs, ProcessorConfig
 from .tiling import tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
@@ -48,6 +48,17 @@ def check_image_size(image: Image.Image, max_side: int) -> None:
         raise SampleError(f"image size {w}x{h} is outside 1..{max_side} pixels per side")
 
 
+class KVSegment(NamedTuple):
+    """One tile or clip that cross-attention reaches, with what tells it apart from the others."""
+
+    kind: str  # "tile" | "audio"
+    index: int  # the segment (tile or clip) it is: within the sample in `encode`, within the batch after `collate`
+    media: int  # the media item (image or clip) of the sample it belongs to: what the mask follows
+    tile: int  # its tile index within the image (X tag tokens see only their own tile); 0 for a clip
+    tag: tuple[int, ...]  # its tile-tag token ids (empty without tags, or for a clip)
+    slot: int  # its row of the learned tile embedding: k for tile k, max_tiles for the global view; -1: none
+
+
 @dataclass
 class MediaLayout:
     """Where a batch's image tiles and audio clips go; built by `Processor.collate`, read by the model.
@@ -60,35 +71,52 @@ class MediaLayout:
     slots: torch.Tensor  # [n] segments whose tokens fill the placeholders, in order
     token_media: torch.Tensor  # [B, T] the media item (within its sample) each token's cross-attention sees; -1: none
     token_tile: torch.Tensor  # [B, T] -1: every tile of that image; k: only tile k (NVLM-X tile tags)
-    kv: list[list[tuple]]  # per sample: ("tile" | "audio", segment, media, tile) | ("text", tag ids, media, tile)
+    kv: list[list[KVSegment]]  # per sample: the segments its cross-attention keys/values are built from
     audio_frames: torch.Tensor  # [clips] real length of each clip in mel frames; the rest of its window is padding
 
     def to(self, device: torch.device) -> "MediaLayout":
         return replace(self, slots=self.slots.to(device), token_media=self.token_media.to(device),
-                       token_tile=self.token_tile.to(device))
+                       token_tile=self.token_tile.to(device), audio_frames=self.audio_frames.to(device))
+
+
+@dataclass
+class ModelInputs:
+    """One batch as the model takes it: tensors and where the media go. Bookkeeping (ids, bad samples,
+    records) travels beside it, never inside, so moving a batch to a device touches only this."""
+
+    input_ids: torch.Tensor  # [B, T] left-padded
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T] answer tokens; IGNORE_INDEX elsewhere
+    pixel_values: torch.Tensor  # [tiles, 3, S, S] every tile of every sample, in sample order
+    audio_values: torch.Tensor  # [clips, n_mels, frames]
+    layout: MediaLayout
+
+    def to(self, device: torch.device | str) -> "ModelInputs":
+        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                           self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device))
 
 
 class Processor:
-    """Builds the decoder sequence for one architecture.
+    """Builds the decoder sequence for one point of the architecture space (`ArchKnobs`).
 
-    NVLM-D layout of one image: `<Image>` + for each tile (thumbnail last) its tag text followed
-    by `tokens_per_tile` placeholder tokens + `</Image>`; the model swaps the placeholders for
-    image embeddings. Audio clips (when the model has an audio front-end) are laid out by
-    `audio_layout`. Loss is taken on assistant turns only.
+    A tile in the sequence is its tag text followed by `tokens_per_tile` placeholder tokens, which
+    the model swaps for image embeddings; one image is wrapped in `<Image>` ... `</Image>`. Audio
+    clips (when the model has an audio front-end) are laid out by `audio_layout`. Loss is taken on
+    assistant turns only.
     """
 
     def __init__(
         self,
         config: ProcessorConfig,
         tokenizer,
-        arch: str,
+        knobs: ArchKnobs,
         tile_size: int,
         tokens_per_tile: int,
         mean: Sequence[float],
         std: Sequence[float],
         audio: "AudioFrontEnd | None" = None,
     ) -> None:
-        self.config, self.tokenizer, self.arch, self.audio = config, tokenizer, arch, audio
+        self.config, self.tokenizer, self.knobs, self.audio = config, tokenizer, knobs, audio
         self.tile_size, self.tokens_per_tile = tile_size, tokens_per_tile
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -120,18 +148,19 @@ class Processor:
         return (pixels / 255.0 - self.mean) / self.std, grid
 
     def image_layout(self, n_tiles: int, grid: tuple[int, int], image: int) -> dict:
-        """How one image enters the model, per architecture (design.md §2).
+        """How one image enters the model (design.md §2), following the knobs.
 
-        - nvlm_d: every tile's tag text + placeholders in the decoder sequence.
-        - nvlm_x: only the tag text in the sequence; each tag attends to its own tile, the tiles
-          (thumbnail included) are cross-attention keys/values.
-        - nvlm_h: the thumbnail (or the lone tile) as placeholders in the sequence; the regular tiles,
-          each with its tag-text embeddings prepended, are cross-attention keys/values.
+        - tiles_in_sequence "all" (D): every tile's tag text + placeholders in the decoder sequence.
+        - "none" (X): the tiles (thumbnail included) are cross-attention keys/values; with
+          `tags_own_tile` the tag text stays in the sequence and each tag token sees only its tile.
+        - "thumbnail" (H): the thumbnail (or the lone tile) as placeholders in the sequence; the
+          regular tiles are keys/values, their tags going with them.
         Returns the sequence ids, each id's tile restriction (-1: the whole image), the local tile
         indices that fill the placeholders, and the key/value segments.
         """
         tags = tile_tags(self.config.tile_tag, grid, n_tiles)
-        in_sequence = range(n_tiles) if self.arch == "nvlm_d" else [n_tiles - 1] if self.arch == "nvlm_h" else []
+        n_regular = grid[0] * grid[1]
+        in_sequence = {"all": range(n_tiles), "thumbnail": [n_tiles - 1], "none": []}[self.knobs.tiles_in_sequence]
         ids, token_tile, slots, kv = list(self.text_ids("<Image>")), [], [], []
         for k, tag in enumerate(tags):
             tag_ids = self.text_ids(tag) if tag else []
@@ -139,12 +168,11 @@ class Processor:
                 ids += tag_ids + [self.image_token_id] * self.tokens_per_tile
                 slots.append(k)
                 continue
-            if self.arch == "nvlm_x":  # the tag stays in the sequence and sees only its tile
+            if self.knobs.tags_own_tile:
                 token_tile += [-1] * (len(ids) - len(token_tile)) + [k] * len(tag_ids)
                 ids += tag_ids
-            elif tag_ids:  # nvlm_h: the tag's embeddings lead the tile's keys/values
-                kv.append(("text", tag_ids, image, k))
-            kv.append(("tile", k, image, k))
+            slot = k if n_regular > 1 and k < n_regular else self.config.max_tiles  # the global view's own row
+            kv.append(KVSegment("tile", k, image, k, tuple(tag_ids), slot))
         ids += self.text_ids("</Image>")
         token_tile += [-1] * (len(ids) - len(token_tile))
         return {"ids": ids, "tile": token_tile, "slots": slots, "kv": kv}
@@ -161,19 +189,19 @@ class Processor:
     def audio_layout(self, n_tokens: int, media: int, clip: int) -> dict:
         """How one clip enters the model; it is one segment (audio is not tiled).
 
-        - nvlm_d: `<Audio>` + one placeholder per token of real audio + `</Audio>` in the sequence.
-        - nvlm_x and nvlm_h: only `<Audio></Audio>` in the sequence; the clip's tokens are cross-attention
+        - tiles_in_sequence "all" (D): `<Audio>` + one placeholder per token of real audio + `</Audio>`.
+        - otherwise (X and H): only `<Audio></Audio>` in the sequence; the clip's tokens are cross-attention
           keys/values. H puts the image thumbnail in the sequence to give the decoder a cheap global
           view of the layout; a clip has no such summary short of pooling most of it away, and
           transcription needs the full-rate tokens, which cross-attention reaches without lengthening
           the sequence (why H sends tiles there). So H treats audio exactly as X does.
         Same return format as `image_layout`, with sample-wide clip indices.
         """
-        in_sequence = self.arch == "nvlm_d"
+        in_sequence = self.knobs.tiles_in_sequence == "all"
         placeholders = [self.image_token_id] * (n_tokens if in_sequence else 0)
         ids = self.text_ids("<Audio>") + placeholders + self.text_ids("</Audio>")
         return {"ids": ids, "tile": [-1] * len(ids), "slots": [clip] if in_sequence else [],
-                "kv": [] if in_sequence else [("audio", clip, media, 0)]}
+                "kv": [] if in_sequence else [KVSegment("audio", clip, media, 0, (), -1)]}
 
     # -- samples ------------------------------------------------------------------------------
     def encode(
@@ -217,8 +245,7 @@ class Processor:
                         layout = self.image_layout(len(pixels), grid, media)
                         add(layout["ids"], tiles=layout["tile"])
                         slots += [("tile", offset + k) for k in layout["slots"]]
-                        for kind, payload, item, tile in layout["kv"]:  # tile indices become sample-wide
-                            kv.append((kind, offset + payload if kind == "tile" else payload, item, tile))
+                        kv += [seg._replace(index=offset + seg.index) for seg in layout["kv"]]  # sample-wide
                         offset += len(pixels)
                     elif piece == AUDIO_MARKER:
                         media, clip = media + 1, clip + 1
@@ -261,7 +288,7 @@ class Processor:
             question = "".join(AUDIO_MARKER + "\n" for _ in audio) + question
         return question
 
-    def collate(self, samples: Sequence[dict]) -> dict:
+    def collate(self, samples: Sequence[dict]) -> ModelInputs:
         """Left-pad to the longest sample; tiles of all samples are stacked in sample order, then clips."""
         width = max(len(s["input_ids"]) for s in samples)
         batch = {key: torch.full((len(samples), width), fill, dtype=torch.long) for key, fill in (
@@ -276,13 +303,11 @@ class Processor:
             batch["attention_mask"][row, width - n:] = 1
             first = {"tile": tiles, "audio": n_tiles + clips}  # the sample's first segment of each kind
             slots += [first[kind] + i for kind, i in s["slots"]]
-            kv.append([(kind, p if kind == "text" else first[kind] + p, item, tile) for kind, p, item, tile in s["kv"]])
+            kv.append([seg._replace(index=first[seg.kind] + seg.index) for seg in s["kv"]])
             tiles += len(s["pixel_values"])
             clips += len(s["audio_frames"])
-        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
-        batch["audio_values"] = torch.cat([s["audio_values"] for s in samples])
-        batch["tiles_per_image"] = [n for s in samples for n in s["tiles_per_image"]]
         frames = torch.tensor([f for s in samples for f in s["audio_frames"]], dtype=torch.long)
-        batch["layout"] = MediaLayout(torch.tensor(slots, dtype=torch.long), batch.pop("token_media"),
-                                      batch.pop("token_tile"), kv, frames)
-        return batch
+        layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv, frames)
+        return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                           torch.cat([s["pixel_values"] for s in samples]),
+                           torch.cat([s["audio_values"] for s in samples]), layout)

@@ -21,7 +21,7 @@ def build(arch: str) -> MMLLM:
 
 def open_gates(model: MMLLM, value: float = 0.7) -> None:
     with torch.no_grad():
-        for block in model.cross.values():
+        for block in model.cross_blocks().values():
             block.attn_gate.fill_(value)
             block.ffn_gate.fill_(value)
 
@@ -32,13 +32,12 @@ def clip(seconds: float, hz: float) -> np.ndarray:
 
 
 def run(model, batch):
-    return model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], layout=batch["layout"],
-                 audio_values=batch["audio_values"]).logits
+    return model(batch).logits
 
 
 def bare(model, batch):
-    mask = batch["attention_mask"]
-    return model.llm(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions(mask)).logits
+    mask = batch.attention_mask
+    return model.llm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions(mask)).logits
 
 
 def mixed(model, text="<image> look, then <audio> listen: what?"):
@@ -55,10 +54,10 @@ def test_d_splices_the_clip_between_audio_tags_and_checks_the_count():
     text = proc.tokenizer.decode(sample["input_ids"], skip_special_tokens=True)
     assert "<Audio></Audio>" in text and "Transcribe." in text
     batch = proc.collate([sample])
-    layout = batch["layout"]
+    layout = batch.layout
     layout.audio_frames = layout.audio_frames - 8  # 142 frames -> 18 tokens for 19 placeholders
     with pytest.raises(ValueError, match="19 placeholder tokens but the tiles and clips give 18 embeddings"):
-        model(batch["input_ids"], layout=layout, audio_values=batch["audio_values"])
+        model(batch)
     with pytest.raises(SampleError, match=r"1 <audio> marker\(s\) in the text but 2 audio clip"):
         proc.encode([{"from": "human", "value": "<audio> hi"}], [], audio=[clip(1, 500), clip(1, 600)])
 
@@ -67,11 +66,11 @@ def test_d_fills_placeholders_in_order_of_appearance():
     model = build("nvlm_d")
     sample, batch = mixed(model, "<audio> first, then <image>")
     with torch.no_grad():
-        with model.conditioned(batch["input_ids"], batch["pixel_values"], batch["layout"], batch["audio_values"]) as embeds:
+        with model.conditioned(batch) as embeds:
             pass
-        audio = model.audio_features(batch["audio_values"], batch["layout"].audio_frames)[0]
-        tiles = model.image_features(batch["pixel_values"]).flatten(0, 1)
-    slots = embeds[0][batch["input_ids"][0] == model.image_token_id]
+        audio = model.audio_features(batch.audio_values, batch.layout.audio_frames)[0]
+        tiles = model.image_features(batch.pixel_values).flatten(0, 1)
+    slots = embeds[0][batch.input_ids[0] == model.image_token_id]
     assert torch.equal(slots, torch.cat([audio, tiles]))
 
 
@@ -91,14 +90,13 @@ def test_x_and_h_keep_audio_out_of_the_sequence_and_equal_the_bare_llm_at_gate_z
 def test_image_and_audio_follow_the_most_recent_media_rule(arch, text):
     model = build(arch)
     sample, batch = mixed(model, text)
-    layout = batch["layout"]
+    layout = batch.layout
     with torch.no_grad():
-        segments = list(model.image_features(batch["pixel_values"]))
-        segments += model.audio_features(batch["audio_values"], layout.audio_frames)
-    ctx = model.cross_context(segments, layout)
-    key_media = torch.tensor([m for kind, p, m, _ in layout.kv[0]
-                              for _ in range(len(p) if kind == "text" else len(segments[p]))])
-    audio_media = next(m for kind, _, m, _ in layout.kv[0] if kind == "audio")
+        segments = list(model.image_features(batch.pixel_values))
+        segments += model.audio_features(batch.audio_values, layout.audio_frames)
+    ctx = model.memory(segments, layout)
+    key_media = torch.tensor([seg.media for seg in layout.kv[0] for _ in range(len(segments[seg.index]))])
+    audio_media = next(seg.media for seg in layout.kv[0] if seg.kind == "audio")
     token_media = layout.token_media[0]
     for pos, media in enumerate(token_media.tolist()):
         seen = set(key_media[ctx.prompt[0, pos]].tolist())
@@ -120,9 +118,8 @@ def test_cached_generation_equals_uncached_and_batch_equals_singles_with_audio(a
     images = [[], [text_image("ab")], []]
     audio = [[clip(1.0, 400)], [clip(2.5, 700)], []]
     batch = model.processor.collate([model.processor.encode_prompt(q, i, a) for q, i, a in zip(questions, images, audio)])
-    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["layout"])
-    cached = model.generate(*args, max_new_tokens=8, audio_values=batch["audio_values"], use_cache=True)
-    uncached = model.generate(*args, max_new_tokens=8, audio_values=batch["audio_values"], use_cache=False)
+    cached = model.generate(batch, max_new_tokens=8, use_cache=True)
+    uncached = model.generate(batch, max_new_tokens=8, use_cache=False)
     assert torch.equal(cached, uncached)
     batched = model.answer(questions, images, max_new_tokens=8, audio=audio)
     assert batched == [model.answer([q], [i], max_new_tokens=8, audio=[a])[0] for q, i, a in zip(questions, images, audio)]

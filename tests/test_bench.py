@@ -37,11 +37,11 @@ def test_llava_matches_nvlm_d_in_size_and_runs_on_its_batch(tiny):
     assert abs(n_params(llava) / n_params(ours) - 1) < 0.02
     batch = train_batch(ours, 2, batch_size=2)
     out = llava(**llava_inputs(batch, CPU))  # raises unless its image features fill our placeholders exactly
-    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    assert out.logits.shape[:2] == batch.input_ids.shape and torch.isfinite(out.loss)
     prompt = prompt_batch(ours, 2, batch_size=2)
     new = llava.generate(**llava_inputs(prompt, CPU), max_new_tokens=3, min_new_tokens=3, do_sample=False,
                          pad_token_id=0, eos_token_id=2)
-    assert new.shape == (2, prompt["input_ids"].shape[1] + 3)
+    assert new.shape == (2, prompt.input_ids.shape[1] + 3)
 
 
 def test_mllama_matches_nvlm_x_in_size_and_sees_what_our_tokens_see(tiny):
@@ -49,22 +49,22 @@ def test_mllama_matches_nvlm_x_in_size_and_sees_what_our_tokens_see(tiny):
     mllama = build_mllama(ours, n_tiles=3)  # 2 tiles + thumbnail
     # Its cross-attention MLPs are SwiGLU (3 matrices to our 2) and it adds tile embedding tables: within 15 %.
     assert abs(n_params(mllama) / n_params(ours) - 1) < 0.15
-    assert mllama.config.text_config.num_hidden_layers == 2 + len(ours.cross)
+    assert mllama.config.text_config.num_hidden_layers == 2 + len(ours.cross_layers())
     batch = train_batch(ours, 2, batch_size=2)
     inputs = mllama_inputs(batch, CPU)
     assert inputs["pixel_values"].shape == (2, 1, 3, 3, 32, 32)
     mask = inputs["cross_attention_mask"][:, :, 0]  # [B, T, tiles]
-    layout = batch["layout"]
+    layout = batch.layout
     tags = layout.token_tile >= 0
     assert tags.sum() == 2 * 3  # each sample has three tile tags, each seeing its own tile only
     assert (mask[tags].sum(-1) == 1).all()
     assert (mask[(layout.token_media >= 0) & ~tags] == 1).all() and (mask[layout.token_media < 0] == 0).all()
     out = mllama(**inputs)
-    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    assert out.logits.shape[:2] == batch.input_ids.shape and torch.isfinite(out.loss)
     prompt = prompt_batch(ours, 2, batch_size=1)
     new = mllama.generate(**mllama_inputs(prompt, CPU), max_new_tokens=3, min_new_tokens=3, do_sample=False,
                           pad_token_id=0, eos_token_id=2)
-    assert new.shape == (1, prompt["input_ids"].shape[1] + 3)
+    assert new.shape == (1, prompt.input_ids.shape[1] + 3)
 
 
 def test_bench_writes_every_row_and_ratio_with_the_design_decoder_lengths(tiny, tmp_path):

@@ -1,8 +1,12 @@
 """NVLM-X and NVLM-H: gated cross-attention on any HF decoder (Llama and Qwen2 families)."""
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 
-from mmllm.config import LLMConfig
+from mmllm.config import LLMConfig, ProcessorConfig
+from mmllm.layers import CrossAttentionDecoderLayer
 from mmllm.connectors import GatedCrossAttention
 from mmllm.model import MMLLM, positions
 from mmllm.tiling import tile_tags
@@ -19,12 +23,12 @@ FAMILIES = {
 
 def build(arch: str, family: str = "llama", **kw) -> MMLLM:
     torch.manual_seed(0)
-    return MMLLM(tiny_config(arch=arch, llm=FAMILIES[family], **kw)).eval()
+    return MMLLM(tiny_config(**{"arch": arch, "llm": FAMILIES[family], **kw})).eval()
 
 
 def open_gates(model: MMLLM, value: float = 0.7) -> None:
     with torch.no_grad():
-        for block in model.cross.values():
+        for block in model.cross_blocks().values():
             block.attn_gate.fill_(value)
             block.ffn_gate.fill_(value)
 
@@ -34,19 +38,20 @@ def batch_for(model, questions, images):
 
 
 def run(model, batch):
-    return model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], layout=batch["layout"]).logits
+    return model(batch).logits
 
 
 def bare(model, batch):
-    mask = batch["attention_mask"]
-    return model.llm(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions(mask)).logits
+    """The LLM alone on the token ids, its cross-attention layers unconditioned."""
+    mask = batch.attention_mask
+    return model.llm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions(mask)).logits
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
 def test_gates_start_at_zero_and_text_only_equals_the_bare_llm(arch, family):
     model = build(arch, family)
-    assert all(b.attn_gate.item() == 0 and b.ffn_gate.item() == 0 for b in model.cross.values())
+    assert all(b.attn_gate.item() == 0 and b.ffn_gate.item() == 0 for b in model.cross_blocks().values())
     batch = batch_for(model, ["no image in this one", "nor here"], [[], []])
     assert torch.equal(run(model, batch), bare(model, batch))
 
@@ -61,10 +66,12 @@ def test_x_with_images_equals_bare_llm_until_a_gate_opens(family):
 
 
 def test_cross_attention_layers_follow_the_config():
-    assert sorted(map(int, build("nvlm_x").cross)) == [0, 1]
-    assert list(build("nvlm_x", cross_attention_every=2).cross) == ["0"]
-    assert list(build("nvlm_h", cross_attention_layers=[1]).cross) == ["1"]
-    assert len(build("nvlm_d").cross) == 0
+    four = LLMConfig(options=dict(FAMILIES["llama"].options, num_hidden_layers=8))
+    assert list(build("nvlm_x").cross_layers()) == [1]  # never layer 0 by default: its queries carry no position
+    assert list(build("nvlm_x", llm=four).cross_layers()) == [3, 7]  # OpenFlamingo: before layers k-1, 2k-1, ...
+    assert list(build("nvlm_x", cross_attention_every=1).cross_layers()) == [0, 1]
+    assert list(build("nvlm_h", cross_attention_layers=[0]).cross_layers()) == [0]
+    assert build("nvlm_d").cross_layers() == {}
 
 
 def test_decoder_length_per_arch_matches_the_formula():
@@ -86,8 +93,8 @@ def test_decoder_length_per_arch_matches_the_formula():
 def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
     model = build("nvlm_x")
     batch = batch_for(model, ["What text?"], [[text_image("ab")]])
-    layout = batch["layout"]
-    ctx = model.cross_context(model.image_features(batch["pixel_values"]), layout)
+    layout = batch.layout
+    ctx = model.memory(model.image_features(batch.pixel_values), layout)
     tpt = model.processor.tokens_per_tile
     for pos, tile in enumerate(layout.token_tile[0].tolist()):
         row = ctx.prompt[0, pos]
@@ -100,14 +107,14 @@ def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
     # Behaviour, not just the mask: through an open block, new pixels in tile 2 change exactly the
     # rows of tile 2's tag tokens and of the text that sees the whole image.
     open_gates(model)
-    block = model.cross["0"]
+    block = model.cross_blocks()[1]
     hidden = torch.randn(1, layout.token_tile.shape[1], model.llm.config.hidden_size)
-    pixels = batch["pixel_values"].clone()
+    pixels = batch.pixel_values.clone()
     pixels[2] = torch.randn_like(pixels[2])
     outs = []
-    for p in (batch["pixel_values"], pixels):
-        c = model.cross_context(model.image_features(p), layout)
-        outs.append(block(hidden, c.kv(0, block), c.prompt))
+    for p in (batch.pixel_values, pixels):
+        c = model.memory(model.image_features(p), layout)
+        outs.append(block(hidden, block.kv(c.values), c.prompt))
     moved = (outs[1] - outs[0]).abs().amax(-1)[0] > 1e-6
     token_tile, token_media = layout.token_tile[0], layout.token_media[0]
     assert torch.equal(moved, (token_tile == 2) | ((token_tile < 0) & (token_media >= 0)))
@@ -120,7 +127,7 @@ def test_text_before_any_image_is_untouched(arch):
     conv = [{"from": "human", "value": "Some words first, then <image> and a question"}]
     sample = model.processor.encode(conv, [text_image("ab")])
     batch = model.processor.collate([sample])
-    before = int((batch["layout"].token_media[0] < 0).sum())
+    before = int((batch.layout.token_media[0] < 0).sum())
     assert before > 10
     assert torch.equal(run(model, batch)[:, :before], bare(model, batch)[:, :before])
 
@@ -131,10 +138,9 @@ def test_two_images_follow_the_most_recent_rule():
         conv = [{"from": "human", "value": "<image> first, <image> second"}]
         sample = model.processor.encode(conv, [text_image("ab", (128, 32)), text_image("cd", (64, 64))])
         batch = model.processor.collate([sample])
-        ctx = model.cross_context(model.image_features(batch["pixel_values"]), batch["layout"])
-        key_image = torch.tensor([img for kind, payload, img, _ in batch["layout"].kv[0]
-                                  for _ in range(model.processor.tokens_per_tile if kind == "tile" else len(payload))])
-        token_media = batch["layout"].token_media[0]
+        ctx = model.memory(model.image_features(batch.pixel_values), batch.layout)
+        key_image = torch.tensor([seg.media for seg in batch.layout.kv[0] for _ in range(model.processor.tokens_per_tile)])
+        token_media = batch.layout.token_media[0]
         for pos in range(len(token_media)):
             allowed = set(key_image[ctx.prompt[0, pos]].tolist())
             assert allowed <= ({int(token_media[pos])} if token_media[pos] >= 0 else set())
@@ -148,9 +154,8 @@ def test_generation_cached_equals_uncached_and_batch_equals_singles(arch):
     questions = ["What text?", "Read the image please.", "no image"]
     images = [[text_image("ab12")], [text_image("hello", (96, 48))], []]
     batch = batch_for(model, questions, images)
-    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["layout"])
-    assert torch.equal(model.generate(*args, max_new_tokens=10, use_cache=True),
-                       model.generate(*args, max_new_tokens=10, use_cache=False))
+    assert torch.equal(model.generate(batch, max_new_tokens=10, use_cache=True),
+                       model.generate(batch, max_new_tokens=10, use_cache=False))
     batched = model.answer(questions, images, max_new_tokens=10)
     assert batched == [model.answer([q], [ims], max_new_tokens=10)[0] for q, ims in zip(questions, images)]
 
@@ -162,7 +167,7 @@ def test_keys_and_values_are_computed_once_per_image(arch, monkeypatch):
     original = GatedCrossAttention.kv
     monkeypatch.setattr(GatedCrossAttention, "kv", lambda self, image: calls.append(1) or original(self, image))
     out = model.answer(["What text?"], [[text_image("ab12")]], max_new_tokens=8)
-    assert len(out) == 1 and len(calls) == len(model.cross)  # once per block, not once per step
+    assert len(out) == 1 and len(calls) == len(model.cross_layers())  # once per block, not once per step
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -179,6 +184,84 @@ def test_save_load_round_trip(arch, family, tmp_path):
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
 def test_text_only_batch_keeps_cross_attention_in_the_graph(arch):
     model = build(arch)
-    batch = batch_for(model, ["just text"], [[]])
-    model(batch["input_ids"], labels=batch["input_ids"]).loss.backward()
-    assert all(p.grad is not None for p in model.cross.parameters())
+    proc = model.processor
+    batch = proc.collate([proc.encode([{"from": "human", "value": "just"}, {"from": "gpt", "value": "text"}], [])])
+    model(batch).loss.backward()
+    assert all(p.grad is not None for block in model.cross_blocks().values() for p in block.parameters())
+
+
+def swap_tiles(batch, a: int, b: int):
+    pixels = batch.pixel_values.clone()
+    pixels[[a, b]] = pixels[[b, a]]
+    return replace(batch, pixel_values=pixels)
+
+
+@pytest.mark.parametrize("tile_tag", ["1d", "none"])
+@pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
+def test_swapping_two_tiles_changes_the_answer_logits(arch, tile_tag):
+    """Each tile is encoded alone with the same ViT positions: only the tile identity in the keys/values
+    (the default, a learned embedding per tile slot) tells the cross-attention which tile it reads."""
+    model = build(arch, processor=ProcessorConfig(tile_tag=tile_tag))
+    open_gates(model, 0.9)
+    batch = batch_for(model, ["What text?"], [[text_image("ab12")]])  # 4 tiles + thumbnail
+    change = (run(model, swap_tiles(batch, 0, 2)) - run(model, batch)).abs().amax()
+    assert change > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
+def test_tags_as_separate_entries_cannot_tell_tiles_apart(arch):
+    """The paper's wording read literally (tags as extra keys/values) binds nothing: a set of keys has no
+    order, so swapping two tiles changes nothing. Kept as an ablation (`tile_identity: tag_entries`);
+    the bound form (`tag`) does tell them apart."""
+    changes = {}
+    for identity in ("tag_entries", "tag", "none"):
+        model = build(arch, tile_identity=identity, tags_own_tile=False)  # tags only in the keys/values
+        open_gates(model, 0.9)
+        batch = batch_for(model, ["What text?"], [[text_image("ab12")]])
+        changes[identity] = (run(model, swap_tiles(batch, 0, 2)) - run(model, batch)).abs().amax().item()
+    assert changes["tag_entries"] < 1e-5 and changes["none"] < 1e-5
+    assert changes["tag"] > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
+def test_a_deep_copy_keeps_its_cross_attention(arch):
+    """EMA and teacher copies: the copy must run its own blocks, not silently fall back to the bare LLM."""
+    model = build(arch)
+    open_gates(model)
+    batch = batch_for(model, ["What text?"], [[text_image("ab12")]])
+    twin = copy.deepcopy(model)
+    assert torch.equal(run(twin, batch), run(model, batch))
+    assert not torch.allclose(run(twin, batch), bare(twin, batch))
+    with torch.no_grad():  # and they are its own: changing the copy leaves the original alone
+        next(iter(twin.cross_blocks().values())).attn_gate.fill_(0.0)
+    assert not torch.equal(run(twin, batch), run(model, batch))
+
+
+def test_cross_attention_layers_are_visible_in_the_model_tree():
+    model = build("nvlm_x")
+    layers = model.llm.model.layers
+    assert isinstance(layers[1], CrossAttentionDecoderLayer) and not isinstance(layers[0], CrossAttentionDecoderLayer)
+    keys = model.state_dict().keys()
+    assert "llm.model.layers.1.cross.attn_gate" in keys and "llm.model.layers.1.layer.self_attn.q_proj.weight" in keys
+    assert "CrossAttentionDecoderLayer" in repr(model)
+    assert all(layer.memory is None for layer in model.cross_layers().values())  # nothing left over after a call
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
+def test_generate_never_emits_the_placeholder_token(arch):
+    model = build(arch)
+    open_gates(model)
+    with torch.no_grad():  # make the placeholder the model's favourite token
+        model.llm.lm_head.weight[model.image_token_id] = 10 * model.llm.lm_head.weight.abs().max()
+    batch = batch_for(model, ["What text?"], [[text_image("ab12")]])
+    out = model.generate(batch, max_new_tokens=6)
+    assert out.numel() and not (out == model.image_token_id).any()
+
+
+def test_input_positions_keep_cached_generation_exact():
+    model = build("nvlm_x", input_positions=128)
+    open_gates(model)
+    batch = batch_for(model, ["What text?", "Read it please."], [[text_image("ab12")], [text_image("cd", (64, 64))]])
+    assert torch.equal(model.generate(batch, max_new_tokens=8, use_cache=True),
+                       model.generate(batch, max_new_tokens=8, use_cache=False))
+    assert not torch.allclose(run(model, batch), run(build("nvlm_x"), batch))  # the positions are in the input

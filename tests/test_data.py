@@ -103,12 +103,18 @@ def test_stages_freeze_the_right_parts():
 
     def trainable(**kw):
         m = MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, **kw)
-        return {name: any(p.requires_grad for p in part.parameters()) for name, part in m.parts().items()}
+        flags = {name: {p.requires_grad for p in params} for name, params in m.part_parameters().items()}
+        assert all(len(f) == 1 for f in flags.values()), flags  # a part trains whole or not at all
+        assert sum(len(ps) for ps in m.part_parameters().values()) == len(list(m.parameters()))  # each in one part
+        return {name: f.pop() for name, f in flags.items()}
 
-    assert trainable(stage="pretrain") == {"encoder": False, "connector": True, "llm": False}
-    assert trainable(stage="sft") == {"encoder": False, "connector": True, "llm": True}
+    for arch in ("nvlm_d", "nvlm_x", "nvlm_h"):  # X/H: the blocks inside the LLM's layer list train with the connector
+        assert trainable(arch=arch, stage="pretrain") == {"encoder": False, "connector": True, "llm": False}
+        assert trainable(arch=arch, stage="sft") == {"encoder": False, "connector": True, "llm": True}
     assert trainable(stage="sft", freeze_llm_in_sft=True) == {"encoder": False, "connector": True, "llm": False}
     assert trainable(stage="pretrain", train_encoder=True)["encoder"] is True
+    module = MMLLMModule(arch="nvlm_x", encoder=cfg.encoder, llm=cfg.llm, stage="pretrain").train()
+    assert not module.model.llm.training and all(b.training for b in module.model.cross_blocks().values())
 
 
 def test_lr_schedule_cosine_and_warmup_stable_decay():

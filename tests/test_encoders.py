@@ -272,8 +272,7 @@ def test_mmllm_with_an_hf_tower_from_a_directory_reloads_offline(tmp_path):
     assert (loaded.encoder.mean, loaded.encoder.std) == (tuple(DISTINCT_MEAN), tuple(DISTINCT_STD))
     batch = model.processor.collate([model.processor.encode_prompt("Read it.", [text_image("ab")])])
     with torch.no_grad():
-        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-        torch.testing.assert_close(loaded(*args, layout=batch["layout"]).logits, model(*args, layout=batch["layout"]).logits)
+        torch.testing.assert_close(loaded(batch).logits, model(batch).logits)
 
 
 def test_mean_and_std_in_the_config_override_the_library_and_are_checked():

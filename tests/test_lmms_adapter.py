@@ -160,9 +160,9 @@ def by_hand(model, context: str, doc_images: list, continuation: str) -> tuple[f
         [{"from": "human", "value": "<image>\n" * len(doc_images) + context}, {"from": "gpt", "value": continuation}],
         doc_images)])
     with torch.no_grad():
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], layout=batch["layout"]).logits
+        logits = model(batch).logits
     answer = model.tokenizer(continuation, add_special_tokens=False).input_ids
-    start = batch["input_ids"].shape[1] - 1 - len(answer)  # the answer tokens, then eos
+    start = batch.input_ids.shape[1] - 1 - len(answer)  # the answer tokens, then eos
     rows = [logits[0, start - 1 + k].log_softmax(-1) for k in range(len(answer))]
     return sum(r[t].item() for r, t in zip(rows, answer)), all(int(r.argmax()) == t for r, t in zip(rows, answer))
 
@@ -180,7 +180,7 @@ def test_loglikelihood_scores_the_continuation_as_the_answer(saved):
     # the model's own greedy token (the argmax after the prompt) is greedy by definition
     prompt = model.processor.collate([model.processor.encode_prompt(DOCS[1]["context"], [])])
     with torch.no_grad():
-        first = int(model(prompt["input_ids"], prompt["attention_mask"]).logits[0, -1].argmax())
+        first = int(model(prompt).logits[0, -1].argmax())
     token = model.tokenizer.decode([first])
     req = SimpleNamespace(args=(DOCS[1]["context"], token, lambda d: d["visual"], 1, "fake", "test"))
     assert model.tokenizer(token, add_special_tokens=False).input_ids == [first]  # seed 0: an ASCII byte

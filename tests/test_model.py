@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,10 +13,10 @@ def prompt_batch(model, questions, images):
 
 
 def test_text_only_equals_bare_llm(tiny_model):
-    ids = torch.tensor([tiny_model.processor.text_ids("hello there, no image here")])
-    mask = torch.ones_like(ids)
-    ours = tiny_model(ids, mask).logits
-    bare = tiny_model.llm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    batch = prompt_batch(tiny_model, ["hello there, no image here"], [[]])
+    ours = tiny_model(batch).logits
+    mask = batch.attention_mask
+    bare = tiny_model.llm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions(mask)).logits
     assert torch.equal(ours, bare)
 
 
@@ -36,7 +38,7 @@ def test_loss_ignores_image_positions_and_backpropagates_to_every_part(tiny_mode
     proc = tiny_model.processor
     conv = [{"from": "human", "value": "<image>\nWhat text?"}, {"from": "gpt", "value": "abc"}]
     batch = proc.collate([proc.encode(conv, [text_image("abc")])])
-    out = tiny_model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"])
+    out = tiny_model(batch)
     out.loss.backward()
     for part in (tiny_model.encoder, tiny_model.projector, tiny_model.llm):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
@@ -46,24 +48,24 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny_model):
     proc = tiny_model.processor
     batch = prompt_batch(tiny_model, ["What text?"], [[text_image("abc")]])
     with pytest.raises(ValueError, match="placeholder tokens but"):
-        tiny_model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"][:3])
+        tiny_model(replace(batch, pixel_values=batch.pixel_values[:3]))
     with pytest.raises(ValueError, match="no pixel_values"):
-        tiny_model(batch["input_ids"], batch["attention_mask"])
+        tiny_model(replace(batch, pixel_values=batch.pixel_values[:0]))
     with pytest.raises(ValueError, match="marker"):
         proc.encode([{"from": "human", "value": "two <image> <image>"}], [text_image("a")])
 
 
 def test_text_only_batch_keeps_trainable_parameters_in_graph(tiny_model):
-    ids = torch.tensor([tiny_model.processor.text_ids("just text")])
-    tiny_model(ids, labels=ids).loss.backward()
+    proc = tiny_model.processor
+    batch = proc.collate([proc.encode([{"from": "human", "value": "just"}, {"from": "gpt", "value": "text"}], [])])
+    tiny_model(batch).loss.backward()
     assert all(p.grad is not None for p in tiny_model.projector.parameters())
 
 
 def test_cached_generation_equals_uncached(tiny_model):
     batch = prompt_batch(tiny_model, ["What text?", "Read it."], [[text_image("ab12")], [text_image("zz", (64, 64))]])
-    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-    cached = tiny_model.generate(*args, max_new_tokens=12, use_cache=True)
-    uncached = tiny_model.generate(*args, max_new_tokens=12, use_cache=False)
+    cached = tiny_model.generate(batch, max_new_tokens=12, use_cache=True)
+    uncached = tiny_model.generate(batch, max_new_tokens=12, use_cache=False)
     assert torch.equal(cached, uncached)
 
 
@@ -89,8 +91,7 @@ def test_save_pretrained_round_trip(tiny_model, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     loaded = MMLLM.from_pretrained(tmp_path / "m")
     batch = prompt_batch(tiny_model, ["What text?"], [[text_image("ab12")]])
-    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-    assert torch.equal(tiny_model(*args).logits, loaded(*args).logits)
+    assert torch.equal(tiny_model(batch).logits, loaded(batch).logits)
 
 
 def test_unknown_arch_lists_valid_values():

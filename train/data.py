@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from mmllm.processor import Processor, SampleError
+from mmllm.processor import ModelInputs, Processor, SampleError
 
 # How many following records a bad sample may borrow from before the batch is declared unusable.
 MAX_SUBSTITUTE_TRIES = 16
@@ -117,18 +117,29 @@ class ConversationDataset(Dataset):
         raise SampleError(f"{MAX_SUBSTITUTE_TRIES} consecutive bad samples from index {index}: " + "; ".join(bad))
 
 
+@dataclass
+class Batch:
+    """What a loader yields: the model's inputs (None when no item of the batch could be encoded) and the
+    bookkeeping that is reported, not computed on: sample ids, bad samples, truncation notes, and for
+    eval items the records and the items skipped."""
+
+    inputs: ModelInputs | None
+    ids: list[str]
+    bad: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
 class Collator:
     """Module-level callable so DataLoader workers can pickle it."""
 
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
-    def __call__(self, samples: list[dict]) -> dict:
-        batch = self.processor.collate(samples)
-        batch["ids"] = [s["id"] for s in samples]
-        batch["bad"] = [b for s in samples for b in s["bad"]]
-        batch["truncated"] = [t for s in samples for t in s["truncated"]]
-        return batch
+    def __call__(self, samples: list[dict]) -> Batch:
+        return Batch(self.processor.collate(samples), [s["id"] for s in samples],
+                     bad=[b for s in samples for b in s["bad"]], truncated=[t for s in samples for t in s["truncated"]])
 
 
 class MMDataModule(L.LightningDataModule):
@@ -166,6 +177,10 @@ class MMDataModule(L.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
+
+    def transfer_batch_to_device(self, batch: Batch, device, dataloader_idx: int) -> Batch:
+        """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is."""
+        return replace(batch, inputs=batch.inputs.to(device) if batch.inputs is not None else None)
 
     def prepare_data(self) -> None:
         from .synth import synthesize_once
@@ -241,11 +256,9 @@ class PromptCollator:
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
-    def __call__(self, items: list[dict]) -> dict:
+    def __call__(self, items: list[dict]) -> Batch:
         good = [it for it in items if it["sample"] is not None]
-        batch = self.processor.collate([it["sample"] for it in good]) if good else {}
-        batch["records"] = [it["record"] for it in good]
-        batch["ids"] = [r.id for r in batch["records"]]
-        batch["skipped"] = [it["error"] for it in items if it["sample"] is None]
-        batch["truncated"] = [t for it in items for t in it["truncated"]]
-        return batch
+        records = [it["record"] for it in good]
+        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, [r.id for r in records],
+                     truncated=[t for it in items for t in it["truncated"]], records=records,
+                     skipped=[it["error"] for it in items if it["sample"] is None])

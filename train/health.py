@@ -28,8 +28,8 @@ class BadSampleMonitor(L.Callback):
         self.epoch_bad, self.epoch_truncated = [], []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self.epoch_bad += batch.get("bad", [])
-        self.epoch_truncated += batch.get("truncated", [])
+        self.epoch_bad += batch.bad
+        self.epoch_truncated += batch.truncated
         ds = self._dataset(trainer)
         size = len(ds) + len(ds.bad_lines) if ds is not None else 0
         n_bad = len(self.epoch_bad) + (len(ds.bad_lines) if ds is not None else 0)

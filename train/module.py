@@ -12,6 +12,7 @@ from torch import nn
 from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM
 
+from .data import Batch  # what the data module's loaders yield
 from .health import check_finite
 
 Stage = Literal["pretrain", "sft"]
@@ -27,12 +28,12 @@ def stage_trainable(stage: Stage, freeze_llm_in_sft: bool = False, train_encoder
     }
 
 
-def parameter_table(parts: dict[str, nn.Module], labels: dict[str, str]) -> str:
+def parameter_table(parts: dict[str, list[nn.Parameter]], labels: dict[str, str]) -> str:
     rows = [("part", "total", "trainable")]
     total = trainable = 0
-    for name, module in parts.items():
-        n = sum(p.numel() for p in module.parameters())
-        t = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    for name, params in parts.items():
+        n = sum(p.numel() for p in params)
+        t = sum(p.numel() for p in params if p.requires_grad)
         rows.append((f"{name} ({labels[name]})", f"{n:,}", f"{t:,}"))
         total, trainable = total + n, trainable + t
     rows.append(("all", f"{total:,}", f"{trainable:,}"))
@@ -50,8 +51,13 @@ class MMLLMModule(L.LightningModule):
         audio: AudioConfig | dict | None = None,
         pixel_shuffle: int = 2,
         connector_hidden: int | None = None,
-        cross_attention_every: int = 1,
+        tiles_in_sequence: Literal["all", "thumbnail", "none"] | None = None,
+        tags_own_tile: bool | None = None,
+        projector: str | None = None,
+        cross_attention_every: int | None = None,
         cross_attention_layers: list[int] | None = None,
+        tile_identity: Literal["learned", "tag", "tag_entries", "none"] | None = None,
+        input_positions: int = 0,
         stage: Stage = "pretrain",
         freeze_llm_in_sft: bool = False,
         train_encoder: bool = False,
@@ -61,7 +67,8 @@ class MMLLMModule(L.LightningModule):
         decay_steps: int | None = None,
         max_new_tokens: int = 32,
     ) -> None:
-        """Model fields mirror `MMLLMConfig`; the rest describe how it trains.
+        """Model fields mirror `MMLLMConfig` (knobs left None take the arch's preset); the rest describe
+        how it trains.
 
         The LR warms up linearly for `warmup_steps`, then decays by a cosine to 10 %: over the whole
         run, or with `decay_steps` over only the last that many steps after holding the peak
@@ -76,8 +83,13 @@ class MMLLMModule(L.LightningModule):
             audio=audio,
             pixel_shuffle=pixel_shuffle,
             connector_hidden=connector_hidden,
+            tiles_in_sequence=tiles_in_sequence,
+            tags_own_tile=tags_own_tile,
+            projector=projector,
             cross_attention_every=cross_attention_every,
             cross_attention_layers=cross_attention_layers,
+            tile_identity=tile_identity,
+            input_positions=input_positions,
         )
         self.model = MMLLM(self.config)
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True). Saved after the build,
@@ -88,33 +100,48 @@ class MMLLMModule(L.LightningModule):
                  max_new_tokens=max_new_tokens)
         )
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
-        for name, module in self.parts().items():
-            module.requires_grad_(self.trainable[name])
+        for name, params in self.part_parameters().items():
+            for p in params:
+                p.requires_grad_(self.trainable[name])
 
     @property
     def processor(self):
         return self.model.processor
 
-    def parts(self) -> dict[str, nn.Module]:
+    def parts(self) -> dict[str, list[nn.Module]]:
         """The units a stage freezes: the encoders (vision, and audio when configured); the connector is
-        the projector, the audio connector and any cross-attention blocks."""
+        the projector, the audio connector, the tile embedding and any cross-attention blocks; the LLM."""
         m = self.model
-        audio = m.audio_encoder is not None
-        encoder = nn.ModuleList([m.encoder, m.audio_encoder]) if audio else m.encoder
-        connector = nn.ModuleList([m.projector, m.cross] + ([m.audio_connector] if audio else []))
-        return {"encoder": encoder, "connector": connector, "llm": m.llm}
+        return {
+            "encoder": [e for e in (m.encoder, m.audio_encoder) if e is not None],
+            "connector": [m.projector, *m.cross_blocks().values(), *([m.audio_connector] if m.audio_connector else [])],
+            "llm": [m.llm],
+        }
+
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Each parameter in exactly one part: the cross-attention blocks sit in the LLM's layer list but
+        belong to the connector (earlier parts claim first)."""
+        seen: set[int] = set()
+        out = {}
+        for name, modules in self.parts().items():
+            out[name] = [p for m in modules for p in m.parameters() if id(p) not in seen]
+            if name == "connector" and self.model.tile_embedding is not None:
+                out[name].append(self.model.tile_embedding)
+            seen |= {id(p) for p in out[name]}
+        return out
 
     def describe(self) -> str:
         audio = self.config.audio
+        n_cross = len(self.model.cross_layers())
         labels = {
             "encoder": f"{self.config.encoder.family}:{self.config.encoder.model}"
             + (f" + {audio.family} audio" if audio else ""),
             "connector": "pixel shuffle + " + type(self.model.projector).__name__
             + (f" + audio {audio.downsample} x{audio.factor} + MLP" if audio else "")
-            + (f" + {len(self.model.cross)} gated cross-attn" if len(self.model.cross) else ""),
+            + (f" + {n_cross} gated cross-attn" if n_cross else ""),
             "llm": self.model.llm.config.model_type,
         }
-        return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.parts(), labels)
+        return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.part_parameters(), labels)
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -123,39 +150,31 @@ class MMLLMModule(L.LightningModule):
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout / norm-statistics drift) while the rest trains."""
         super().train(mode)
-        for name, module in self.parts().items():
-            if mode and not self.trainable[name]:
-                module.eval()
+        if mode:  # the LLM first: the connector's cross-attention blocks live inside it
+            for name, modules in reversed(self.parts().items()):
+                for module in modules:
+                    module.train(self.trainable[name])
         return self
 
-    def step(self, batch: dict) -> torch.Tensor:
-        return self.model(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"], batch["layout"],
-            batch["audio_values"],
-        ).loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.step(batch)
-        check_finite(loss, self.global_step, batch["ids"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.model(batch.inputs).loss
+        check_finite(loss, self.global_step, batch.ids)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch.ids))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val_loss", self.step(batch), prog_bar=True, batch_size=len(batch["ids"]))
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("test_loss", self.step(batch), batch_size=len(batch["ids"]))
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids))
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        for error in batch["skipped"]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
+        for error in batch.skipped:
             print(f"[mmllm] skipped {error}")
-        if not batch["ids"]:
+        if batch.inputs is None:
             return []
-        out = self.model.generate(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["layout"],
-            max_new_tokens=self.hparams.max_new_tokens, audio_values=batch["audio_values"],
-        )
-        return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch["ids"], out.tolist())]
+        out = self.model.generate(batch.inputs, max_new_tokens=self.hparams.max_new_tokens)
+        return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch.ids, out.tolist())]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

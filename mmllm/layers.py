@@ -1,0 +1,84 @@
+"""Wrappers that NVLM-X/H and the input-position knob put into an LLM's decoder stack.
+
+They replace entries of the decoder's layer list (as Mllama keeps its cross-attention layers in the
+list), so `print(model)`, the state-dict keys and `copy.deepcopy` show where they are. Images reach
+a cross-attention layer through `condition()`, which `MMLLM` calls around one forward or one
+`generate()` call (OpenFlamingo conditions its layers the same way): Hugging Face `generate()`
+refuses keyword arguments its model does not name, so the memory cannot travel as a forward argument.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmllm.connectors import GatedCrossAttention
+
+
+@dataclass
+class MediaMemory:
+    """What the cross-attention layers read during one call.
+
+    `prompt` holds the mask rows of the prompt; tokens beyond it (decoding steps) see the sample's
+    last media item (`tail`).
+    """
+
+    values: torch.Tensor  # [B, N, d] keys/values input per sample (tiles, clips, tag entries), padded
+    prompt: torch.Tensor  # [B, T0, N] bool: which keys each prompt token may see
+    tail: torch.Tensor  # [B, N] bool: which keys a generated token may see
+
+    def mask(self, length: int) -> torch.Tensor:
+        """Mask rows for a call on `length` new tokens: the prompt, one decoding step, or both (no cache)."""
+        t0 = self.prompt.shape[1]
+        if length == t0:
+            return self.prompt
+        tail = self.tail.unsqueeze(1).expand(-1, length if length < t0 else length - t0, -1)
+        return tail if length < t0 else torch.cat([self.prompt, tail], 1)
+
+
+class CrossAttentionDecoderLayer(nn.Module):
+    """A gated cross-attention block run before one of the LLM's own decoder layers.
+
+    With no memory (text only) it is exactly the wrapped layer. Keys/values are computed once per
+    conditioning, so generation reuses them at every decoding step.
+    """
+
+    def __init__(self, cross: GatedCrossAttention, layer: nn.Module) -> None:
+        super().__init__()
+        self.cross, self.layer = cross, layer
+        self.memory: MediaMemory | None = None
+        self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def condition(self, memory: MediaMemory | None) -> None:
+        self.memory, self._kv = memory, None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        if self.memory is not None:
+            if self._kv is None:
+                self._kv = self.cross.kv(self.memory.values)
+            hidden_states = self.cross(hidden_states, self._kv, self.memory.mask(hidden_states.shape[1]))
+        return self.layer(hidden_states, *args, **kwargs)
+
+
+class InputPositionLayer(nn.Module):
+    """Adds a learned absolute position embedding to the input of the first decoder layer.
+
+    Works for any decoder whose layers receive `position_ids` (Llama, Qwen2, GPT-2 families); during
+    generation Hugging Face passes each step's positions, so cached decoding stays exact.
+    """
+
+    def __init__(self, layer: nn.Module, max_positions: int, dim: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.positions = nn.Embedding(max_positions, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)  # as token embeddings are initialised
+
+    def forward(self, hidden_states: torch.Tensor, *args, position_ids: torch.Tensor | None = None, **kwargs):
+        if position_ids is None:
+            raise ValueError("input_positions needs a decoder whose layers receive position_ids")
+        if int(position_ids.max()) >= self.positions.num_embeddings:
+            raise ValueError(f"position {int(position_ids.max())} is beyond input_positions "
+                             f"({self.positions.num_embeddings}); raise model.input_positions")
+        hidden_states = hidden_states + self.positions(position_ids).to(hidden_states.dtype)
+        return self.layer(hidden_states, *args, position_ids=position_ids, **kwargs)
