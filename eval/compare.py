@@ -1,8 +1,10 @@
 """`mmllm compare`: NVLM-D, -X and -H trained and scored under identical conditions.
 
-Same encoder, LLM, tokenizer, data, seeds and step budget; only `--model.arch` differs. Writes a
-report folder: report.md (accuracy mean ± std over seeds, parameters, decoder tokens, step time,
-peak memory, eval throughput), metrics.json and PNG plots.
+Same encoder, LLM, tokenizer, data, seeds and step budget; only `--model.arch` differs. Named
+`variants` (extra fit arguments, e.g. a tile-tag style) sweep one more axis for every arch, which
+is how the paper's ablations are reproduced at small scale. Writes a report folder: report.md
+(accuracy mean ± std over seeds, parameters, decoder tokens, step time, peak memory, eval
+throughput), metrics.json and PNG plots.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class DataSet:
 @dataclass
 class Run:
     arch: str
+    variant: str
     seed: int
     scores: dict[str, float]
     params: int
@@ -51,6 +54,11 @@ class Run:
     peak_mb: float | None
     eval_items_per_s: float
     losses: list[tuple[int, float]] = field(default_factory=list)
+    cer: dict[str, float] = field(default_factory=dict)  # corpus character error rate of the OCR sets
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} {self.variant}".strip()
 
 
 class LossHistory(L.Callback):
@@ -69,7 +77,7 @@ def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, P
     return folders
 
 
-def train_and_score(arch: str, seed: int, fit_configs: list[Path], folders: dict[str, Path], train: list[DataSet],
+def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path], folders: dict[str, Path], train: list[DataSet],
                     val: list[DataSet], test: list[DataSet], max_steps: int | None, out: Path,
                     overrides: list[str]) -> tuple[Run, object]:
     history = LossHistory()
@@ -90,16 +98,19 @@ def train_and_score(arch: str, seed: int, fit_configs: list[Path], folders: dict
     module = cli.model
     model = module.model.eval()
     model.save_pretrained(out / "model")
-    scores, rates = {}, []
+    scores, rates, cer = {}, [], {}
     for s in test:
         summary = evaluate(model, s.eval, folders[s.name], out / "eval" / s.name, batch_size=16)
         scores[s.name] = summary["score"]
         rates.append(summary["items_per_s"] or 0.0)
+        if s.eval == "ocr":
+            cer[s.name] = summary["corpus_cer"]
     lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
     n_params = sum(p.numel() for p in module.parameters())
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    run = Run(arch, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, cli.trainer.global_step),
-              peak, statistics.mean(rates) if rates else 0.0, history.history)
+    run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths),
+              elapsed / max(1, cli.trainer.global_step), peak, statistics.mean(rates) if rates else 0.0, history.history,
+              cer)
     return run, model
 
 
@@ -110,24 +121,28 @@ def _prompt_lengths(model, folder: Path, limit: int = 32) -> list[int]:
     return [len(s["input_ids"]) for s in samples if s is not None]
 
 
-def mean_std(values: list[float], pct: bool = True) -> str:
+def mean_std(values: list[float], pct: bool = True, digits: int = 1) -> str:
+    """Mean ± sample std over seeds, then the single runs in brackets, so the spread is visible."""
     k = 100 if pct else 1
     if len(values) == 1:
-        return f"{k * values[0]:.1f}"
-    return f"{k * statistics.mean(values):.1f} ± {k * statistics.stdev(values):.1f}"
+        return f"{k * values[0]:.{digits}f}"
+    each = "/".join(f"{k * v:.{digits}f}" for v in values)
+    return f"{k * statistics.mean(values):.{digits}f} ± {k * statistics.stdev(values):.{digits}f} ({each})"
 
 
 def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict) -> str:
     report = out / "report"
     archs = list(dict.fromkeys(r.arch for r in runs))
-    by_arch = {a: [r for r in runs if r.arch == a] for a in archs}
+    by_arch = {a: [r for r in runs if r.label == a] for a in dict.fromkeys(r.label for r in runs)}
+    ocr = [s for s in test if s.eval == "ocr"]
     header = ["arch"] + [f"{s.name} ({TASKS[s.eval].metric}, %{', lower is better' * TASKS[s.eval].lower_is_better})"
-                         for s in test] + [
+                         for s in test] + [f"{s.name} CER" for s in ocr] + [
         "params", "trainable", "decoder tokens", "step s", "peak MB", "eval items/s"]
     rows = []
     for a, rs in by_arch.items():
         peak = [r.peak_mb for r in rs if r.peak_mb is not None]
-        rows.append([a] + [mean_std([r.scores[s.name] for r in rs]) for s in test] + [
+        rows.append([a] + [mean_std([r.scores[s.name] for r in rs]) for s in test]
+                    + [mean_std([r.cer[s.name] for r in rs], pct=False, digits=3) for s in ocr] + [
             f"{rs[0].params:,}", f"{rs[0].trainable:,}", f"{statistics.mean(r.decoder_tokens for r in rs):.0f}",
             f"{statistics.mean(r.step_s for r in rs):.3f}", f"{max(peak):.0f}" if peak else "n/a",
             f"{statistics.mean(r.eval_items_per_s for r in rs):.1f}"])
@@ -137,7 +152,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     sweep_table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step" for a in archs], sweep_rows)
     plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
               report / "accuracy.png", "score per test set", "score")
-    plot_lines({f"{r.arch} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
+    plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
                "step", "loss", log=True)
     if sweeps:
         plot_lines({a: [(row["tiles"], row["decoder_len"]) for row in rows_] for a, rows_ in sweeps.items()},
@@ -172,6 +187,7 @@ def compare(
     data_scale: float = 1.0,
     tile_sweep_batch: int = 4,
     fit_overrides: list[str] | None = None,
+    variants: dict[str, list[str]] | None = None,
 ) -> str:
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
@@ -188,6 +204,8 @@ def compare(
         data_scale: multiply every set's size (smoke runs).
         tile_sweep_batch: batch size of the step-time sweep over 1..max tiles (0 skips the sweep).
         fit_overrides: extra `mmllm fit` arguments for every run, e.g. ["--data.batch_size=8"].
+        variants: name -> extra `mmllm fit` arguments; every arch and seed runs once per variant (e.g.
+            {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}).
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -198,14 +216,18 @@ def compare(
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     runs, sweeps = [], {}
+    variants = variants or {"": []}
     for arch in archs:
-        for seed in seeds:
-            run_dir = out_dir / "runs" / f"{arch}-seed{seed}"
-            run, model = train_and_score(arch, seed, configs, folders, train, val, test, max_steps, run_dir,
-                                         fit_overrides or [])
-            runs.append(run)
-            print(f"[compare] {arch} seed {seed}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
-            if seed == seeds[0]:
+        for v_index, (variant, extra) in enumerate(variants.items()):
+            for seed in seeds:
+                run_dir = out_dir / "runs" / "-".join(p for p in (arch, variant, f"seed{seed}") if p)
+                run, model = train_and_score(arch, variant, seed, configs, folders, train, val, test, max_steps,
+                                             run_dir, (fit_overrides or []) + extra)
+                runs.append(run)
+                print(f"[compare] {run.label} seed {seed}: "
+                      + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
+                if seed != seeds[0] or v_index:
+                    continue
                 for s in test:
                     plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
                                  out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",

@@ -26,3 +26,18 @@ def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_pa
     for k in range(2, 6):
         grow = {a: length[a][k] - length[a][k - 1] for a in length}
         assert grow["nvlm_d"] > grow["nvlm_x"] > grow["nvlm_h"] == 0
+
+
+def test_variants_sweep_one_more_axis_and_each_run_keeps_its_own_settings(tmp_path):
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    variants = {"learned": ["--model.tile_identity=learned"], "tag": ["--model.tile_identity=tag"]}
+    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null", "--model.processor.tile_tag=1d"]
+    table = compare(archs=["nvlm_x"], seeds=[0, 1], max_steps=1, out=str(tmp_path), tile_sweep_batch=0,
+                    fit_overrides=overrides, variants=variants, **sets)
+    assert "| nvlm_x learned |" in table and "| nvlm_x tag |" in table
+    assert "ocr-test CER" in table and " ± " in table  # two seeds: mean ± std and the single runs
+    runs = json.loads((tmp_path / "report" / "metrics.json").read_text())["runs"]
+    assert sorted((r["variant"], r["seed"]) for r in runs) == [("learned", 0), ("learned", 1), ("tag", 0), ("tag", 1)]
+    for variant in variants:
+        saved = json.loads((tmp_path / "runs" / f"nvlm_x-{variant}-seed1" / "model" / "config.json").read_text())
+        assert saved["mmllm"]["tile_identity"] == variant
