@@ -15,6 +15,9 @@ TILES_IN_SEQUENCE = ("all", "thumbnail", "none")
 #                 nothing, since attention over position-free keys is a set; kept for the ablation)
 #   none        - nothing
 TILE_IDENTITIES = ("learned", "tag", "tag_entries", "none")
+# Positions inside the cross-attention: none (a set of keys, as Flamingo/Mllama) or rope (queries at their
+# sequence position, keys at their media item's position + their index, rotated as the LLM's RoPE does).
+CROSS_ATTENTION_POSITIONS = ("none", "rope")
 
 
 class ConfigError(ValueError):
@@ -119,6 +122,7 @@ class ArchKnobs:
         token asks the image the same question (measured: identical block output at all five `a`s of
         an answer), so the default never puts the first block there unless k = 1.
     tile_identity: see TILE_IDENTITIES.
+    cross_attention_positions: see CROSS_ATTENTION_POSITIONS.
     """
 
     tiles_in_sequence: str
@@ -126,6 +130,7 @@ class ArchKnobs:
     projector: str
     cross_attention_every: int = 4
     tile_identity: str = "learned"
+    cross_attention_positions: str = "none"
 
 
 ARCH_PRESETS: dict[str, ArchKnobs] = {
@@ -154,6 +159,7 @@ class MMLLMConfig:
     cross_attention_every: int | None = None
     cross_attention_layers: list[int] | None = None
     tile_identity: str | None = None
+    cross_attention_positions: str | None = None
     # A learned absolute position embedding added to the LLM's input (0: none, the LLM's own scheme only).
     # A RoPE-only LLM gives a query no absolute position, so a from-scratch X cannot ask "the i-th answer
     # character" for "the i-th glyph" through cross-attention; D finds its glyph at a fixed relative offset.
@@ -171,7 +177,8 @@ class MMLLMConfig:
     def knobs(self) -> ArchKnobs:
         """The arch's preset with every override applied."""
         preset = ARCH_PRESETS[self.arch]
-        names = ("tiles_in_sequence", "tags_own_tile", "projector", "cross_attention_every", "tile_identity")
+        names = ("tiles_in_sequence", "tags_own_tile", "projector", "cross_attention_every", "tile_identity",
+                 "cross_attention_positions")
         return replace(preset, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
 
     @property
@@ -187,6 +194,7 @@ class MMLLMConfig:
         check_choice("tiles_in_sequence", knobs.tiles_in_sequence, TILES_IN_SEQUENCE)
         check_choice("projector", knobs.projector, tuple(PROJECTORS))
         check_choice("tile_identity", knobs.tile_identity, TILE_IDENTITIES)
+        check_choice("cross_attention_positions", knobs.cross_attention_positions, CROSS_ATTENTION_POSITIONS)
         check_choice("processor.tile_tag", self.processor.tile_tag, TILE_TAGS)
         if self.processor.max_tiles < 1:
             raise ConfigError(f"processor.max_tiles must be >= 1, got {self.processor.max_tiles}")

@@ -25,6 +25,7 @@ class MediaMemory:
     """
 
     values: torch.Tensor  # [B, N, d] keys/values input per sample (tiles, clips, tag entries), padded
+    key_positions: torch.Tensor  # [B, N] each key's position: its media item's place in the sequence + its index
     prompt: torch.Tensor  # [B, T0, N] bool: which keys each prompt token may see
     tail: torch.Tensor  # [B, N] bool: which keys a generated token may see
 
@@ -55,9 +56,13 @@ class CrossAttentionDecoderLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         if self.memory is not None:
+            positions = kwargs.get("position_ids")
+            if self.cross.rope_base is not None and positions is None:
+                raise ValueError("cross_attention_positions 'rope' needs a decoder whose layers receive position_ids")
             if self._kv is None:
-                self._kv = self.cross.kv(self.memory.values)
-            hidden_states = self.cross(hidden_states, self._kv, self.memory.mask(hidden_states.shape[1]))
+                self._kv = self.cross.kv(self.memory.values, self.memory.key_positions)
+            mask = self.memory.mask(hidden_states.shape[1])
+            hidden_states = self.cross(hidden_states, self._kv, mask, positions)
         return self.layer(hidden_states, *args, **kwargs)
 
 

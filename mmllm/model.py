@@ -52,8 +52,12 @@ class MMLLM(nn.Module):
             self.encoder.dim * config.pixel_shuffle**2, config.connector_hidden or ffn, d_llm
         )
         layers = decoder_layers(self.llm)
+        rope = None  # the LLM's own RoPE base, so cross-attention offsets read like its self-attention's
+        if knobs.cross_attention_positions == "rope":
+            rope = float((getattr(llm_cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
         for i in config.cross_attention_at(len(layers)):
-            layers[i] = CrossAttentionDecoderLayer(GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn), layers[i])
+            block = GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn, rope_base=rope)
+            layers[i] = CrossAttentionDecoderLayer(block, layers[i])
         if config.input_positions:
             layers[0] = InputPositionLayer(layers[0], config.input_positions, d_llm)
         # Per tile slot (the global view has its own) and token within the tile, as Mllama's tile-position
@@ -146,9 +150,9 @@ class MMLLM(nn.Module):
         ref = segments[0]
         identity = self.config.knobs.tile_identity
         table = self.llm.get_input_embeddings()
-        seqs, key_media, key_tile = [], [], []
+        seqs, key_media, key_tile, key_pos = [], [], [], []
         for entries in layout.kv:
-            parts, item, tile = [], [], []
+            parts, item, tile, pos, seen = [], [], [], [], {}
             for seg in entries:
                 tokens = segments[seg.index]
                 tag = table(torch.tensor(seg.tag, device=ref.device)).to(ref.dtype) if seg.tag else None
@@ -161,12 +165,17 @@ class MMLLM(nn.Module):
                 parts.append(tokens.to(ref.dtype))
                 item += [seg.media] * len(tokens)
                 tile += [seg.tile] * len(tokens)
+                first = seen.get(seg.media, 0)  # keys count on from the media item's place in the sequence
+                pos += range(seg.start + first, seg.start + first + len(tokens))
+                seen[seg.media] = first + len(tokens)
             seqs.append(torch.cat(parts) if parts else ref.new_zeros(0, ref.shape[-1]))
             key_media.append(torch.tensor(item, dtype=torch.long))
             key_tile.append(torch.tensor(tile, dtype=torch.long))
+            key_pos.append(torch.tensor(pos, dtype=torch.long))
         values = pad_sequence(seqs, batch_first=True, padding_value=0.0)
         key_media = pad_sequence(key_media, batch_first=True, padding_value=-2).to(ref.device)  # -2: padding
         key_tile = pad_sequence(key_tile, batch_first=True, padding_value=-2).to(ref.device)
+        key_pos = pad_sequence(key_pos, batch_first=True, padding_value=0).to(ref.device)
         tok_media, tok_tile = layout.token_media, layout.token_tile
         prompt = (
             (tok_media.unsqueeze(-1) >= 0)
@@ -175,7 +184,7 @@ class MMLLM(nn.Module):
         )
         last = tok_media.max(dim=1).values.unsqueeze(-1)  # [B, 1]
         tail = (last >= 0) & (key_media == last)
-        return MediaMemory(values, prompt, tail)
+        return MediaMemory(values, key_pos, prompt, tail)
 
     @contextmanager
     def conditioned(self, inputs: ModelInputs) -> Iterator[torch.Tensor]:

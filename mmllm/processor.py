@@ -57,6 +57,7 @@ class KVSegment(NamedTuple):
     tile: int  # its tile index within the image (X tag tokens see only their own tile); 0 for a clip
     tag: tuple[int, ...]  # its tile-tag token ids (empty without tags, or for a clip)
     slot: int  # its row of the learned tile embedding: k for tile k, max_tiles for the global view; -1: none
+    start: int = 0  # where its media item begins in the sample's sequence (what key positions count from)
 
 
 @dataclass
@@ -242,17 +243,18 @@ class Processor:
                     if piece == IMAGE_MARKER:
                         media, image = media + 1, image + 1
                         pixels, grid = tiled[image]
-                        layout = self.image_layout(len(pixels), grid, media)
+                        layout, start = self.image_layout(len(pixels), grid, media), len(ids)
                         add(layout["ids"], tiles=layout["tile"])
                         slots += [("tile", offset + k) for k in layout["slots"]]
-                        kv += [seg._replace(index=offset + seg.index) for seg in layout["kv"]]  # sample-wide
+                        kv += [seg._replace(index=offset + seg.index, start=start) for seg in layout["kv"]]
                         offset += len(pixels)
                     elif piece == AUDIO_MARKER:
                         media, clip = media + 1, clip + 1
                         layout = self.audio_layout(self.audio.tokens_for_frames(clips[clip][1]), media, clip)
+                        start = len(ids)
                         add(layout["ids"], tiles=layout["tile"])
                         slots += [("audio", c) for c in layout["slots"]]
-                        kv += layout["kv"]
+                        kv += [seg._replace(start=start) for seg in layout["kv"]]
                     else:
                         add(self.text_ids(piece))
             elif role in ("gpt", "assistant"):

@@ -165,7 +165,7 @@ def test_keys_and_values_are_computed_once_per_image(arch, monkeypatch):
     model = build(arch)
     calls = []
     original = GatedCrossAttention.kv
-    monkeypatch.setattr(GatedCrossAttention, "kv", lambda self, image: calls.append(1) or original(self, image))
+    monkeypatch.setattr(GatedCrossAttention, "kv", lambda self, *a: calls.append(1) or original(self, *a))
     out = model.answer(["What text?"], [[text_image("ab12")]], max_new_tokens=8)
     assert len(out) == 1 and len(calls) == len(model.cross_layers())  # once per block, not once per step
 
@@ -265,3 +265,29 @@ def test_input_positions_keep_cached_generation_exact():
     assert torch.equal(model.generate(batch, max_new_tokens=8, use_cache=True),
                        model.generate(batch, max_new_tokens=8, use_cache=False))
     assert not torch.allclose(run(model, batch), run(build("nvlm_x"), batch))  # the positions are in the input
+
+
+@pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
+def test_rope_cross_attention_keeps_the_equivalences(arch):
+    """Gates at 0 => the model without the blocks; cached generation => uncached; a batch => its singles."""
+    model = build(arch, cross_attention_positions="rope")
+    questions, images = ["What text?", "Read it please."], [[text_image("ab12")], [text_image("cd", (64, 64))]]
+    batch = batch_for(model, questions, images)
+    assert torch.equal(run(model, batch), run(build(arch), batch))
+    open_gates(model)
+    assert torch.equal(model.generate(batch, max_new_tokens=8, use_cache=True),
+                       model.generate(batch, max_new_tokens=8, use_cache=False))
+    assert model.answer(questions, images, max_new_tokens=8) == [
+        model.answer([q], [i], max_new_tokens=8)[0] for q, i in zip(questions, images)]
+
+
+def test_rope_key_positions_count_from_the_image_in_the_sequence():
+    model = build("nvlm_x", cross_attention_positions="rope", processor=ProcessorConfig(tile_tag="none"))
+    conv = [{"from": "human", "value": "Some words <image> and <image>"}]
+    sample = model.processor.encode(conv, [text_image("ab", (64, 32)), text_image("cd", (64, 32))])
+    batch = model.processor.collate([sample])
+    memory = model.memory(list(model.image_features(batch.pixel_values)), batch.layout)
+    image_starts = [i for i, t in enumerate(sample["input_ids"]) if t == model.processor.text_ids("<Image>")[0]]
+    n = 3 * model.processor.tokens_per_tile  # 2 tiles + thumbnail per image
+    expected = [image_starts[0] + j for j in range(n)] + [image_starts[1] + j for j in range(n)]
+    assert memory.key_positions[0].tolist() == expected

@@ -57,6 +57,7 @@ class MMLLMModule(L.LightningModule):
         cross_attention_every: int | None = None,
         cross_attention_layers: list[int] | None = None,
         tile_identity: Literal["learned", "tag", "tag_entries", "none"] | None = None,
+        cross_attention_positions: Literal["none", "rope"] | None = None,
         input_positions: int = 0,
         stage: Stage = "pretrain",
         freeze_llm_in_sft: bool = False,
@@ -89,6 +90,7 @@ class MMLLMModule(L.LightningModule):
             cross_attention_every=cross_attention_every,
             cross_attention_layers=cross_attention_layers,
             tile_identity=tile_identity,
+            cross_attention_positions=cross_attention_positions,
             input_positions=input_positions,
         )
         self.model = MMLLM(self.config)
