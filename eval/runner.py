@@ -1,6 +1,6 @@
 """`mmllm eval`: batched greedy generation on an eval set (or scoring of predictions made elsewhere),
 per-sample `predictions.jsonl` and a `summary.json`, with each task's prompt and metric as lmms-eval
-defines them (../shared/reference/eval-metrics.md)."""
+defines them (docs/metrics.md)."""
 from __future__ import annotations
 
 import argparse

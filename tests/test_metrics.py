@@ -1,4 +1,4 @@
-"""Every worked example of eval-metrics.md, plus the aggregations and error paths of mmllm.eval.metrics."""
+"""Every worked example of the metric definitions (docs/metrics.md), plus the aggregations and error paths of mmllm.eval.metrics."""
 import pytest
 
 from mmllm.eval.metrics import (

@@ -1,4 +1,4 @@
-"""Per-sample evaluation metrics defined exactly as in eval-metrics.md (lmms-eval is normative).
+"""Per-sample evaluation metrics defined exactly as in docs/metrics.md (lmms-eval is normative).
 
 `score(metric, prediction, answers, **extra)` is the entry point: it strips the raw generation
 (`None` -> ""), turns a single gold string into a list, and dispatches to `METRICS[metric]` with

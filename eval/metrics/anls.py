@@ -1,4 +1,4 @@
-"""ANLS for DocVQA / InfographicVQA: lmms-eval `anls` (eval-metrics.md §4)."""
+"""ANLS for DocVQA / InfographicVQA: lmms-eval `anls` (docs/metrics.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""ChartQA relaxed accuracy: lmms-eval `relaxed_correctness` (eval-metrics.md §1)."""
+"""ChartQA relaxed accuracy: lmms-eval `relaxed_correctness` (docs/metrics.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

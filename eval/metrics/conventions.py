@@ -1,4 +1,4 @@
-"""Input conventions every metric shares (eval-metrics.md §0)."""
+"""Input conventions every metric shares (docs/metrics.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""The one Levenshtein distance shared by ANLS, CER and WER (eval-metrics.md §0)."""
+"""The one Levenshtein distance shared by ANLS, CER and WER (docs/metrics.md)."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence

@@ -1,4 +1,4 @@
-"""Character and word error rates, per sample and over a corpus (eval-metrics.md §6).
+"""Character and word error rates, per sample and over a corpus (docs/metrics.md).
 
 Matches jiwer's defaults for CER (strip, then code points) with no other normalisation. WER
 strips and splits on whitespace (`str.split()`). An empty reference makes the rate undefined,

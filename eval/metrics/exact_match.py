@@ -1,4 +1,4 @@
-"""Exact match as lmms-eval's port of HF `evaluate` exact_match (eval-metrics.md §5)."""
+"""Exact match as lmms-eval's port of HF `evaluate` exact_match (docs/metrics.md)."""
 from __future__ import annotations
 
 import string

@@ -1,4 +1,4 @@
-"""OCRBench v1 substring scoring and its per-category aggregation (eval-metrics.md §2)."""
+"""OCRBench v1 substring scoring and its per-category aggregation (docs/metrics.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -1,4 +1,4 @@
-"""TextVQA / VQAv2 accuracy with lmms-eval's EvalAI answer processing (eval-metrics.md §3).
+"""TextVQA / VQAv2 accuracy with lmms-eval's EvalAI answer processing (docs/metrics.md).
 
 The quirks of the reference are reproduced on purpose: the period regex deletes "." before a
 non-digit even after a digit ("5." -> "5"), at most 32 times, and the digit-comma test disables
