@@ -1,4 +1,4 @@
-"""mmllm: any encoder + any causal LM, wired as NVLM-D (and, next, NVLM-X / NVLM-H)."""
+"""mmllm: any encoder + any causal LM, wired as NVLM-D, NVLM-X or NVLM-H."""
 from .config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 
 __all__ = ["ARCHS", "EncoderConfig", "LLMConfig", "MMLLMConfig", "ProcessorConfig", "MMLLM"]

@@ -45,6 +45,7 @@ class MMLLM(nn.Module):
             raise ValueError(f"tiles are square; encoder {config.encoder.model} takes {height}x{width}")
         self.llm = build_llm(config.llm, self.tokenizer, llm_config)
         self.shuffle = PixelShuffle(self.encoder.grid, config.pixel_shuffle)
+        rows, cols = self.shuffle.out_grid
         llm_cfg = self.llm.config
         d_llm = llm_cfg.hidden_size
         ffn = getattr(llm_cfg, "intermediate_size", None) or 4 * d_llm
@@ -65,7 +66,6 @@ class MMLLM(nn.Module):
         learned = config.cross_attends and knobs.tile_identity == "learned"
         self.tile_embedding = None
         if learned:
-            rows, cols = self.shuffle.out_grid
             shape = (config.processor.max_tiles + 1, rows * cols, d_llm)
             self.tile_embedding = nn.Parameter(torch.randn(shape) * d_llm**-0.5)
         self.audio_encoder = self.audio_connector = front_end = None
@@ -77,7 +77,6 @@ class MMLLM(nn.Module):
                 downsample, self.audio_encoder.dim, config.connector_hidden or ffn, d_llm
             )
             front_end = AudioFrontEnd(config.audio.n_mels, config.audio.max_seconds, self.audio_tokens)
-        rows, cols = self.shuffle.out_grid
         self.processor = Processor(
             config.processor, self.tokenizer, knobs, height, rows * cols, self.encoder.mean, self.encoder.std, front_end,
         )
@@ -87,7 +86,7 @@ class MMLLM(nn.Module):
         """Decoder layer index -> the cross-attention layer wrapping it (empty when nothing cross-attends)."""
         found = {}
         for i, layer in enumerate(decoder_layers(self.llm)):
-            while not isinstance(layer, CrossAttentionDecoderLayer) and isinstance(layer, InputPositionLayer):
+            while isinstance(layer, InputPositionLayer):
                 layer = layer.layer
             if isinstance(layer, CrossAttentionDecoderLayer):
                 found[i] = layer
