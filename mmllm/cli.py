@@ -6,12 +6,14 @@ import os
 import sys
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,bench,demo} ...
+USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,controls,bench,demo} ...
 
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
   data synth|convert         write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
+  controls MODEL DATA        score a trained model with the signal taken apart (tiles swapped, images
+                             shuffled, cross-attention off, no tile identity): model or wiring?
   bench                      step time, tokens/s and memory of D, X, H (and LLaVA, Mllama) vs tile count
   demo                       the main job: `compare` on configs/compare_tiny.yaml into runs/demo
 
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from mmllm.eval.runner import main as eval_main
 
             eval_main(rest)
+        elif command == "controls":
+            from mmllm.eval.controls import main as controls_main
+
+            controls_main(rest)
         elif command == "bench":
             # Before torch loads: spinning OpenMP workers stall for seconds when other jobs share the cores.
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
