@@ -5,7 +5,8 @@ import lightning as L
 import pytest
 import torch
 
-from mmllm.train.data import ConversationDataset, MMDataModule, read_jsonl
+from mmllm.jsonl import read_jsonl
+from mmllm.train.data import ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor, TrainingAborted
 from mmllm.train.module import MMLLMModule
 from conftest import text_image, tiny_config

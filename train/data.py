@@ -1,64 +1,18 @@
 """Training data: LLaVA-format JSONL -> processor samples, with bad input reported, replaced and counted."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from mmllm.jsonl import BadInput, Record, read_jsonl
 from mmllm.processor import ModelInputs, Processor, SampleError
 
 # How many following records a bad sample may borrow from before the batch is declared unusable.
 MAX_SUBSTITUTE_TRIES = 16
-
-
-@dataclass(frozen=True)
-class Record:
-    file: str
-    line: int
-    data: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return str(self.data.get("id", f"{Path(self.file).name}:{self.line}"))
-
-    def where(self) -> str:
-        return f"{self.file}:{self.line} (id {self.id})"
-
-
-@dataclass(frozen=True)
-class BadInput:
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
-
-
-def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[list[Record], list[BadInput]]:
-    """Parse every line; malformed ones come back as BadInput with file and line, never dropped silently."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    records, bad = [], []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line.strip())
-            except json.JSONDecodeError as exc:
-                bad.append(BadInput(f"{path}:{line_no}", f"invalid JSON ({exc.msg} at column {exc.colno})"))
-                continue
-            missing = [k for k in required if k not in data] if isinstance(data, dict) else list(required)
-            if missing:
-                bad.append(BadInput(f"{path}:{line_no}", f"missing field(s) {missing}"))
-                continue
-            records.append(Record(str(path), line_no, data))
-    return records, bad
 
 
 def paths_of(record: Record, key: str) -> list[str]:
