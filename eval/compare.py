@@ -9,6 +9,7 @@ throughput), metrics.json and PNG plots.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,7 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     model = module.model.eval()
     model.save_pretrained(out / "model")
     scores, rates, cer = {}, [], {}
+    shutil.rmtree(out / "eval", ignore_errors=True)  # a freshly trained model: earlier predictions are not its own
     for s in test:
         summary = evaluate(model, s.eval, folders[s.name], out / "eval" / s.name, batch_size=16)
         scores[s.name] = summary["score"]

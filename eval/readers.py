@@ -1,26 +1,44 @@
-"""Readers that turn public benchmark layouts (ChartQA, OCRBench, TextVQA, DocVQA) into our eval format.
+"""Readers that turn public benchmark sources (ChartQA, OCRBench, TextVQA, DocVQA) into our eval format.
 
 `convert(fmt, src, out)` writes `out/items.jsonl`, one `{"id", "image", "question", "answers", ...task
-fields}` object a line, with each image under `out/images/` at its path below the benchmark's image
-folder. A format only declares where its files are and which of its fields feed ours (a `Layout`);
-checking records and images, reporting bad ones and writing are shared by all four.
+fields}` object a line, with each image under `out/images/`. Two kinds of source are read, and SRC may be
+either; the first layout of the benchmark found in SRC is used:
+
+- the benchmark's own release: its JSON annotation files and image folders, where its own scripts put
+  them (OCRBench: `OCRBench/OCRBench.json` beside `OCRBench_Images/`, SRC being either folder holding the
+  JSON or its parent). An image keeps its path below the benchmark's image folder; `images=DIR`
+  overrides where images are looked up.
+- a Hugging Face dataset snapshot, as lmms-eval loads it (lmms-lab/ChartQA, echo840/OCRBench,
+  lmms-lab/textvqa, lmms-lab/DocVQA): parquet shards with each image embedded as a `{"bytes", "path"}`
+  struct. Read offline with pyarrow; an image is written as `images/<sha256 prefix>.<format>`, so
+  questions on one image share one file and equal basenames from different sources never collide.
+
+A format only declares where its files are and which of its fields feed ours (a `Layout`); checking
+records and images, reporting bad ones and writing are shared by all. A bad record or image is a counted
+skip; a broken annotation file, or a run that yields no item at all, is an error.
 
 Images are hard-linked, and copied with `shutil.copy2` only where the filesystem refuses a link
 (another device, no link support). Not symlinked: a hard link costs no disk, yet OUT stays whole when
-SRC is moved or deleted and archives as plain files.
+SRC is moved or deleted and archives as plain files. A symlinked source image (hub snapshots are made of
+them) is resolved first, so OUT gets the real file rather than a link whose relative target dangles.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
+
+from mmllm.jsonl import write_jsonl
 
 from .metrics import OCRBENCH_CATEGORIES
 
@@ -33,7 +51,7 @@ class Malformed(ValueError):
 class Fields:
     """What a format's parser takes from one record."""
 
-    image: str  # path below one of the layout's image folders
+    image: str | bytes  # str: path below one of the layout's image folders; bytes: the embedded image file
     question: str
     answers: list[str]
     task: dict[str, str]  # what the metric or report needs beyond the answers (split, category, variant)
@@ -43,11 +61,12 @@ class Fields:
 class Layout:
     """Where a benchmark keeps its annotations and images, and how one record maps onto an item."""
 
-    files: dict[str, str]  # annotation file -> tag passed to `parse` (ChartQA's split); one must exist
-    records_key: str | None  # key of the record list in a top-level object; None: the file is the list
+    files: dict[str, str]  # annotation file name or glob -> tag passed to `parse` (a split); one must exist
+    read: Callable[[Path], Iterable[Any]]  # the records of one annotation file, in order
     id_field: str | None  # the dataset's own unique question id; None: ids from tag and position
-    image_dirs: tuple[str, ...]  # below SRC, tried in order
+    image_dirs: tuple[str, ...]  # below the annotation folder, tried in order; (): images are embedded
     parse: Callable[[dict[str, Any], str], Fields]  # raises Malformed
+    folders: tuple[str, ...] = (".",)  # the annotation folder: SRC or below it, the first holding a file
 
 
 def _text(record: dict[str, Any], key: str) -> str:
@@ -74,19 +93,45 @@ def _answers(record: dict[str, Any], key: str) -> list[str]:
     return answers
 
 
+def _embedded(record: dict[str, Any], key: str) -> bytes:
+    """The file bytes of a Hugging Face `Image` column; hub snapshots embed them, `path` is only a name."""
+    value = record.get(key)
+    data = value.get("bytes") if isinstance(value, dict) else None
+    if not isinstance(data, bytes) or not data:
+        raise Malformed(f"field {key!r} holds no embedded image bytes")
+    return data
+
+
+def _category(record: dict[str, Any], key: str) -> str:
+    category = _text(record, key)
+    if category not in OCRBENCH_CATEGORIES:
+        raise Malformed(f"unknown category {category!r} in field {key!r}")
+    return category
+
+
 def _chartqa(record: dict[str, Any], split: str) -> Fields:
     # lmms-eval's split names: the runner reports relaxed_human_split / relaxed_augmented_split by `type`.
     return Fields(_text(record, "imgname"), _text(record, "query"), _answers(record, "label"),
                   {"type": f"{split}_test"})
 
 
+def _chartqa_hf(record: dict[str, Any], _: str) -> Fields:
+    split = _text(record, "type")
+    if split not in ("human_test", "augmented_test"):
+        raise Malformed(f"unknown split {split!r} in field 'type'")
+    return Fields(_embedded(record, "image"), _text(record, "question"), _answers(record, "answer"),
+                  {"type": split})
+
+
 def _ocrbench(record: dict[str, Any], _: str) -> Fields:
     # The metric needs both: `dataset` picks the HME100k formula rule, `category` the aggregation bucket.
-    category = _text(record, "type")
-    if category not in OCRBENCH_CATEGORIES:
-        raise Malformed(f"unknown category {category!r} in field 'type'")
     return Fields(_text(record, "image_path"), _text(record, "question"), _answers(record, "answers"),
-                  {"category": category, "dataset": _text(record, "dataset_name")})
+                  {"category": _category(record, "type"), "dataset": _text(record, "dataset_name")})
+
+
+def _ocrbench_hf(record: dict[str, Any], _: str) -> Fields:
+    return Fields(_embedded(record, "image"), _text(record, "question"), _answers(record, "answer"),
+                  {"category": _category(record, "question_type"), "dataset": _text(record, "dataset")})
 
 
 def _textvqa(record: dict[str, Any], _: str) -> Fields:
@@ -94,25 +139,28 @@ def _textvqa(record: dict[str, Any], _: str) -> Fields:
                   {"variant": "textvqa"})
 
 
+def _textvqa_hf(record: dict[str, Any], _: str) -> Fields:
+    return Fields(_embedded(record, "image"), _text(record, "question"), _answers(record, "answers"),
+                  {"variant": "textvqa"})
+
+
 def _docvqa(record: dict[str, Any], _: str) -> Fields:
     return Fields(_text(record, "image"), _text(record, "question"), _answers(record, "answers"), {})
 
 
-LAYOUTS: dict[str, Layout] = {
-    "chartqa": Layout({"test_human.json": "human", "test_augmented.json": "augmented"}, None, None, ("png",), _chartqa),
-    # OCRBench's own `id` indexes its source dataset and repeats across datasets, so ids come from positions.
-    "ocrbench": Layout({"OCRBench.json": ""}, None, None, ("OCRBench_Images", "."), _ocrbench),
-    # train_val_images.zip unpacks to train_val_images/train_images/.
-    "textvqa": Layout({"TextVQA_0.5.1_val.json": ""}, "data", "question_id",
-                      ("train_images", "train_val_images/train_images"), _textvqa),
-    "docvqa": Layout({"val_v1.0.json": ""}, "data", "questionId", (".",), _docvqa),
-}
+def _docvqa_hf(record: dict[str, Any], _: str) -> Fields:
+    return Fields(_embedded(record, "image"), _text(record, "question"), _answers(record, "answers"), {})
 
 
-def _load_records(path: Path, key: str | None) -> list[Any]:
-    """A broken annotation file is an error, not a skip: none of its records can be trusted."""
+def _json_records(path: Path, key: str | None = None) -> list[Any]:
+    """A broken annotation file is an error, not a skip: none of its records can be trusted.
+
+    `key`: the record list sits under this key of a top-level object; None: the file is the list.
+    A leading UTF-8 byte-order mark (Windows editors write one) is not part of the JSON."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: invalid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if key is not None:
@@ -120,6 +168,50 @@ def _load_records(path: Path, key: str | None) -> list[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected " + (f"an object with a {key!r} list" if key else "a list of records"))
     return data
+
+
+def _parquet_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows a batch at a time: a DocVQA shard holds hundreds of MB of images."""
+    import pyarrow as pa  # only parquet sources need it
+    import pyarrow.parquet as pq
+
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+            yield from batch.to_pylist()
+    except pa.ArrowException as exc:
+        raise ValueError(f"{path}: unreadable parquet ({exc})") from None
+
+
+_DATA = partial(_json_records, key="data")
+# Hugging Face snapshots keep a split's shards as `<split>-NNNNN-of-NNNNN.parquet` in a folder named
+# after the config: data/ for most, DocVQA/ beside InfographicVQA/ in lmms-lab/DocVQA. SRC may be the
+# snapshot or that folder.
+LAYOUTS: dict[str, tuple[Layout, ...]] = {
+    "chartqa": (
+        Layout({"test_human.json": "human", "test_augmented.json": "augmented"}, _json_records, None, ("png",),
+               _chartqa),
+        Layout({"test-*.parquet": "test"}, _parquet_records, None, (), _chartqa_hf, (".", "data")),
+    ),
+    # OCRBench's own `id` indexes its source dataset and repeats across datasets, so ids come from positions.
+    # Its repository keeps OCRBench/OCRBench.json beside OCRBench_Images/; a flat copy has the images inside.
+    "ocrbench": (
+        Layout({"OCRBench.json": ""}, _json_records, None, ("OCRBench_Images", ".", "../OCRBench_Images"),
+               _ocrbench, (".", "OCRBench")),
+        Layout({"test-*.parquet": "test"}, _parquet_records, None, (), _ocrbench_hf, (".", "data")),
+    ),
+    # train_val_images.zip unpacks to train_val_images/train_images/.
+    "textvqa": (
+        Layout({"TextVQA_0.5.1_val.json": ""}, _DATA, "question_id", ("train_images", "train_val_images/train_images"),
+               _textvqa),
+        Layout({"validation-*.parquet": "validation"}, _parquet_records, "question_id", (), _textvqa_hf,
+               (".", "data")),
+    ),
+    "docvqa": (
+        Layout({"val_v1.0.json": ""}, _DATA, "questionId", (".",), _docvqa),
+        Layout({"validation-*.parquet": "validation"}, _parquet_records, "questionId", (), _docvqa_hf,
+               (".", "DocVQA")),
+    ),
+}
 
 
 def _position_id(fmt: str, tag: str, index: int) -> str:
@@ -134,64 +226,120 @@ def _own_id(fmt: str, key: str, record: dict[str, Any]) -> str:
     return f"{fmt}-{value}"
 
 
+def _annotations(layout: Layout, src: Path) -> tuple[Path, list[tuple[Path, str]]] | None:
+    """The annotation folder and its files with their tags, in declaration order; None if absent."""
+    for folder in (src / name for name in layout.folders):
+        files = [(path, tag) for pattern, tag in layout.files.items()
+                 for path in sorted(folder.glob(pattern)) if path.is_file()]
+        if files:
+            return folder, files
+    return None
+
+
+def _expected(layout: Layout) -> str:
+    where = f" (in SRC or {', '.join(d + '/' for d in layout.folders[1:])})" if len(layout.folders) > 1 else ""
+    return " and/or ".join(layout.files) + where
+
+
+class _Embedded(io.BytesIO):
+    """Image bytes from a parquet row, named so that Pillow's errors read the same on every run."""
+
+    def __repr__(self) -> str:
+        return "<embedded image>"
+
+
+def _verify(image: Path | IO[bytes], what: str) -> str:
+    """The image's format; raises Malformed when Pillow cannot read it."""
+    try:
+        with Image.open(image) as img:
+            img.verify()
+            return str(img.format)
+    except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, struct.error)
+        raise Malformed(f"cannot decode {what} ({type(exc).__name__}: {exc})") from None
+
+
 class _Images:
     """Finds, checks and places each source image once, however many questions share it."""
 
-    def __init__(self, src: Path, dirs: tuple[str, ...], out: Path) -> None:
-        self.src, self.dirs, self.out = src, dirs, out
-        self.placed: dict[PurePosixPath, str | Malformed] = {}
+    def __init__(self, dirs: tuple[Path, ...], out: Path) -> None:
+        self.dirs, self.out = dirs, out
+        self.placed: dict[PurePosixPath | str, str | Malformed] = {}
 
-    def place(self, image: str) -> str:
+    def place(self, image: str | bytes) -> str:
         """Path of the image relative to OUT; raises Malformed when it is missing or undecodable."""
-        rel = PurePosixPath(image)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise Malformed(f"image path {image!r} leaves the image folder")
-        if rel not in self.placed:
+        if isinstance(image, bytes):
+            key: PurePosixPath | str = hashlib.sha256(image).hexdigest()  # keyed by the bytes, all would stay in memory
+        else:
+            key = PurePosixPath(image)
+            if key.is_absolute() or ".." in key.parts:
+                raise Malformed(f"image path {image!r} leaves the image folder")
+        if key not in self.placed:
             try:
-                self.placed[rel] = self._place(rel)
+                self.placed[key] = self._write(image, key) if isinstance(image, bytes) else self._link(key)
             except Malformed as exc:
-                self.placed[rel] = exc
-        result = self.placed[rel]
+                self.placed[key] = exc
+        result = self.placed[key]
         if isinstance(result, Malformed):
             raise result
         return result
 
-    def _place(self, rel: PurePosixPath) -> str:
-        found = next((self.src / d / rel for d in self.dirs if (self.src / d / rel).is_file()), None)
+    def _dest(self, rel: PurePosixPath) -> Path:
+        """A free slot under OUT/images: whatever an earlier run left there may be a link into SRC."""
+        dest = self.out / "images" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        return dest
+
+    def _link(self, rel: PurePosixPath) -> str:
+        found = next((d / rel for d in self.dirs if (d / rel).is_file()), None)
         if found is None:
-            raise Malformed(f"image not found: {rel} (looked in {', '.join(d + '/' for d in self.dirs)} of {self.src})")
-        try:
-            with Image.open(found) as img:
-                img.verify()
-        except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, struct.error)
-            raise Malformed(f"cannot decode image {rel} ({type(exc).__name__}: {exc})") from None
+            raise Malformed(f"image not found: {rel} (looked in {', '.join(str(d) for d in self.dirs)})")
+        found = found.resolve()  # os.link would link the symlink itself, and its relative target dangles in OUT
+        _verify(found, f"image {rel}")
         dest = self.out / "images" / rel
         if not (dest.exists() and os.path.samefile(found, dest)):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.unlink(missing_ok=True)
+            dest = self._dest(rel)
             try:
                 os.link(found, dest)
             except OSError:
                 shutil.copy2(found, dest)
-        return (PurePosixPath("images") / rel).as_posix()
+        return f"images/{rel}"
+
+    def _write(self, data: bytes, digest: str) -> str:
+        rel = PurePosixPath(f"{digest[:16]}.{_verify(_Embedded(data), 'embedded image').lower()}")
+        self._dest(rel).write_bytes(data)
+        return f"images/{rel}"
 
 
-def _convert(fmt: str, layout: Layout, src: str | Path, out: str | Path) -> dict[str, Any]:
-    """Convert one benchmark layout; see `convert`."""
+def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | Path,
+             images: str | Path | None = None) -> dict[str, Any]:
+    """Convert the first of a benchmark's layouts found in SRC; see `convert`."""
     src, out = Path(src), Path(out)
-    files = [name for name in layout.files if (src / name).is_file()]
-    if not files:
-        expected = " and/or ".join(layout.files)
-        raise FileNotFoundError(f"no {fmt} annotations in {src}: expected {expected}")
-    images = _Images(src, layout.image_dirs, out)
+    for layout in layouts:
+        if (found := _annotations(layout, src)) is not None:
+            break
+    else:
+        raise FileNotFoundError(f"no {fmt} annotations in {src}: expected {', or '.join(map(_expected, layouts))}")
+    folder, files = found
+    if images is None:
+        dirs = tuple(Path(os.path.normpath(folder / d)) for d in layout.image_dirs)
+    elif not layout.image_dirs:
+        raise ValueError(f"the {fmt} source in {src} embeds its images: an image folder does not apply")
+    elif not Path(images).is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    else:
+        dirs = (Path(images),)
+    placer = _Images(dirs, out)
     items: list[dict[str, Any]] = []
     skipped: list[str] = []
     seen: set[str] = set()
-    for name in files:
-        tag = layout.files[name]
-        for index, record in enumerate(_load_records(src / name, layout.records_key)):
+    positions: Counter[str] = Counter()  # per tag, across the shards of one split
+    names = [path.relative_to(src).as_posix() for path, _ in files]
+    for (path, tag), name in zip(files, names):
+        for index, record in enumerate(layout.read(path)):
             # Until the record's own id is known, it is named by its place in the source file.
-            label = _position_id(fmt, tag, index) if layout.id_field is None else f"{name}[{index}]"
+            label = _position_id(fmt, tag, positions[tag]) if layout.id_field is None else f"{name}[{index}]"
+            positions[tag] += 1
             try:
                 if not isinstance(record, dict):
                     raise Malformed(f"record is {type(record).__name__}, expected an object")
@@ -201,31 +349,32 @@ def _convert(fmt: str, layout: Layout, src: str | Path, out: str | Path) -> dict
                     raise Malformed("duplicate id")
                 seen.add(label)
                 fields = layout.parse(record, tag)
-                image = images.place(fields.image)
+                image = placer.place(fields.image)
             except Malformed as exc:
                 skipped.append(f"{label}: {exc}")
                 continue
             items.append({"id": label, "image": image, "question": fields.question, "answers": fields.answers,
                           **fields.task})
-    out.mkdir(parents=True, exist_ok=True)
-    # Through a temporary file: an interrupted run never leaves a truncated items.jsonl behind.
-    tmp = out / "items.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8")
-    os.replace(tmp, out / "items.jsonl")
+    if not items:  # an empty items.jsonl would only fail later, far from the cause
+        raise ValueError(f"wrote no items: {len(skipped)} skipped"
+                         + (f"; first: {skipped[0]}" if skipped else f" (no records in {folder})"))
+    write_jsonl(out / "items.jsonl", items)
     return {"format": fmt, "n": len(items), "skipped": len(skipped), "skipped_items": skipped,
-            "out": str(out), "files": files}
+            "out": str(out), "files": names}
 
 
-READERS: dict[str, Callable[[str | Path, str | Path], dict[str, Any]]] = {
-    fmt: partial(_convert, fmt, layout) for fmt, layout in LAYOUTS.items()
+READERS: dict[str, Callable[..., dict[str, Any]]] = {
+    fmt: partial(_convert, fmt, layouts) for fmt, layouts in LAYOUTS.items()
 }
 
 
-def convert(fmt: str, src: str | Path, out: str | Path) -> dict[str, Any]:
-    """Convert the public layout of benchmark `fmt` in folder `src` into `out/items.jsonl` + `out/images/`.
+def convert(fmt: str, src: str | Path, out: str | Path, images: str | Path | None = None) -> dict[str, Any]:
+    """Convert benchmark `fmt` from folder `src` (its own release or a Hugging Face parquet snapshot) into
+    `out/items.jsonl` + `out/images/`; `images` overrides where a release's images are looked up.
 
     Returns a summary: format, n, skipped (count), skipped_items ("id: reason", the id being the
-    source file and index when a record has none), out, and the annotation files read."""
+    source file and index when a record has none), out, and the annotation files read (relative to `src`).
+    Raises ValueError when no record becomes an item."""
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(READERS)}")
-    return READERS[fmt](src, out)
+    return READERS[fmt](src, out, images)

@@ -4,6 +4,7 @@ defines them (docs/metrics.md)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -15,8 +16,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from mmllm.eval.metrics import corpus_cer, corpus_wer, ocrbench_aggregate, score
+from mmllm.jsonl import Record, dumps_line, read_jsonl, write_json, write_jsonl, write_text_atomic
 from mmllm.model import MMLLM
-from mmllm.train.data import ItemsDataset, PromptCollator, read_jsonl
+from mmllm.train.data import ItemsDataset, PromptCollator
 from mmllm.train.synth import PROMPT_TEMPLATES
 
 
@@ -42,6 +44,7 @@ TASKS = {
     "asr": Task("wer", PROMPT_TEMPLATES["asr"], 48, lower_is_better=True),
 }
 CER_TASKS = ("ocr", "asr")  # also get a per-item and corpus character error rate
+RUN_FILE = "run.json"  # what an eval folder was started with (see `resume`)
 
 
 def load_model(ckpt: str | Path) -> MMLLM:
@@ -53,7 +56,13 @@ def load_model(ckpt: str | Path) -> MMLLM:
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     from mmllm.train.module import MMLLMModule
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    not_lightning = f"{ckpt} is not a Lightning checkpoint (nor a save_pretrained folder)"
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and format errors alike: the file is not a checkpoint
+        raise ValueError(f"{not_lightning}: torch.load failed ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not {"state_dict", "hyper_parameters"} <= state.keys():
+        raise ValueError(f"{not_lightning}: it holds no state_dict and hyper_parameters")
     hparams = dict(state["hyper_parameters"])
     hparams["encoder"] = dict(hparams["encoder"], pretrained=False)  # weights come from the checkpoint
     if hparams.get("audio"):
@@ -100,8 +109,7 @@ def summarise(task: str, rows: list[dict], skipped: list[str], meta: dict, out: 
         part = [r["score"] for r in rows if r.get("type") == split]
         if task == "chartqa" and part:
             summary[key] = statistics.fmean(part)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -109,6 +117,74 @@ def _row(record_data: dict, prediction: str, item_id: str) -> dict:
     keep = ("category", "dataset", "type")
     return {"id": item_id, "question": record_data.get("question"), "prediction": prediction,
             "answers": record_data.get("answers", []), **{k: record_data[k] for k in keep if k in record_data}}
+
+
+def first_by_id(records: list[Record]) -> tuple[dict[str, Record], list[str]]:
+    """The first record of every id (ids compare as strings, so 777 and "777" are one id) and a skip note
+    for every later one: a duplicate is never merged into, nor scored beside, the first."""
+    first: dict[str, Record] = {}
+    skipped = []
+    for record in records:
+        if record.id in first:
+            skipped.append(f"{record.where()}: duplicate id (first at line {first[record.id].line}, which is scored)")
+        else:
+            first[record.id] = record
+    return first, skipped
+
+
+def weights_digest(model: torch.nn.Module, samples: int = 4096) -> str:
+    """The identity of a model's weights: sha256 over every tensor's name, dtype, shape and `samples` evenly
+    spaced elements (first and last included).
+
+    Taken from the loaded weights, not the checkpoint file, so it is the same for a `.ckpt` and a
+    save_pretrained copy of one model (they predict the same), it also covers models that exist only in
+    memory (`mmllm compare`), and it costs milliseconds at any size. Two trainings differ in practically
+    every element; an edit touching none of the sampled elements would go unseen."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        k = min(flat.numel(), samples)
+        index = torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(flat[index.to(flat.device)].cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def answers_digest(records: list[Record]) -> str:
+    """sha256 over every item's id and gold answers: a corrected answer key makes another eval."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(dumps_line([record.id, record.data.get("answers")]).encode())
+    return digest.hexdigest()[:16]
+
+
+def resume(out: Path, fingerprint: dict, ids: set[str]) -> dict[str, dict]:
+    """The prediction rows already in `out` for `ids`, once `out/run.json` shows the folder was started with
+    this `fingerprint` (otherwise they may belong to another model, task, item set or answer key: refused).
+
+    Unreadable lines (an interrupted write) are dropped and the file rewritten without them, so their
+    items are generated again and appended after a clean line end."""
+    pred_file, run_file = out / "predictions.jsonl", out / RUN_FILE
+    done: dict[str, dict] = {}
+    if pred_file.is_file():
+        fresh = f"to start fresh pass another --out or delete {out}"
+        try:
+            started = json.loads(run_file.read_text(encoding="utf-8"))
+            if not isinstance(started, dict):
+                raise ValueError
+        except (OSError, ValueError):
+            raise ValueError(f"{pred_file} exists but {run_file} is missing or unreadable, so what made those "
+                             f"predictions is unknown; {fresh}") from None
+        differ = [f"{k} ({started.get(k)!r} there, {v!r} now)" for k, v in fingerprint.items() if started.get(k) != v]
+        if differ:
+            raise ValueError(f"{out} was started with a different {'; '.join(differ)}; {fresh}")
+        records, bad = read_jsonl(pred_file, ("id", "prediction"))
+        for line in bad:
+            print(f"[mmllm] unreadable prediction {line}; its item is generated again")
+        done = {r.id: r.data for r in records if r.id in ids}
+        write_jsonl(pred_file, done.values())
+    write_json(run_file, fingerprint)
+    return done
 
 
 def evaluate(
@@ -123,19 +199,26 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     """Generate and score; `out/predictions.jsonl` is appended batch by batch, so a rerun into the
-    same folder continues an interrupted run (items already there are not generated again)."""
+    same folder continues an interrupted run (items already there are not generated again) as long as
+    model, task, items, prompt and max_new_tokens are the ones the folder was started with (`resume`)."""
     spec = task_spec(task)
     template = template or spec.template
-    max_new_tokens = max_new_tokens or spec.max_new_tokens
+    max_new_tokens = spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     data, out = Path(data), Path(out)
     items_file = data / "items.jsonl" if data.is_dir() else data
     items = ItemsDataset(items_file, model.processor, template, capitalize=spec.capitalize)
+    first, duplicates = first_by_id(items.records)
+    fingerprint = {"checkpoint": weights_digest(model), "task": task, "data": str(items_file.resolve()),
+                   "prompt_template": template, "max_new_tokens": max_new_tokens,
+                   "answers": answers_digest(items.records)}
     out.mkdir(parents=True, exist_ok=True)
     pred_file = out / "predictions.jsonl"
-    done = {r.data["id"]: r.data for r in read_jsonl(pred_file, ("id", "prediction"))[0]} if pred_file.is_file() else {}
-    todo = [i for i, r in enumerate(items.records) if r.id not in done]
+    done = resume(out, fingerprint, set(first))
+    todo = [i for i, r in enumerate(items.records) if first[r.id] is r and r.id not in done]
     loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
-    skipped, truncated = [str(b) for b in items.bad_lines], []
+    skipped, truncated = [str(b) for b in items.bad_lines] + duplicates, []
     device = next(model.parameters()).device
     model.eval()
     start = time.perf_counter()
@@ -147,20 +230,19 @@ def evaluate(
                 continue
             generated = model.generate(batch.inputs.to(device), max_new_tokens=max_new_tokens)
             for record, ids in zip(batch.records, generated.tolist()):
-                row = _row(record.data, model.processor.decode(ids), record.id)
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                done[record.id] = row
+                done[record.id] = _row(record.data, model.processor.decode(ids), record.id)
+                fh.write(dumps_line(done[record.id]))
             fh.flush()
     elapsed = time.perf_counter() - start
     rows = []
-    by_id = {r.id: r for r in items.records}
-    for item_id, row in done.items():
-        record = by_id.get(item_id)
+    for item_id, record in first.items():  # gold answers and fields from the items file, never from old rows
+        if item_id not in done:  # the item failed to load: skipped above
+            continue
         try:
-            rows.append(score_row(task, row, record.data if record else row))
+            rows.append(score_row(task, _row(record.data, done[item_id]["prediction"], item_id), record.data))
         except (ValueError, TypeError) as exc:  # no or empty gold answers: a data error, not a 0
-            skipped.append(f"{record.where() if record else item_id}: cannot score: {exc}")
-    _write_rows(pred_file, rows)
+            skipped.append(f"{record.where()}: cannot score: {exc}")
+    write_jsonl(pred_file, rows)
     for s in skipped:
         print(f"[mmllm] skipped {s}")
     for t in truncated:
@@ -175,22 +257,30 @@ def evaluate(
 def score_predictions(task: str, predictions: str | Path, out: str | Path) -> dict:
     """Score a JSONL of predictions made elsewhere (`id`, `prediction`, `answers` + option fields)."""
     records, bad = read_jsonl(predictions, ("id", "prediction", "answers"))
-    rows, skipped = [], [str(b) for b in bad]
-    for record in records:
+    out = Path(out)
+    pred_file = out / "predictions.jsonl"
+    if pred_file.exists() and pred_file.samefile(predictions):
+        raise ValueError(f"--predictions {predictions} is the output file {pred_file}, which scoring rewrites; "
+                         "pass another --out")
+    first, skipped = first_by_id(records)
+    skipped = [str(b) for b in bad] + skipped
+    rows = []
+    for record in first.values():
         try:
             rows.append(score_row(task, _row(record.data, record.data["prediction"], record.id), record.data))
         except (ValueError, TypeError) as exc:
             skipped.append(f"{record.where()}: cannot score: {exc}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_rows(out / "predictions.jsonl", rows)
+    (out / RUN_FILE).unlink(missing_ok=True)  # these rows are no eval's: an eval may not resume from them
+    write_jsonl(pred_file, rows)
     return summarise(task, rows, skipped, {"predictions": str(predictions)}, out)
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+def positive_int(text: str) -> int:
+    """An argparse type: 0 new tokens or a batch of 0 is a mistake to report, not a value to replace."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str]) -> None:
@@ -202,9 +292,9 @@ def main(argv: list[str]) -> None:
     source.add_argument("--predictions", help="score this JSONL (id, prediction, answers) without a model")
     parser.add_argument("--data", help="folder with items.jsonl (and images/), or the JSONL itself (with --ckpt)")
     parser.add_argument("--out", required=True, help="output folder for predictions.jsonl and summary.json")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("--prompt", default=None, help="prompt template with {question} (default: the task's)")
-    parser.add_argument("--max_new_tokens", type=int, default=None)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=None, help="default: the task's")
     args = parser.parse_args(argv)
     if args.predictions:
         summaries = {"predictions": score_predictions(args.task, args.predictions, args.out)}
@@ -240,8 +330,7 @@ def checkpoint_table(summaries: dict[str, dict], out: Path) -> str:
     rows = [[name, f"{100 * s['score']:.1f}", s["n"], s["skipped"],
              *[s.get("category_counts", {}).get(p, s.get(p, "")) for p in parts]] for name, s in summaries.items()]
     table = markdown_table(header, rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(f"# {first['task']}\n\n{table}\n\n![scores](scores.png)\n")
+    write_text_atomic(out / "table.md", f"# {first['task']}\n\n{table}\n\n![scores](scores.png)\n")
     splits = [p for p in parts if p.startswith("relaxed_")]
     groups = {key: {name: s[key] for name, s in summaries.items()} for key in ["score", *splits]}
     plot_bars(groups, out / "scores.png", f"{first['task']} per checkpoint", first["metric"])

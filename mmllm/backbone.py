@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
@@ -12,7 +13,7 @@ from .config import LLMConfig
 def llm_config(cfg: LLMConfig, tokenizer) -> PretrainedConfig:
     """The HF config of the backbone; a built-from-options one gets the tokenizer's size and ids."""
     if cfg.name_or_path:
-        return AutoConfig.from_pretrained(cfg.name_or_path)
+        return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=False)
     return AutoConfig.for_model(
         cfg.model_type,
         vocab_size=len(tokenizer),
@@ -29,14 +30,22 @@ def build_llm(cfg: LLMConfig, tokenizer, hf_config: PretrainedConfig | dict[str,
     `hf_config` rebuilds a saved model's exact backbone offline; its weights come from our safetensors.
     """
     if isinstance(hf_config, dict):
-        hf_config = AutoConfig.for_model(**hf_config)
+        hf_config = AutoConfig.for_model(**hf_config)  # a registered model_type only: no code is loaded
     if hf_config is None and cfg.name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=False)
     else:
         model = AutoModelForCausalLM.from_config(hf_config or llm_config(cfg, tokenizer))
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def parameter_count(hf_config: dict[str, Any]) -> int:
+    """Parameters a saved LLM config describes, counted on the meta device: nothing is allocated, so a
+    config that would need 5 GB can be refused before it is built."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf_config))
+    return sum(p.numel() for p in model.parameters())
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:

@@ -36,15 +36,18 @@ def data_command(argv: list[str]) -> None:
                        help="asr only: offline tone words (default) or real speech via espeak-ng")
     conv = sub.add_parser("convert", help="convert a public benchmark folder into items.jsonl + images/")
     conv.add_argument("--format", required=True, choices=sorted(READERS))
-    conv.add_argument("--src", required=True, help="the benchmark's local folder")
+    conv.add_argument("--src", required=True,
+                      help="the benchmark's local folder: its own release or a Hugging Face parquet snapshot")
     conv.add_argument("--out", required=True, help="output folder")
+    conv.add_argument("--images", help="look up the release's images in this folder instead of where it keeps them")
     args = parser.parse_args(argv)
     if args.action == "synth":
         summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
-        summary = convert(args.format, args.src, args.out)
-        print(f"wrote {summary['n']} {args.format} items to {args.out}; skipped {summary['skipped']}")
+        summary = convert(args.format, args.src, args.out, images=args.images)
+        print(f"wrote {summary['n']} {args.format} items to {args.out} from {', '.join(summary['files'])}; "
+              f"skipped {summary['skipped']}")
         for item in summary["skipped_items"]:
             print(f"  skipped {item}")
 

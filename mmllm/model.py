@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
@@ -15,13 +17,14 @@ from mmllm.connectors import AUDIO_DOWNSAMPLE, PROJECTORS, AudioConnector, Gated
 from mmllm.encoders import build_audio_encoder, build_encoder
 
 from .audio import AudioFrontEnd
-from .backbone import build_llm, decoder_layers
+from .backbone import build_llm, decoder_layers, parameter_count
 from .config import MMLLMConfig, check_choice
 from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
 from .processor import IGNORE_INDEX, MediaLayout, ModelInputs, Processor
 from .tokenizer import load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MAX_CONFIG_BYTES = 16 << 20
 
 
 class MMLLM(nn.Module):
@@ -263,7 +266,13 @@ class MMLLM(nn.Module):
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; not a saved mmllm model")
+        if (path / CONFIG_FILE).stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path / CONFIG_FILE} is over {MAX_CONFIG_BYTES >> 20} MiB; not a saved mmllm config")
         meta = json.loads((path / CONFIG_FILE).read_text())
+        described, held = parameter_count(meta["llm_config"]), stored_elements(path / WEIGHTS_FILE)
+        if described > held:  # the weights file cannot fill it: refuse before allocating
+            raise ValueError(f"{path / CONFIG_FILE} describes an LLM of {described:,} parameters but "
+                             f"{WEIGHTS_FILE} holds {held:,} numbers in all; the folder is inconsistent")
         config = MMLLMConfig.from_dict(meta["mmllm"])
         config.encoder.pretrained = False
         if config.audio is not None:
@@ -271,6 +280,14 @@ class MMLLM(nn.Module):
         model = cls(config, tokenizer=load_tokenizer(str(path)), llm_config=meta["llm_config"])
         load_model(model, str(path / WEIGHTS_FILE))
         return model.eval()
+
+
+def stored_elements(weights: Path) -> int:
+    """How many numbers a safetensors file holds, from its header alone."""
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; not a saved mmllm model")
+    with safe_open(str(weights), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
     """None -> the byte tokenizer; otherwise a local dir / hub name, given a pad and image token."""
-    tok = byte_tokenizer() if name_or_path is None else AutoTokenizer.from_pretrained(name_or_path)
+    # Never run a folder's own Python, even when a terminal would let a user say yes.
+    tok = byte_tokenizer() if name_or_path is None else AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     if IMAGE_PAD not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_PAD]})
     if tok.pad_token is None:

@@ -45,6 +45,7 @@ def test_an_interrupted_run_continues_from_its_predictions(tiny_model, eval_set,
     lines = (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()
     (tmp_path / "part").mkdir()
     (tmp_path / "part" / "predictions.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (tmp_path / "part" / "run.json").write_text((tmp_path / "full" / "run.json").read_text())
     resumed = evaluate(tiny_model, "ocr", eval_set, tmp_path / "part", batch_size=4)
     assert resumed["generated"] == 8 and resumed["n"] == full["n"] == 10 and resumed["score"] == full["score"]
     key = lambda text: sorted(text.splitlines())  # noqa: E731

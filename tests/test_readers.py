@@ -1,11 +1,17 @@
-"""Public benchmark layouts -> items.jsonl: exact items, images reachable from OUT, bad records reported."""
+"""Public benchmark sources (own releases, Hugging Face parquet snapshots) -> items.jsonl: exact items,
+images reachable from OUT, bad records reported, a run that yields nothing an error."""
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmllm.cli import main
 from mmllm.eval.metrics import score
 from mmllm.eval.readers import READERS, convert
 
@@ -21,6 +27,7 @@ def garbage(path: Path) -> None:
 
 
 def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
@@ -42,10 +49,11 @@ def chartqa_src(root: Path) -> Path:
     return root
 
 
-def ocrbench_src(root: Path) -> Path:
-    image(root / "OCRBench_Images" / "IIIT5K" / "test" / "1.png")
-    image(root / "OCRBench_Images" / "HME100K" / "test_images" / "2.jpg")
-    write_json(root / "OCRBench.json", [
+def ocrbench_src(root: Path, json_dir: str = ".", image_dir: str = "OCRBench_Images") -> Path:
+    """Flat copy by default; ("OCRBench", "OCRBench_Images") is the benchmark repository's own layout."""
+    image(root / image_dir / "IIIT5K" / "test" / "1.png")
+    image(root / image_dir / "HME100K" / "test_images" / "2.jpg")
+    write_json(root / json_dir / "OCRBench.json", [
         # OCRBench's own ids repeat across source datasets (211 here twice): ours come from positions.
         {"dataset_name": "IIIT5K", "id": 211, "image_path": "IIIT5K/test/1.png",
          "question": "what is written in the image?", "answers": "CENTRE", "type": "Regular Text Recognition"},
@@ -103,6 +111,107 @@ def docvqa_src(root: Path) -> Path:
 
 BUILDERS = {"chartqa": chartqa_src, "ocrbench": ocrbench_src, "textvqa": textvqa_src, "docvqa": docvqa_src}
 
+# Hugging Face snapshots, with the column names and types of lmms-lab/ChartQA, echo840/OCRBench,
+# lmms-lab/textvqa and lmms-lab/DocVQA; an `Image` column is a {"bytes", "path"} struct.
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+STRINGS = pa.list_(pa.string())
+
+
+def png(colour: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def hf_image(data: bytes | None, name: str = "image.png") -> dict:
+    return {"bytes": data, "path": name}
+
+
+def placed(data: bytes) -> str:
+    """Where an embedded image lands in OUT: named by its content."""
+    return f"images/{hashlib.sha256(data).hexdigest()[:16]}.png"
+
+
+def write_parquet(path: Path, schema: list[tuple[str, pa.DataType]], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(schema + [("image", HF_IMAGE)])), path)
+
+
+def chartqa_hf(root: Path) -> Path:
+    schema = [("type", pa.string()), ("question", pa.string()), ("answer", pa.string())]
+    write_parquet(root / "data" / "test-00000-of-00002.parquet", schema, [
+        {"type": "human_test", "question": "What is the max?", "answer": "42", "image": hf_image(png("red"))},
+        {"type": "augmented_test", "question": "Is it rising?", "answer": "Yes", "image": hf_image(png("blue"))},
+        {"type": "human_test", "question": "q", "answer": "1", "image": hf_image(b"not an image at all")},
+    ])
+    write_parquet(root / "data" / "test-00001-of-00002.parquet", schema, [
+        {"type": "val", "question": "q", "answer": "1", "image": hf_image(png("red"))},
+        {"type": "human_test", "question": "Which year?", "answer": "2019", "image": hf_image(png("red"))},
+    ])
+    return root
+
+
+def ocrbench_hf(root: Path) -> Path:
+    schema = [("dataset", pa.string()), ("question", pa.string()), ("question_type", pa.string()), ("answer", STRINGS)]
+    write_parquet(root / "data" / "test-00000-of-00001.parquet", schema, [
+        # Both images are named 1.png in the struct, as basenames from different source datasets can be.
+        {"dataset": "IIIT5K", "question": "what is written in the image?", "question_type": "Regular Text Recognition",
+         "answer": ["CENTRE"], "image": hf_image(png("white"), "1.png")},
+        {"dataset": "HME100k", "question": "Write the formula in LaTeX.",
+         "question_type": "Handwritten Mathematical Expression Recognition", "answer": ["x _ { 1 } = 0\n"],
+         "image": hf_image(png("gray"), "1.png")},
+        {"dataset": "IIIT5K", "question": "q", "question_type": "Regular Text Recognition", "answer": ["A"],
+         "image": hf_image(None, "2.png")},
+        {"dataset": "IIIT5K", "question": "q", "question_type": "Text Recognition", "answer": ["A"],
+         "image": hf_image(png("white"))},
+    ])
+    return root
+
+
+def textvqa_hf(root: Path) -> Path:
+    """SRC is the snapshot's data/ folder itself; only the validation split is read."""
+    schema = [("image_id", pa.string()), ("question_id", pa.int32()), ("question", pa.string()), ("answers", STRINGS)]
+    green = hf_image(png("green"))
+    write_parquet(root / "validation-00000-of-00002.parquet", schema, [
+        {"image_id": "003a8ae2ef43b901", "question_id": 34602, "question": "what brand is this?",
+         "answers": TEXTVQA_ANSWERS, "image": green},
+    ])
+    write_parquet(root / "validation-00001-of-00002.parquet", schema, [
+        {"image_id": "003a8ae2ef43b901", "question_id": 34603, "question": "what colour is the logo?",
+         "answers": ["white"] * 10, "image": green},
+        {"image_id": "003a8ae2ef43b901", "question_id": 34602, "question": "duplicate", "answers": ["a"] * 10,
+         "image": green},
+    ])
+    write_parquet(root / "test-00000-of-00001.parquet", schema, [
+        {"image_id": "0a", "question_id": 1, "question": "test split", "answers": None, "image": green},
+    ])
+    return root
+
+
+def docvqa_hf(root: Path) -> Path:
+    """A hub cache snapshot: shards are relative symlinks into blobs/; InfographicVQA/ is another config."""
+    schema = [("questionId", pa.string()), ("question", pa.string()), ("answers", STRINGS), ("docId", pa.int64())]
+    write_parquet(root / "blobs" / "9f2c", schema, [
+        {"questionId": "49153", "question": "What is the ‘actual’ value per 1000, during the year 1975?",
+         "answers": ["0.28"], "docId": 14465, "image": hf_image(png("white"))},
+        {"questionId": "24581", "question": "What is name of university?",
+         "answers": ["university of california", "University of California"], "docId": 7,
+         "image": hf_image(png("gray"))},
+        {"questionId": "24584", "question": "q", "answers": [], "docId": 7, "image": hf_image(png("gray"))},
+    ])
+    snapshot = root / "snapshots" / "rev"
+    (snapshot / "DocVQA").mkdir(parents=True)
+    (snapshot / "DocVQA" / "validation-00000-of-00001.parquet").symlink_to("../../../blobs/9f2c")
+    write_parquet(snapshot / "InfographicVQA" / "validation-00000-of-00001.parquet", schema, [
+        {"questionId": "1", "question": "infographic", "answers": ["x"], "docId": 1, "image": hf_image(png("red"))},
+    ])
+    return snapshot
+
+
+HF_BUILDERS = {"chartqa": chartqa_hf, "ocrbench": ocrbench_hf, "textvqa": textvqa_hf, "docvqa": docvqa_hf}
+SOURCES = [pytest.param(fmt, build, id=f"{fmt}-{kind}")
+           for kind, builders in (("release", BUILDERS), ("hf", HF_BUILDERS)) for fmt, build in builders.items()]
+
 
 def read_items(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -135,7 +244,7 @@ def test_chartqa(tmp_path):
     assert summary["n"] == 3 and summary["skipped"] == 4 and summary["format"] == "chartqa"
     assert summary["files"] == ["test_human.json", "test_augmented.json"]
     why = reasons(summary)
-    assert why["chartqa-human-000002"].startswith("image not found: gone.png (looked in png/")
+    assert why["chartqa-human-000002"] == f"image not found: gone.png (looked in {tmp_path / 'src' / 'png'})"
     assert why["chartqa-human-000003"] == "no answers (field 'label' missing)"
     assert why["chartqa-human-000004"] == "field 'query' is int, expected a string"
     assert why["chartqa-augmented-000001"].startswith("cannot decode image broken.png (UnidentifiedImageError")
@@ -167,7 +276,8 @@ def test_ocrbench(tmp_path):
     assert summary["skipped"] == 4
     assert reasons(summary) == {
         "ocrbench-000002": "unknown category 'Text Recognition' in field 'type'",
-        "ocrbench-000003": f"image not found: IIIT5K/test/9.png (looked in OCRBench_Images/, ./ of {tmp_path / 'src'})",
+        "ocrbench-000003": "image not found: IIIT5K/test/9.png (looked in "
+                           f"{tmp_path}/src/OCRBench_Images, {tmp_path}/src, {tmp_path}/OCRBench_Images)",
         "ocrbench-000004": "no answers (field 'answers' is empty)",
         "ocrbench-000005": "field 'question' missing",
     }
@@ -212,9 +322,9 @@ def test_docvqa(tmp_path):
     assert why["val_v1.0.json[5]"] == "record is str, expected an object"
 
 
-@pytest.mark.parametrize("fmt", sorted(BUILDERS))
-def test_output_is_deterministic_and_reruns_in_place(tmp_path, fmt):
-    src = BUILDERS[fmt](tmp_path / "src")
+@pytest.mark.parametrize("fmt, build", SOURCES)
+def test_output_is_deterministic_and_reruns_in_place(tmp_path, fmt, build):
+    src = build(tmp_path / "src")
     first = convert(fmt, src, tmp_path / "a")
     convert(fmt, src, tmp_path / "b")
     again = convert(fmt, src, tmp_path / "a")  # over its own earlier output
@@ -250,22 +360,180 @@ def test_unknown_format_lists_valid_ones(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, expected", [
-    ("chartqa", "test_human.json and/or test_augmented.json"),
-    ("ocrbench", "OCRBench.json"),
-    ("textvqa", "TextVQA_0.5.1_val.json"),
-    ("docvqa", "val_v1.0.json"),
+    ("chartqa", "test_human.json and/or test_augmented.json, or test-*.parquet (in SRC or data/)"),
+    ("ocrbench", "OCRBench.json (in SRC or OCRBench/), or test-*.parquet (in SRC or data/)"),
+    ("textvqa", "TextVQA_0.5.1_val.json, or validation-*.parquet (in SRC or data/)"),
+    ("docvqa", "val_v1.0.json, or validation-*.parquet (in SRC or DocVQA/)"),
 ])
 def test_missing_source_names_the_expected_files(tmp_path, fmt, expected):
-    with pytest.raises(FileNotFoundError, match=f"expected {expected}"):
+    with pytest.raises(FileNotFoundError) as exc:
         convert(fmt, tmp_path / "nowhere", tmp_path / "out")
+    assert str(exc.value) == f"no {fmt} annotations in {tmp_path / 'nowhere'}: expected {expected}"
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[{broken", "invalid JSON"),
-    ('{"questions": []}', "expected an object with a 'data' list"),
+@pytest.mark.parametrize("name, content, message", [
+    ("val_v1.0.json", b"[{broken", "invalid JSON"),
+    ("val_v1.0.json", b'{"questions": []}', "expected an object with a 'data' list"),
+    ("val_v1.0.json", b"\xff[]", r"invalid UTF-8 \(byte 0xff at offset 0\)"),
+    ("validation-00000-of-00001.parquet", b"not parquet", "unreadable parquet"),
 ])
-def test_unreadable_annotation_file_is_an_error(tmp_path, content, message):
-    (tmp_path / "val_v1.0.json").write_text(content)
+def test_unreadable_annotation_file_is_an_error(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=message):
         convert("docvqa", tmp_path, tmp_path / "out")
+
+
+def test_annotation_file_starting_with_a_utf8_bom_is_read(tmp_path):
+    src = docvqa_src(tmp_path / "src")
+    convert("docvqa", src, tmp_path / "plain")
+    annotations = src / "val_v1.0.json"
+    annotations.write_bytes(b"\xef\xbb\xbf" + annotations.read_bytes())  # as Windows editors save it
+    summary = convert("docvqa", src, tmp_path / "bom")
+    assert summary["n"] == 2 and summary["skipped"] == 4
+    assert (tmp_path / "bom" / "items.jsonl").read_bytes() == (tmp_path / "plain" / "items.jsonl").read_bytes()
+
+
+def test_source_that_yields_no_item_is_an_error_and_writes_nothing(tmp_path):
+    write_json(tmp_path / "src" / "OCRBench.json", [])
+    with pytest.raises(ValueError) as exc:
+        convert("ocrbench", tmp_path / "src", tmp_path / "out")
+    assert str(exc.value) == f"wrote no items: 0 skipped (no records in {tmp_path / 'src'})"
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlinked_image_is_placed_as_the_real_file(tmp_path):
+    """Hub snapshots are relative symlinks into blobs/: OUT must hold the file, not a link that dangles there."""
+    src = textvqa_src(tmp_path / "src")
+    link = src / "train_images" / "003a8ae2ef43b901.jpg"
+    (src / "blobs").mkdir()
+    link.rename(src / "blobs" / "5e1f")
+    link.symlink_to("../blobs/5e1f")
+    assert convert("textvqa", src, tmp_path / "out")["n"] == 2
+    placed = tmp_path / "out" / "images" / "003a8ae2ef43b901.jpg"
+    assert not placed.is_symlink() and os.path.samefile(placed, src / "blobs" / "5e1f")
+    (src / "blobs" / "5e1f").unlink()  # OUT stays whole without SRC
+    assert_images_open(tmp_path / "out", read_items(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("src, files", [("OCRBench", ["OCRBench.json"]), (".", ["OCRBench/OCRBench.json"])])
+def test_ocrbench_repository_layout_finds_the_sibling_image_folder(tmp_path, src, files):
+    """MultimodalOCR keeps OCRBench/OCRBench.json beside OCRBench_Images/; SRC may be either folder holding the JSON."""
+    root = ocrbench_src(tmp_path / "repo", json_dir="OCRBench", image_dir="OCRBench_Images")
+    summary = convert("ocrbench", root / src, tmp_path / "out")
+    assert summary["files"] == files and summary["n"] == 2 and summary["skipped"] == 4
+    assert [(it["id"], it["image"]) for it in read_items(tmp_path / "out")] == [
+        ("ocrbench-000000", "images/IIIT5K/test/1.png"), ("ocrbench-000001", "images/HME100K/test_images/2.jpg")]
+    assert_images_open(tmp_path / "out", read_items(tmp_path / "out"))
+
+
+def convert_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.delenv("MMLLM_DEBUG", raising=False)
+    rc = main(["data", "convert", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_convert_that_writes_no_item_exits_1_with_the_first_reason(tmp_path, monkeypatch, capsys):
+    src = ocrbench_src(tmp_path / "src", image_dir="pictures")  # where no layout looks
+    rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", tmp_path / "out")
+    assert (rc, out) == (1, "")
+    assert err == ("mmllm: error: ValueError: wrote no items: 6 skipped; first: ocrbench-000000: image not found: "
+                   f"IIIT5K/test/1.png (looked in {src}/OCRBench_Images, {src}, {tmp_path}/OCRBench_Images)\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_images_option_overrides_where_images_are_looked_up(tmp_path, monkeypatch, capsys):
+    src = ocrbench_src(tmp_path / "src", image_dir="pictures")
+    out_dir = tmp_path / "out"
+    rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", out_dir,
+                               "--images", src / "pictures")
+    assert (rc, err) == (0, "")
+    assert out.splitlines()[0] == f"wrote 2 ocrbench items to {out_dir} from OCRBench.json; skipped 4"
+    assert out.splitlines()[2] == ("  skipped ocrbench-000003: image not found: IIIT5K/test/9.png "
+                                   f"(looked in {src}/pictures)")
+    assert [it["image"] for it in read_items(out_dir)] == ["images/IIIT5K/test/1.png",
+                                                           "images/HME100K/test_images/2.jpg"]
+    assert_images_open(out_dir, read_items(out_dir))
+
+
+@pytest.mark.parametrize("fmt, build, error", [
+    ("ocrbench", ocrbench_src, "FileNotFoundError: image folder not found: {tmp}/pictures"),
+    ("chartqa", chartqa_hf,
+     "ValueError: the chartqa source in {tmp}/src embeds its images: an image folder does not apply"),
+])
+def test_cli_images_option_is_checked(tmp_path, monkeypatch, capsys, fmt, build, error):
+    rc, out, err = convert_cli(monkeypatch, capsys, "--format", fmt, "--src", build(tmp_path / "src"),
+                               "--out", tmp_path / "out", "--images", tmp_path / "pictures")
+    assert (rc, out, err) == (1, "", f"mmllm: error: {error.format(tmp=tmp_path)}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_chartqa_hf_snapshot(tmp_path):
+    summary = convert("chartqa", chartqa_hf(tmp_path / "src"), tmp_path / "out")
+    items = read_items(tmp_path / "out")
+    red, blue = placed(png("red")), placed(png("blue"))
+    assert items == [
+        {"id": "chartqa-test-000000", "image": red, "question": "What is the max?", "answers": ["42"],
+         "type": "human_test"},
+        {"id": "chartqa-test-000001", "image": blue, "question": "Is it rising?", "answers": ["Yes"],
+         "type": "augmented_test"},
+        # Positions run on across the shards of the split.
+        {"id": "chartqa-test-000004", "image": red, "question": "Which year?", "answers": ["2019"],
+         "type": "human_test"},
+    ]
+    assert_images_open(tmp_path / "out", items)
+    assert sorted(os.listdir(tmp_path / "out" / "images")) == sorted(p.removeprefix("images/") for p in (red, blue))
+    assert summary["files"] == ["data/test-00000-of-00002.parquet", "data/test-00001-of-00002.parquet"]
+    assert reasons(summary) == {
+        "chartqa-test-000002": "cannot decode embedded image (UnidentifiedImageError: cannot identify image file "
+                               "<embedded image>)",
+        "chartqa-test-000003": "unknown split 'val' in field 'type'",
+    }
+
+
+def test_ocrbench_hf_snapshot(tmp_path):
+    summary = convert("ocrbench", ocrbench_hf(tmp_path / "src"), tmp_path / "out")
+    items = read_items(tmp_path / "out")
+    assert items == [
+        {"id": "ocrbench-test-000000", "image": placed(png("white")), "question": "what is written in the image?",
+         "answers": ["CENTRE"], "category": "Regular Text Recognition", "dataset": "IIIT5K"},
+        {"id": "ocrbench-test-000001", "image": placed(png("gray")), "question": "Write the formula in LaTeX.",
+         "answers": ["x _ { 1 } = 0\n"], "category": "Handwritten Mathematical Expression Recognition",
+         "dataset": "HME100k"},
+    ]  # both named 1.png in the snapshot, two files in OUT
+    assert_images_open(tmp_path / "out", items)
+    hme = items[1]
+    assert score("ocrbench", "x_{1}=0", hme["answers"], dataset=hme["dataset"], category=hme["category"]) == 1.0
+    assert reasons(summary) == {
+        "ocrbench-test-000002": "field 'image' holds no embedded image bytes",
+        "ocrbench-test-000003": "unknown category 'Text Recognition' in field 'question_type'",
+    }
+
+
+def test_textvqa_hf_snapshot_read_from_its_data_folder(tmp_path):
+    summary = convert("textvqa", textvqa_hf(tmp_path / "data"), tmp_path / "out")
+    green = placed(png("green"))
+    assert read_items(tmp_path / "out") == [
+        {"id": "textvqa-34602", "image": green, "question": "what brand is this?", "answers": TEXTVQA_ANSWERS,
+         "variant": "textvqa"},
+        {"id": "textvqa-34603", "image": green, "question": "what colour is the logo?", "answers": ["white"] * 10,
+         "variant": "textvqa"},
+    ]
+    assert summary["files"] == ["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"]
+    assert summary["skipped_items"] == ["textvqa-34602: duplicate id"]
+    assert os.listdir(tmp_path / "out" / "images") == [green.removeprefix("images/")]
+
+
+def test_docvqa_hf_snapshot_reads_only_its_config(tmp_path):
+    summary = convert("docvqa", docvqa_hf(tmp_path / "hub"), tmp_path / "out")
+    items = read_items(tmp_path / "out")
+    assert items == [
+        {"id": "docvqa-49153", "image": placed(png("white")),
+         "question": "What is the ‘actual’ value per 1000, during the year 1975?", "answers": ["0.28"]},
+        {"id": "docvqa-24581", "image": placed(png("gray")), "question": "What is name of university?",
+         "answers": ["university of california", "University of California"]},
+    ]
+    assert_images_open(tmp_path / "out", items)
+    assert summary["files"] == ["DocVQA/validation-00000-of-00001.parquet"]
+    assert summary["skipped_items"] == ["docvqa-24584: no answers (field 'answers' is empty)"]

@@ -5,33 +5,52 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from .checkpoint import AtomicCheckpointIO, RNGStates, find_resume_checkpoint
 from .data import MMDataModule
 from .health import BadSampleMonitor
 from .module import MMLLMModule
+
+# A run killed at any point loses at most this many steps (`--checkpoint.every_n_train_steps`).
+CHECKPOINT_EVERY = 100
 
 
 class MMLLMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data pipeline uses the model's own processor, so it follows --model.arch and the encoder.
         parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
+        # Checkpoints are part of every run: `--checkpoint.*` (or `checkpoint:` in a config) sets them.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
+
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically unless the user chose their own checkpoint plugin."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def before_fit(self) -> None:
-        """`--ckpt_path last` means the newest last.ckpt under default_root_dir, whatever logger
-        version wrote it (Lightning alone looks only in the new run's own folder)."""
+        """`--ckpt_path last` means the newest intact last.ckpt under every folder this run writes to (the
+        root, the checkpoint folder, each logger's folder), whatever logger version wrote it; Lightning alone
+        looks only in the new run's own folder."""
         kwargs = self.config_init[self.subcommand]
         if kwargs.get("ckpt_path") != "last":
             return
-        found = sorted(Path(self.trainer.default_root_dir).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        kwargs["ckpt_path"] = str(found[-1]) if found else None
-        print(f"[mmllm] resuming from {found[-1]}" if found else "[mmllm] no last.ckpt to resume from; starting fresh")
+        folders = [self.trainer.default_root_dir, *[lg.save_dir for lg in self.trainer.loggers if lg.save_dir]]
+        folders += [cb.dirpath for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+        found = find_resume_checkpoint(folders)
+        kwargs["ckpt_path"] = str(found) if found else None
+        print(f"[mmllm] resuming from {found}" if found else
+              f"[mmllm] no intact last.ckpt under {', '.join(map(str, dict.fromkeys(folders)))}; starting fresh")
 
 
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
-    callbacks = [ModelCheckpoint(save_last=True), BadSampleMonitor(), *(extra_callbacks or [])]
+    callbacks = [BadSampleMonitor(), RNGStates(), *(extra_callbacks or [])]
     # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
     with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
         return MMLLMCLI(
