@@ -82,3 +82,14 @@ def test_three_step_fit_per_arch(arch, tmp_path):
     assert f"arch={arch}" in proc.stdout and "1 gated cross-attn" in proc.stdout
     state = torch.load(next((tmp_path / "out").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert state["global_step"] == 3 and state["hyper_parameters"]["arch"] == arch
+
+
+@pytest.mark.parametrize("user_setting,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_makes_openmp_threads_wait_passively_before_torch_loads(tmp_path, user_setting, expected):
+    script = ("import os, sys, mmllm.cli\nassert 'torch' not in sys.modules\nmmllm.cli.main(['--help'])\n"
+              "print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"OMP_WAIT_POLICY": user_setting} if user_setting else {})
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"False {expected}"

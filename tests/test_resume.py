@@ -123,3 +123,13 @@ def test_resume_skips_an_unreadable_last_checkpoint_for_the_newest_intact_one(tm
         assert find_resume_checkpoint([tmp_path]) == good.resolve()
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         io.load_checkpoint(cut)
+
+
+def test_resume_finds_the_checkpoint_under_a_logger_folder_outside_the_root(data, tmp_path):
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs"]
+    args = [*fit_args(data, "out", 0, 1), *logger, "--checkpoint.every_n_train_steps", "3"]
+    drive(tmp_path, [*args, "--trainer.max_steps", "3"])
+    assert not (tmp_path / "out").exists() and list((tmp_path / "logs").rglob("last.ckpt"))
+    drive(tmp_path, [*args, "--trainer.max_steps", "5", "--ckpt_path", "last"])
+    steps = [line.split("\t")[0] for line in (tmp_path / "loss-rank0.tsv").read_text().splitlines()]
+    assert steps == ["1", "2", "3", "4", "5"]  # the second run trained steps 4 and 5 only: it resumed
