@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from .checkpoint import AtomicCheckpointIO, RNGStates, find_resume_checkpoint
+from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor
 from .module import MMLLMModule
@@ -50,13 +51,14 @@ class MMLLMCLI(LightningCLI):
 
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
-    callbacks = [BadSampleMonitor(), RNGStates(), *(extra_callbacks or [])]
+    quiet_engine()
+    callbacks = [BadSampleMonitor(), RNGStates(), ProgressLines(), *(extra_callbacks or [])]
     # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
     with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
         return MMLLMCLI(
             MMLLMModule,
             MMDataModule,
             args=args,
-            trainer_defaults={"callbacks": callbacks},
+            trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
             save_config_kwargs={"overwrite": True},
         )
