@@ -217,6 +217,8 @@ class Processor:
         `<image>` and `<audio>` markers in human turns take the images and clips in order.
         `token_media` is, per token, the media item (image or clip) its cross-attention sees: the
         most recent one (OpenFlamingo rule), -1 before any. `truncated` notes clips cut to the window.
+        `media_end` is where the last image or clip's tokens end: a sequence cut there or later keeps
+        every media item whole (what a length limit may cut, `ConversationDataset`).
         """
         tiled = [self.tiles(im) for im in images]
         clips = [self.front_end().features(wave) for wave in audio]
@@ -227,7 +229,7 @@ class Processor:
                 raise SampleError(f"{n_markers} {marker} marker(s) in the text but {given} {noun}(s)")
         ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         labels, token_media, token_tile = [IGNORE_INDEX] * len(ids), [-1] * len(ids), [-1] * len(ids)
-        slots, kv, offset, media, image, clip = [], [], 0, -1, -1, -1
+        slots, kv, offset, media, image, clip, media_end = [], [], 0, -1, -1, -1, 0
 
         def add(new_ids: list[int], new_labels: list[int] | None = None, tiles: list[int] | None = None) -> None:
             ids.extend(new_ids)
@@ -248,6 +250,7 @@ class Processor:
                         slots += [("tile", offset + k) for k in layout["slots"]]
                         kv += [seg._replace(index=offset + seg.index, start=start) for seg in layout["kv"]]
                         offset += len(pixels)
+                        media_end = len(ids)
                     elif piece == AUDIO_MARKER:
                         media, clip = media + 1, clip + 1
                         layout = self.audio_layout(self.audio.tokens_for_frames(clips[clip][1]), media, clip)
@@ -255,6 +258,7 @@ class Processor:
                         add(layout["ids"], tiles=layout["tile"])
                         slots += [("audio", c) for c in layout["slots"]]
                         kv += [seg._replace(start=start) for seg in layout["kv"]]
+                        media_end = len(ids)
                     else:
                         add(self.text_ids(piece))
             elif role in ("gpt", "assistant"):
@@ -272,7 +276,7 @@ class Processor:
             "input_ids": ids, "labels": labels, "pixel_values": pixel_values,
             "tiles_per_image": [len(p) for p, _ in tiled], "audio_values": audio_values,
             "audio_frames": [f for _, f, _ in clips], "truncated": [note for _, _, note in clips if note],
-            "token_media": token_media, "token_tile": token_tile, "slots": slots, "kv": kv,
+            "token_media": token_media, "token_tile": token_tile, "slots": slots, "kv": kv, "media_end": media_end,
         }
 
     def encode_prompt(self, question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> dict:

@@ -52,7 +52,7 @@ def test_bad_audio_is_replaced_and_reported_and_long_clips_are_kept_truncated(tm
     trainer.fit(model, data)  # 15 records / batch 4: one full epoch
     assert trainer.global_step == 4 and np.isfinite(trainer.callback_metrics["train_loss"].item())
     out = capsys.readouterr().out
-    assert "epoch 0: 6 sample(s) replaced, 0 malformed line(s) skipped at load, 1 audio clip(s) truncated" in out
+    assert "epoch 0: 6 sample(s) replaced, 0 malformed line(s) skipped at load, 1 truncated and kept" in out
     lines = out.splitlines()
     for k, message in enumerate(messages.values(), 1):
         assert any(f"(id bad{k}): " in line and message in line for line in lines), message

@@ -59,6 +59,13 @@ def test_config_alone_runs_on_synthesised_data(tmp_path):
     assert (tmp_path / "runs" / "data" / "ocr-easy-n32" / "train" / "items.jsonl").is_file()
 
 
+def test_a_run_logged_to_a_file_prints_progress_lines_and_no_engine_adverts(tmp_path):
+    proc = mmllm("fit", "--config", CONFIG, "--trainer.max_steps", "20", "--data.synth_n", "32", cwd=tmp_path)
+    steps = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("[mmllm] step ")]
+    assert steps == [f"{k}/20" for k in range(2, 21, 2)]
+    assert "Tip:" not in proc.stderr and "tensorboardX" not in proc.stderr and "LeafSpec" not in proc.stderr
+
+
 def test_unknown_arch_is_rejected_with_the_valid_names(tmp_path):
     proc = mmllm("fit", "--config", CONFIG, "--model.arch", "nvlm_q", cwd=tmp_path, check=False)
     assert proc.returncode != 0

@@ -36,20 +36,22 @@ def on_terminal() -> bool:
 
 
 class ProgressLines(L.Callback):
-    """`[mmllm] step 200/3000  loss 1.234  0.061 s/step` every `every` steps, only where no progress
-    bar is shown."""
+    """`[mmllm] step 200/3000  loss 1.234  0.061 s/step` every `every` steps (at least 10 lines in a
+    shorter run), only where no progress bar is shown."""
 
     def __init__(self, every: int = 200) -> None:
-        self.every = every
+        self.every = self.interval = every
         self.start = time.perf_counter()
         self.start_step = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start, self.start_step = time.perf_counter(), trainer.global_step
+        if trainer.max_steps and trainer.max_steps > 0:
+            self.interval = min(self.every, max(1, trainer.max_steps // 10))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if trainer.progress_bar_callback is not None or not trainer.is_global_zero or step % self.every:
+        if trainer.progress_bar_callback is not None or not trainer.is_global_zero or step % self.interval:
             return
         rate = (time.perf_counter() - self.start) / max(1, step - self.start_step)
         total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""

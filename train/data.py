@@ -1,74 +1,170 @@
-"""Training data: LLaVA-format JSONL -> processor samples, with bad input reported, replaced and counted."""
+"""Training data: LLaVA-format JSONL (or JSON arrays) -> processor samples, with bad input reported, counted
+and replaced (training) or dropped (val/test)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from mmllm.jsonl import BadInput, Record, read_jsonl
-from mmllm.processor import ModelInputs, Processor, SampleError
+from mmllm.jsonl import BadInput, Record, read_jsonl, read_records
+from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
 
-# How many following records a bad sample may borrow from before the batch is declared unusable.
-MAX_SUBSTITUTE_TRIES = 16
+LengthPolicy = Literal["skip", "truncate"]
+# Tokens per training sample: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens each is
+# 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
+DEFAULT_MAX_LENGTH = 4096
 
 
-def paths_of(record: Record, key: str) -> list[str]:
-    """The record's `image` or `audio` paths (one or a list), resolved against the JSONL's folder."""
+def paths_of(record: Record, key: str, folder: str | None = None) -> list[str]:
+    """The record's `image` or `audio` paths (one or a list), resolved against `folder` (LLaVA keeps images
+    apart from its JSON) or else the data file's folder. Any other value is a SampleError naming field and type."""
     value = record.data.get(key)
-    paths = [] if value is None else [value] if isinstance(value, str) else list(value)
-    return [str(Path(record.file).parent / p) for p in paths]
+    paths = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(paths, list):
+        raise SampleError(f"field {key!r} must be a path or a list of paths, got {type(value).__name__}")
+    wrong = sorted({type(p).__name__ for p in paths if not isinstance(p, str)})
+    if wrong:
+        raise SampleError(f"field {key!r} must be a path or a list of paths, got a list holding {', '.join(wrong)}")
+    base = Path(folder) if folder is not None else Path(record.file).parent
+    return [str(base / p) for p in paths]
 
 
-def load_media(processor: Processor, record: Record) -> tuple[list, list]:
+def load_media(processor: Processor, record: Record, folder: str | None = None) -> tuple[list, list]:
     """Decode and check every image and audio clip of a record (a bad one raises SampleError)."""
-    images = [processor.load_image(p) for p in paths_of(record, "image")]
-    return images, [processor.load_audio(p) for p in paths_of(record, "audio")]
+    images = [processor.load_image(p) for p in paths_of(record, "image", folder)]
+    return images, [processor.load_audio(p) for p in paths_of(record, "audio", folder)]
 
 
 class ConversationDataset(Dataset):
-    """LLaVA conversation records. A sample that fails to load is replaced by the next good one
-    (deterministic, so batch shapes agree across ranks) and its id and reason travel with the batch;
-    so do notes on audio clips truncated to the window (those samples are kept)."""
+    """LLaVA conversation records (JSONL or a JSON array). A sample that cannot be used (bad media, no
+    answer to train on, too long) is reported with file:line, id and reason, then:
 
-    def __init__(self, files: str | Sequence[str], processor: Processor) -> None:
-        self.processor = processor
+    - with `substitute` (training) replaced by the next good record, wrapping round: deterministic, so
+      batch shapes agree across ranks. Only the requested sample is reported; a failing stand-in is
+      counted at its own index. A record found bad is remembered (per worker) and not decoded again.
+    - without (val/test) dropped from its batch, so no loss is computed on stand-ins.
+
+    `max_length` caps the tokens of a sample (None: no cap). Over it, `length_policy` "skip" makes the
+    sample bad; "truncate" cuts its end off and notes it (like audio clips cut to the window, the sample
+    is kept), unless the cut would split or drop an image or clip or leave no answer token: then it skips.
+    """
+
+    def __init__(self, files: str | Sequence[str], processor: Processor, substitute: bool = True,
+                 image_folder: str | None = None, max_length: int | None = DEFAULT_MAX_LENGTH,
+                 length_policy: LengthPolicy = "skip") -> None:
+        self.files, self.processor, self.substitute, self.image_folder = files, processor, substitute, image_folder
+        self.max_length, self.length_policy = max_length, length_policy
+        # No token holds more characters than its vocabulary string, so longer text cannot fit max_length.
+        self.chars_per_token = max(map(len, processor.tokenizer.get_vocab()))
+        self.known_bad: dict[int, str] = {}
         self.records: list[Record] = []
         self.bad_lines: list[BadInput] = []
         for f in [files] if isinstance(files, str) else files:
-            records, bad = read_jsonl(f, ("conversations",))
+            records, bad = read_records(f, ("conversations",))
             self.records += records
             self.bad_lines += bad
         if not self.records:
-            raise ValueError(f"no usable samples in {files} ({len(self.bad_lines)} malformed line(s))")
+            first = f"; first: {self.bad_lines[0]}" if self.bad_lines else ""
+            raise ValueError(f"no usable samples in {files}: {len(self.bad_lines)} malformed line(s){first}")
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, record: Record) -> dict:
+        """One record as a processor sample, or a SampleError saying where and why it cannot be used."""
         try:
-            images, audio = load_media(self.processor, record)
-            sample = self.processor.encode(record.data["conversations"], images, audio=audio)
+            turns = record.data["conversations"]
+            self.check_text_length(turns)
+            images, audio = load_media(self.processor, record, self.image_folder)
+            sample = self.processor.encode(turns, images, audio=audio)
+            if not self.has_answer(sample["labels"]):
+                raise SampleError("no assistant turn to train on")
+            sample = self.fit_length(sample)
             return {**sample, "truncated": [f"{record.where()}: {note}" for note in sample["truncated"]]}
         except SampleError as exc:
             raise SampleError(f"{record.where()}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
             raise SampleError(f"{record.where()}: malformed conversation ({type(exc).__name__}: {exc})") from None
 
+    def check_text_length(self, turns: Sequence[dict]) -> None:
+        """Under "skip", text that cannot fit is rejected before it is tokenised or its media decoded,
+        so a runaway answer costs nothing."""
+        if self.max_length is None or self.length_policy != "skip":
+            return
+        chars = sum(len(turn["value"]) for turn in turns)
+        if chars > self.max_length * self.chars_per_token:
+            raise SampleError(f"{chars} characters of text > max_length {self.max_length} tokens "
+                              f"of at most {self.chars_per_token} characters each")
+
+    def fit_length(self, sample: dict) -> dict:
+        """The sample within `max_length` tokens as `length_policy` says, or a SampleError."""
+        n, limit = len(sample["input_ids"]), self.max_length
+        if limit is None or n <= limit:
+            return sample
+        over = f"{n} tokens > max_length {limit}"
+        if self.length_policy == "skip":
+            raise SampleError(over)
+        if sample["media_end"] > limit:
+            raise SampleError(f"{over}; truncating would cut an image or audio clip")
+        cut = {key: sample[key][:limit] for key in ("input_ids", "labels", "token_media", "token_tile")}
+        if not self.has_answer(cut["labels"]):
+            raise SampleError(f"{over}; truncating would leave no answer token")
+        return {**sample, **cut, "truncated": [*sample["truncated"], f"{over}: truncated to {limit} tokens"]}
+
+    def has_answer(self, labels: Sequence[int]) -> bool:
+        """Whether any answer text is trained on (an end-of-sequence token alone is no answer), so a sample
+        with nothing to learn is reported instead of adding a silent zero (or, alone in a batch, NaN) loss."""
+        return any(label not in (IGNORE_INDEX, self.processor.tokenizer.eos_token_id) for label in labels)
+
+    def get(self, index: int) -> dict:
+        """`load` with memory: a record found bad once (in this worker) fails again without being decoded."""
+        if index in self.known_bad:
+            raise SampleError(self.known_bad[index])
+        try:
+            return self.load(self.records[index])
+        except SampleError as exc:
+            self.known_bad[index] = str(exc)
+            raise
+
     def __getitem__(self, index: int) -> dict:
-        bad: list[str] = []
-        for k in range(MAX_SUBSTITUTE_TRIES):
-            record = self.records[(index + k) % len(self.records)]
+        try:
+            return {**self.get(index), "id": self.records[index].id, "bad": []}
+        except SampleError as exc:
+            bad = [str(exc)]
+        if not self.substitute:
+            return {"bad": bad, "truncated": []}  # no inputs: the Collator drops it
+        return {**self.stand_in(index), "bad": bad}
+
+    def stand_in(self, index: int) -> dict:
+        """The next good record after `index`, wrapping round. However many bad records come in a row, the
+        run goes on (`max_bad_fraction` is the rule); only a dataset with no good record at all is an error."""
+        n = len(self.records)
+        for k in range(1, n):
+            j = (index + k) % n
             try:
-                sample = self.load(record)
-            except SampleError as exc:
-                bad.append(str(exc))
+                return {**self.get(j), "id": self.records[j].id}
+            except SampleError:
                 continue
-            # Report only the requested sample; a failing substitute is counted at its own index.
-            return {**sample, "id": record.id, "bad": bad[:1]}
-        raise SampleError(f"{MAX_SUBSTITUTE_TRIES} consecutive bad samples from index {index}: " + "; ".join(bad))
+        raise ValueError(f"no usable sample in {self.files}: all {n} record(s) failed to load; "
+                         f"first: {self.known_bad[min(self.known_bad)]}")
+
+
+class EpochSampler(StatefulDistributedSampler):
+    """Also checkpoints its epoch: Lightning creates a resumed loader's iterator before it sets the
+    epoch, and the epoch seeds the shuffle."""
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.set_epoch(state["epoch"])
 
 
 @dataclass
@@ -92,13 +188,14 @@ class Collator:
         self.processor = processor
 
     def __call__(self, samples: list[dict]) -> Batch:
-        return Batch(self.processor.collate(samples), [s["id"] for s in samples],
+        good = [s for s in samples if "input_ids" in s]  # a dropped val/test sample comes without inputs
+        return Batch(self.processor.collate(good) if good else None, [s["id"] for s in good],
                      bad=[b for s in samples for b in s["bad"]], truncated=[t for s in samples for t in s["truncated"]])
 
 
 class MMDataModule(L.LightningDataModule):
-    """Train/val/test JSONL files (one path or a list). The processor comes from the model (linked in
-    the CLI), so the data layout always follows `--model.arch`."""
+    """Train/val/test files (JSONL or JSON arrays; one path or a list). The processor comes from the model
+    (linked in the CLI), so the data layout always follows `--model.arch`."""
 
     def __init__(
         self,
@@ -114,11 +211,26 @@ class MMDataModule(L.LightningDataModule):
         synth_n: int = 2000,
         synth_level: str = "easy",
         synth_dir: str = "runs/data",
+        image_folder: str | None = None,
+        max_length: int | None = DEFAULT_MAX_LENGTH,
+        length_policy: LengthPolicy = "skip",
         processor: Processor | None = None,
     ) -> None:
         """With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val)
-        into `synth_dir`, so a config runs on a fresh machine with nothing downloaded."""
+        into `synth_dir`, so a config runs on a fresh machine with nothing downloaded.
+
+        `max_bad_fraction` (0..1) of the training samples may be bad before the run stops. Relative image
+        and audio paths resolve against `image_folder` (LLaVA's layout) or else the data file's folder.
+        `max_length` tokens per sample (default 4096; None: no cap) with `length_policy` "skip" (the
+        default: an over-long sample is a counted bad sample) or "truncate" (its end is cut off and noted);
+        see `ConversationDataset`."""
         super().__init__()
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be at least 1 token (or None: no limit), got {max_length}")
+        if length_policy not in get_args(LengthPolicy):
+            raise ValueError(f"length_policy must be one of {get_args(LengthPolicy)}, got {length_policy!r}")
         self.synth_jobs: list[tuple[Path, int, int]] = []
         if train is None and synth_task:
             root = Path(synth_dir) / f"{synth_task}-{synth_level}-n{synth_n}"
@@ -129,6 +241,7 @@ class MMDataModule(L.LightningDataModule):
         self.predict, self.prompt_template = predict, prompt_template
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction = max_bad_fraction
+        self.image_folder, self.max_length, self.length_policy = image_folder, max_length, length_policy
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
 
@@ -148,19 +261,27 @@ class MMDataModule(L.LightningDataModule):
                 raise ValueError(f"no {split} data: pass --data.{split} PATH.jsonl")
             if self.processor is None:
                 raise ValueError("MMDataModule needs the model's processor (linked automatically by the CLI)")
-            ds = ConversationDataset(self.files[split], self.processor)
+            ds = ConversationDataset(self.files[split], self.processor, substitute=split == "train",
+                                     image_folder=self.image_folder, max_length=self.max_length,
+                                     length_policy=self.length_policy)
             for bad in ds.bad_lines:
                 print(f"[mmllm] skipped malformed line {bad}")
             self.datasets[split] = ds
         return self.datasets[split]
 
-    def loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+    def loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+        """Stateful: Lightning checkpoints the loader's position, its sampler's epoch and its workers' seeds
+        with the loop, so a resumed run sees the rest of the epoch in the same order. The sampler shards
+        by rank itself, so Lightning keeps it instead of putting in a stateless one."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        dataset = self.dataset(split)
+        sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return StatefulDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=Collator(self.processor), persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -4,58 +4,97 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+SPLITS = ("train", "val", "test")
+
 
 class TrainingAborted(RuntimeError):
     """Raised to stop a run on purpose; the CLI prints it as one line."""
 
 
 class BadSampleMonitor(L.Callback):
-    """Counts malformed lines (found at load) and samples replaced during the epoch, prints an
-    end-of-epoch summary with ids and reasons, and aborts past the datamodule's `max_bad_fraction`.
-    Audio clips truncated to the window are counted and listed too, but the samples were used, so
-    they do not count towards the bad fraction."""
+    """Counts malformed lines (found at load), bad samples and truncations per split, prints a summary
+    with ids and reasons at the end of each train/val/test epoch and logs the counts (`bad_samples`,
+    `val_bad_samples`, `test_bad_samples`; `truncated`, `val_truncated`, `test_truncated`).
+
+    Bad training samples are replaced, so past the datamodule's `max_bad_fraction` they would skew the
+    run: it aborts. Bad val/test samples are dropped from their batch, not replaced, so they are counted
+    and reported only. Truncated samples (audio clips cut to the window, samples cut to max_length) were
+    used, so they do not count as bad."""
 
     def __init__(self, show: int = 10) -> None:
         self.show = show
-        self.epoch_bad: list[str] = []
-        self.epoch_truncated: list[str] = []
+        self.bad: dict[str, list[str]] = {split: [] for split in SPLITS}
+        self.truncated: dict[str, list[str]] = {split: [] for split in SPLITS}
         self.total_bad = 0
 
-    def _dataset(self, trainer: L.Trainer):
-        return trainer.datamodule.dataset("train") if trainer.datamodule is not None else None
+    def _dataset(self, trainer: L.Trainer, split: str):
+        return trainer.datamodule.dataset(split) if trainer.datamodule is not None else None
+
+    def _start(self, split: str) -> None:
+        self.bad[split], self.truncated[split] = [], []
+
+    def _collect(self, split: str, batch) -> None:
+        self.bad[split] += batch.bad
+        self.truncated[split] += batch.truncated
+
+    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        self.report(trainer, split)
+        prefix = "" if split == "train" else f"{split}_"
+        pl_module.log(f"{prefix}bad_samples", float(len(self.bad[split])), on_epoch=True, on_step=False)
+        pl_module.log(f"{prefix}truncated", float(len(self.truncated[split])), on_epoch=True, on_step=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch_bad, self.epoch_truncated = [], []
+        self._start("train")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self.epoch_bad += batch.bad
-        self.epoch_truncated += batch.truncated
-        ds = self._dataset(trainer)
+        self._collect("train", batch)
+        ds = self._dataset(trainer, "train")
         size = len(ds) + len(ds.bad_lines) if ds is not None else 0
-        n_bad = len(self.epoch_bad) + (len(ds.bad_lines) if ds is not None else 0)
+        n_bad = len(self.bad["train"]) + (len(ds.bad_lines) if ds is not None else 0)
         limit = trainer.datamodule.max_bad_fraction if ds is not None else 1.0
         if size and n_bad > limit * size:
-            self.report(trainer)
+            self.report(trainer, "train")
             raise TrainingAborted(
                 f"{n_bad} bad samples out of {size} exceed max_bad_fraction={limit}; "
-                f"first: {(ds.bad_lines and str(ds.bad_lines[0])) or self.epoch_bad[0]}"
+                f"first: {(ds.bad_lines and str(ds.bad_lines[0])) or self.bad['train'][0]}"
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.report(trainer)
-        self.total_bad += len(self.epoch_bad)
-        pl_module.log("bad_samples", float(len(self.epoch_bad)), on_epoch=True, on_step=False)
-        pl_module.log("truncated_audio", float(len(self.epoch_truncated)), on_epoch=True, on_step=False)
+        self._end(trainer, pl_module, "train")
+        self.total_bad += len(self.bad["train"])
 
-    def report(self, trainer: L.Trainer) -> None:
-        ds = self._dataset(trainer)
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("val")
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._collect("val", batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # the sanity batches are seen again by the first real validation
+            self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("test")
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._collect("test", batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end(trainer, pl_module, "test")
+
+    def report(self, trainer: L.Trainer, split: str = "train") -> None:
+        ds = self._dataset(trainer, split)
         lines = list(map(str, ds.bad_lines)) if ds is not None else []
-        items = lines + self.epoch_bad + self.epoch_truncated
+        bad, truncated = self.bad[split], self.truncated[split]
+        items = lines + bad + truncated
         if not items:
             return
+        label = f"epoch {trainer.current_epoch}" + ("" if split == "train" else f" {split}")
         print(
-            f"[mmllm] epoch {trainer.current_epoch}: {len(self.epoch_bad)} sample(s) replaced, "
-            f"{len(lines)} malformed line(s) skipped at load, {len(self.epoch_truncated)} audio clip(s) truncated"
+            f"[mmllm] {label}: {len(bad)} sample(s) {'replaced' if split == 'train' else 'dropped'}, "
+            f"{len(lines)} malformed line(s) skipped at load, {len(truncated)} truncated and kept"
         )
         for item in items[: self.show]:
             print(f"  - {item}")

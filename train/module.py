@@ -165,10 +165,12 @@ class MMLLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids))
+        if batch.inputs is not None:  # None: every sample was bad (dropped and counted by BadSampleMonitor)
+            self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids))
+        if batch.inputs is not None:
+            self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
         for error in batch.skipped:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import random
 import shutil
 import string
@@ -31,6 +30,8 @@ import torchaudio.functional as AF
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
+
+from mmllm.jsonl import write_json, write_jsonl
 
 LEVELS = ("easy", "hard")
 VOICES = ("tones", "espeak")
@@ -136,10 +137,10 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
         for key in ("type", "chart"):
             if key in sample.extra:
                 counts.setdefault(key, Counter())[sample.extra[key]] += 1
-    _write_jsonl(out / "train.jsonl", train)
-    _write_jsonl(out / "items.jsonl", items)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "items.jsonl", items)
     # The stamp last: it marks a finished dataset (synthesize_once).
-    (out / STAMP).write_text(json.dumps(_stamp(task, n, seed, level, voice)) + "\n", encoding="utf-8")
+    write_json(out / STAMP, _stamp(task, n, seed, level, voice))
     return {"task": task, "level": level, "n": n, "seed": seed, "out": str(out),
             "counts": {key: dict(sorted(c.items())) for key, c in counts.items()}}
 
@@ -162,13 +163,6 @@ def synthesize_once(task: str, out: str | Path, n: int, seed: int = 0, level: st
 def _stamp(task: str, n: int, seed: int, level: str, voice: str) -> dict:
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     return {"task": task, "n": n, "seed": seed, "level": level, "voice": voice, "generator": source}
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    """Write through a temporary file so an interrupted run never leaves a truncated file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- OCR
