@@ -40,8 +40,10 @@ class BadSampleMonitor(L.Callback):
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         self.report(trainer, split)
         prefix = "" if split == "train" else f"{split}_"
-        pl_module.log(f"{prefix}bad_samples", float(len(self.bad[split])), on_epoch=True, on_step=False)
-        pl_module.log(f"{prefix}truncated", float(len(self.truncated[split])), on_epoch=True, on_step=False)
+        # Each rank sees its own shard: the logged counts are the sums over ranks.
+        for name, items in (("bad_samples", self.bad[split]), ("truncated", self.truncated[split])):
+            pl_module.log(f"{prefix}{name}", float(len(items)), on_epoch=True, on_step=False, sync_dist=True,
+                          reduce_fx="sum")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start("train")

@@ -166,11 +166,11 @@ class MMLLMModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch.inputs is not None:  # None: every sample was bad (dropped and counted by BadSampleMonitor)
-            self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids))
+            self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if batch.inputs is not None:
-            self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids))
+            self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids), sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
         for error in batch.skipped:
