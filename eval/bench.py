@@ -1,6 +1,4 @@
-"""Cost measurements shared by `mmllm compare` and `mmllm bench`: decoder length, step time, memory.
-
-`mmllm bench` (`main`) measures NVLM-D, -X and -H, and the Hugging Face models closest to D and X
+"""`mmllm bench`: the peer benchmark. It measures NVLM-D, -X and -H, and the Hugging Face models closest to D and X
 (`LlavaForConditionalGeneration`, `MllamaForConditionalGeneration`) built at matched sizes, as the
 tile count grows, all in one process so that the printed ratios compare like with like.
 """
@@ -8,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import statistics
@@ -19,105 +16,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from mmllm.config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
+from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.model import MMLLM
 from mmllm.processor import ModelInputs
 from mmllm.tokenizer import load_tokenizer
 
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-QUESTION = "What text is in the image?"
-ANSWER = "abcdefgh"
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator counter, or the process RSS high-water mark on Linux."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif _CLEAR_REFS.exists():
-        _CLEAR_REFS.write_text("5")
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    """Peak GPU memory allocated, or peak process RSS (CPU: includes the Python runtime)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
-def tiles_image(model: MMLLM, n_tiles: int) -> Image.Image:
-    """An image whose aspect ratio makes the tiler choose a 1 x n grid (n tiles, + thumbnail if n > 1)."""
-    side = model.processor.tile_size
-    return Image.new("RGB", (side * n_tiles, side), "white")
-
-
-def decoder_length(model: MMLLM, n_tiles: int, question: str = QUESTION) -> int:
-    return len(model.processor.encode_prompt(question, [tiles_image(model, n_tiles)])["input_ids"])
-
-
-def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
-    """A collated batch of identical one-image question/answer samples with `n_tiles` tiles each."""
-    proc = model.processor
-    conv = [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]
-    return proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
-
-
-def prompt_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
-    """The generation prompts matching `train_batch` (question + assistant prefix, no answer)."""
-    proc = model.processor
-    return proc.collate([proc.encode_prompt(QUESTION, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call of `fn` (CUDA synchronised)."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def train_step(model: nn.Module, inputs: dict) -> Callable[[], None]:
-    """One forward + backward of `model(**inputs).loss`: ours and the HF peers alike."""
-    def run() -> None:
-        model.zero_grad(set_to_none=True)
-        model(**inputs).loss.backward()
-
-    return run
-
-
-def step_time(model: MMLLM, n_tiles: int, batch_size: int = 4, repeats: int = 3) -> float:
-    """Median seconds of one forward + backward on a batch whose images have `n_tiles` tiles."""
-    device = next(model.parameters()).device
-    step = train_step(model, _our_inputs(train_batch(model, n_tiles, batch_size), device))
-    step()  # warm-up
-    seconds = statistics.median(timed(step, device) for _ in range(repeats))
-    model.zero_grad(set_to_none=True)
-    return seconds
-
-
-def tile_sweep(model: MMLLM, max_tiles: int, batch_size: int = 4) -> list[dict]:
-    """Decoder length and train-step time as the tile count grows from 1 to max_tiles."""
-    was_training = model.training
-    model.train()
-    rows = [{"tiles": k, "decoder_len": decoder_length(model, k), "step_s": step_time(model, k, batch_size)}
-            for k in range(1, max_tiles + 1)]
-    model.train(was_training)
-    return rows
-
+from .cost import (decoder_length, our_inputs, peak_memory_mb, peak_tflops, prompt_batch, reset_peak_memory,
+                   step_flops, timed, train_batch, train_step)
 
 # -- mmllm bench ------------------------------------------------------------------------------
 
@@ -234,10 +142,6 @@ def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
                                                        image_token_index=ours.image_token_id))
 
 
-def _our_inputs(batch: ModelInputs, device: torch.device) -> dict:
-    return {"inputs": batch.to(device)}
-
-
 def llava_inputs(batch: ModelInputs, device: torch.device) -> dict:
     """Our NVLM-D batch as it is: LLaVA splices the tiles' features (a batch of images) over the same
     placeholders, so both decoders see the same sequence."""
@@ -276,12 +180,15 @@ class Entry:
     batch_size: int
 
 
-def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: int) -> list[dict]:
-    """Train-step time, generation throughput and peak memory of each model on its inputs.
+def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: int,
+            peak: float | None = None) -> list[dict]:
+    """Train-step time, training tokens/s, FLOPs and model FLOPs utilisation (MFU: counted FLOPs per
+    second over the device's `peak` TFLOP/s), generation throughput and peak memory of each model.
 
     One warm-up step and generation per model, under its own peak-memory window; then the timed
     repeats go round the models in turn, so a change in machine load hits them all alike.
     """
+    flops = [step_flops(e.model.train(), e.train) for e in entries]
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     train_fns = [train_step(e.model, e.train) for e in entries]
     gen_fns = [partial(e.model.generate, **e.prompt, **gen) for e in entries]
@@ -306,10 +213,14 @@ def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: 
             for e, generate, times in zip(entries, gen_fns, gen_s):
                 e.model.eval()
                 times.append(timed(generate, device))
-    return [{"model": e.name, "decoder_len": e.decoder_len, "params": n_params(e.model),
-             "step_s": statistics.median(st), "gen_s": statistics.median(gt),
-             "tokens_per_s": e.batch_size * new_tokens / statistics.median(gt), "peak_mb": peak}
-            for e, peak, st, gt in zip(entries, peaks, step_s, gen_s)]
+    rows = []
+    for e, memory, fl, st, gt in zip(entries, peaks, flops, step_s, gen_s):
+        step = statistics.median(st)
+        rows.append({"model": e.name, "decoder_len": e.decoder_len, "params": n_params(e.model), "step_s": step,
+                     "train_tokens_per_s": e.batch_size * e.decoder_len / step, "step_tflop": fl / 1e12,
+                     "mfu": fl / step / (peak * 1e12) if peak else None, "gen_s": statistics.median(gt),
+                     "tokens_per_s": e.batch_size * new_tokens / statistics.median(gt), "peak_mb": memory})
+    return rows
 
 
 def build_entries(models: dict[str, MMLLM], peers: dict[str, nn.Module], n_tiles: int, batch_size: int,
@@ -318,7 +229,7 @@ def build_entries(models: dict[str, MMLLM], peers: dict[str, nn.Module], n_tiles
     out = []
     for arch, model in models.items():
         train, prompt = train_batch(model, n_tiles, batch_size), prompt_batch(model, n_tiles, batch_size)
-        out.append(Entry(arch, model, _our_inputs(train, device), _our_inputs(prompt, device),
+        out.append(Entry(arch, model, our_inputs(train, device), our_inputs(prompt, device),
                          decoder_length(model, n_tiles), batch_size))
         if arch in peers:
             convert = llava_inputs if arch == "nvlm_d" else mllama_inputs
@@ -354,11 +265,12 @@ def model_rows(size: str, models: dict[str, MMLLM], peers: dict[str, nn.Module])
 
 
 def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles: int, batch_size: int, steps: int,
-          new_tokens: int, device: torch.device, peers: bool) -> dict:
+          new_tokens: int, device: torch.device, peers: bool, peak: float | None = None) -> dict:
     """Every size x tile count x model, measured in this one process; returns rows, ratios and models.
 
-    `tiles` None: `default_tiles` per size.
+    `tiles` None: `default_tiles` per size. `peak`: the device's TFLOP/s for MFU (None: known GPUs only).
     """
+    peak = peak or peak_tflops(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(None)
     rows, models_info = [], []
@@ -375,10 +287,11 @@ def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles
             if peers and "nvlm_x" in models:
                 torch.manual_seed(0)  # Mllama's tile tables are sized by the tile count: one model per count
                 built["nvlm_x"] = build_mllama(models["nvlm_x"], k + (k > 1)).to(device, dtype)
-            for row in measure(build_entries(models, built, k, batch_size, device), device, steps, new_tokens):
+            for row in measure(build_entries(models, built, k, batch_size, device), device, steps, new_tokens, peak):
                 rows.append({"size": size, "tiles": k, **row})
                 print(f"[bench] {size}, {k} tile(s), {row['model']}: step {row['step_s'] * 1000:.1f} ms, "
-                    f"{row['tokens_per_s']:.1f} tok/s, decoder {row['decoder_len']} tokens")
+                      f"MFU {fmt(row['mfu'] and 100 * row['mfu'], '.1f')} %, {row['tokens_per_s']:.1f} tok/s, "
+                      f"decoder {row['decoder_len']} tokens")
         models_info += model_rows(size, models, built)
     return {"rows": rows, "ratios": ratio_rows(rows), "models": models_info}
 
@@ -389,6 +302,10 @@ NOTES = """\
   of exactly `new_tokens` tokens with the KV cache, prefill and image encoding included (tokens/s =
   batch x new tokens / median time). Repeats go round the models in turn, so load changes hit all alike.
   Ratios are time ratios (ours / theirs, X / D, ...), so < 1 means the first is faster.
+- **FLOPs and MFU.** The FLOPs of one train step are counted by torch's FlopCounterMode on a real
+  forward + backward (matrix products, convolutions, attention; elementwise work is not counted).
+  MFU = those FLOPs / median step time / the device's dense bf16 peak (known GPUs, or `--peak_tflops`);
+  train tokens/s = batch x decoder tokens / step time.
 - **Shared CPUs.** With another job on the cores, OpenMP's spinning worker threads stall: on a shared
   2-core machine a tiny train step took 1.7 s with torch's 2 threads and 8 ms with
   `OMP_WAIT_POLICY=PASSIVE`, so `mmllm bench` sets that unless the variable is already set (settings
@@ -436,8 +353,10 @@ def tables(result: dict) -> dict[str, str]:
         [[m["size"], m["model"], f"{m['params']:,}", m["tower_tokens_per_tile"], m["llm_tokens_per_tile"]]
          for m in result["models"]])
     rows = markdown_table(
-        ["size", "tiles", "model", "decoder tokens", "step ms", "gen tokens/s", "peak MB"],
+        ["size", "tiles", "model", "decoder tokens", "step ms", "train tokens/s", "step TFLOP", "MFU %",
+         "gen tokens/s", "peak MB"],
         [[r["size"], r["tiles"], r["model"], r["decoder_len"], fmt(r["step_s"] * 1000, ".1f"),
+          fmt(r["train_tokens_per_s"], ".0f"), fmt(r["step_tflop"], ".4f"), fmt(r["mfu"] and 100 * r["mfu"], ".1f"),
           fmt(r["tokens_per_s"], ".1f"), fmt(r["peak_mb"], ".0f")] for r in result["rows"]])
     ratios = markdown_table(
         ["size", "tiles", "pair", "step time", "generation time", "decoder tokens"],
@@ -451,7 +370,7 @@ def write_report(result: dict, out: Path) -> list[Path]:
     from mmllm.eval.report import plot_lines
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "bench.json", result)
     pictures = []
     for size in dict.fromkeys(r["size"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["size"] == size]
@@ -464,7 +383,7 @@ def write_report(result: dict, out: Path) -> list[Path]:
             pictures.append(path)
     t = tables(result)
     settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
-    (out / "bench.md").write_text(
+    write_text_atomic(out / "bench.md",
         "# mmllm bench: NVLM-D, -X, -H and their Hugging Face peers\n\n"
         f"Settings: {settings}. Total {result['total_s']:.0f} s in one process.\n\n"
         f"## Models\n\n{t['models']}\n\n## Measurements\n\n{t['rows']}\n\n## Ratios (time: first / second)\n\n"
@@ -506,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new_tokens", type=_positive, default=8, help="tokens generated per sample (default 8)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu (default, float32) or cuda: every model in bf16 weights, no fp32 master copy")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak; none on CPU)")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure LLaVA (next to D) and Mllama (next to X)")
     parser.add_argument("--out", default="runs/bench",
@@ -523,10 +444,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     start = time.perf_counter()
     result = bench(args.sizes, args.archs, tiles, args.max_tiles, args.batch, args.steps, args.new_tokens, device,
-                   args.peers)
+                   args.peers, args.peak_tflops)
     result = {"settings": {"device": args.device, "dtype": "bfloat16" if device.type == "cuda" else "float32",
                            "threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
                            "new_tokens": args.new_tokens, "max_tiles": args.max_tiles, "tiles": tiles or "default",
+                           "peak_tflops": args.peak_tflops or peak_tflops(device),
                            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")},
               "total_s": time.perf_counter() - start, **result}
     files = write_report(result, Path(args.out))

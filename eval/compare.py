@@ -19,7 +19,7 @@ from typing import Literal
 import lightning as L
 import torch
 
-from mmllm.eval.bench import peak_memory_mb, reset_peak_memory, tile_sweep
+from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.train.cli import run as run_cli

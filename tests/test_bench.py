@@ -3,12 +3,13 @@
 No timing is asserted: speed is what the benchmark prints, not what a test can check on a shared machine.
 """
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mmllm.eval.bench import (ARCHS, build_llava, build_mllama, decoder_length, llava_inputs, main, mllama_inputs,
-                              n_params, prompt_batch, size_config, train_batch)
+from mmllm.eval.bench import ARCHS, build_llava, build_mllama, llava_inputs, main, mllama_inputs, n_params, size_config
+from mmllm.eval.cost import decoder_length, prompt_batch, step_flops, train_batch, train_step
 from mmllm.model import MMLLM
 
 MAX_TILES = 2
@@ -69,12 +70,15 @@ def test_mllama_matches_nvlm_x_in_size_and_sees_what_our_tokens_see(tiny):
 
 def test_bench_writes_every_row_and_ratio_with_the_design_decoder_lengths(tiny, tmp_path):
     main(["--sizes", "tiny", "--max_tiles", str(MAX_TILES), "--tiles", "1,2", "--steps", "1", "--new_tokens", "2",
-          "--out", str(tmp_path)])
+          "--peak_tflops", "0.5", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench.json").read_text())
     models = [*ARCHS, "llava", "mllama"]
     rows = {(r["model"], r["tiles"]): r for r in result["rows"]}
     assert set(rows) == {(m, k) for m in models for k in (1, 2)}
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_mb"] for r in rows.values())
+    for r in rows.values():
+        assert r["step_tflop"] > 0 and r["mfu"] == pytest.approx(r["step_tflop"] / r["step_s"] / 0.5)
+        assert r["train_tokens_per_s"] == pytest.approx(r["decoder_len"] / r["step_s"])
     pairs = {(r["pair"], r["tiles"]) for r in result["ratios"]}
     expected = ("nvlm_x/nvlm_d", "nvlm_h/nvlm_d", "nvlm_d/llava", "nvlm_x/mllama")
     assert pairs == {(p, k) for p in expected for k in (1, 2)}
@@ -93,6 +97,22 @@ def test_bench_writes_every_row_and_ratio_with_the_design_decoder_lengths(tiny, 
     assert "| tiny | 2 | nvlm_x/mllama |" in report and "## Notes" in report
     for name in ("step_s_vs_tiles-tiny.png", "tokens_per_s_vs_tiles-tiny.png"):
         assert (tmp_path / name).is_file()
+
+
+def test_step_flops_counts_forward_and_backward_matrix_products_exactly():
+    class TwoLayers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(8, 4, bias=False), torch.nn.Linear(4, 2, bias=False)
+
+        def forward(self, x):
+            return SimpleNamespace(loss=self.second(self.first(x)).sum())
+
+    b = 3
+    forward = 2 * b * 8 * 4 + 2 * b * 4 * 2
+    # backward: both weight gradients, and the input gradient of the second layer only (x needs none)
+    backward = 2 * b * 8 * 4 + 2 * (2 * b * 4 * 2)
+    assert step_flops(TwoLayers(), {"x": torch.ones(b, 8)}) == forward + backward
 
 
 def test_mmllm_dispatches_bench_and_it_has_help(capsys):
