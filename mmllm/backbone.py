@@ -32,9 +32,13 @@ def build_llm(cfg: LLMConfig, tokenizer, hf_config: PretrainedConfig | dict[str,
     if isinstance(hf_config, dict):
         hf_config = AutoConfig.for_model(**hf_config)  # a registered model_type only: no code is loaded
     if hf_config is None and cfg.name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=False)
+        # float32 whatever the checkpoint's dtype: these are the optimizer's master weights, and
+        # `--trainer.precision` decides the compute dtype (bf16-mixed autocasts; bf16-true casts the weights).
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=False, dtype=torch.float32,
+                                                     attn_implementation=cfg.attn_implementation)
     else:
-        model = AutoModelForCausalLM.from_config(hf_config or llm_config(cfg, tokenizer))
+        model = AutoModelForCausalLM.from_config(hf_config or llm_config(cfg, tokenizer), dtype=torch.float32,
+                                                 attn_implementation=cfg.attn_implementation)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model

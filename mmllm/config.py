@@ -64,6 +64,9 @@ class LLMConfig:
             "max_position_embeddings": 1024,
         }
     )
+    # The attention kernel: "sdpa" (PyTorch's fused attention, the default), "eager", or
+    # "flash_attention_2" where the flash-attn package is installed.
+    attn_implementation: str = "sdpa"
 
 
 @dataclass

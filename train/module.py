@@ -29,16 +29,18 @@ def stage_trainable(stage: Stage, freeze_llm_in_sft: bool = False, train_encoder
 
 
 def parameter_table(parts: dict[str, list[nn.Parameter]], labels: dict[str, str]) -> str:
-    rows = [("part", "total", "trainable")]
+    """Parameters per part, trainable ones, and the dtypes they are stored in (the optimizer's master copy)."""
+    rows = [("part", "total", "trainable", "dtype")]
     total = trainable = 0
     for name, params in parts.items():
         n = sum(p.numel() for p in params)
         t = sum(p.numel() for p in params if p.requires_grad)
-        rows.append((f"{name} ({labels[name]})", f"{n:,}", f"{t:,}"))
+        dtypes = "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in params})) or "-"
+        rows.append((f"{name} ({labels[name]})", f"{n:,}", f"{t:,}", dtypes))
         total, trainable = total + n, trainable + t
-    rows.append(("all", f"{total:,}", f"{trainable:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows)
+    rows.append(("all", f"{total:,}", f"{trainable:,}", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
 
 
 class MMLLMModule(L.LightningModule):
