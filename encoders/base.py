@@ -16,7 +16,23 @@ from torch import Tensor, nn
 from mmllm.config import AudioConfig, ConfigError, EncoderConfig
 
 
-class VisionEncoder(nn.Module, ABC):
+class Checkpointable(ABC):
+    """Towers trade compute for memory through their own library's switch."""
+
+    @abstractmethod
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+
+
+def hf_gradient_checkpointing(model, on: bool) -> None:
+    """The Hugging Face switch (non-reentrant, so frozen inputs need no grad)."""
+    if on:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
+
+
+class VisionEncoder(nn.Module, Checkpointable):
     """A vision tower that turns one batch of tiles into row-major patch tokens.
 
     `forward` maps normalised pixels [B, 3, H, W] to [B, rows*cols, dim] with no class/prefix
@@ -79,7 +95,7 @@ class VisionEncoder(nn.Module, ABC):
         return c, h, w
 
 
-class AudioEncoder(nn.Module, ABC):
+class AudioEncoder(nn.Module, Checkpointable):
     """A speech tower: log-mel features [B, n_mels, n_frames] of a padded window -> states [B, n_states, dim].
 
     The whole window is encoded (Whisper is trained on padded 30 s windows); `out_length` says how

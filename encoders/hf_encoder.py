@@ -11,7 +11,7 @@ from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from mmllm.config import ConfigError, EncoderConfig
 
-from .base import VisionEncoder, layer_index, tile_size, weights_dir
+from .base import VisionEncoder, hf_gradient_checkpointing, layer_index, tile_size, weights_dir
 
 
 class HFEncoder(VisionEncoder):
@@ -41,6 +41,9 @@ class HFEncoder(VisionEncoder):
         if source is not None:  # saved with the model (see _tower): the rebuild has no directory to read
             cfg.mean, cfg.std = list(mean), list(std)
         super().__init__(model, image_size, mean, std)
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        hf_gradient_checkpointing(self.model, on)
 
     def feature_map(self, pixel_values: Tensor) -> Tensor:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]

@@ -53,6 +53,9 @@ class OpenClipEncoder(VisionEncoder):
         self.layer = _prune_tower(clip.visual, cfg)
         super().__init__(clip.visual, image_size, preprocess["mean"], preprocess["std"])
 
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        self.model.set_grad_checkpointing(on)
+
     def feature_map(self, pixel_values: Tensor) -> Tensor:
         # Every open_clip tower type implements forward_intermediates; it splits off and drops the
         # ViT's class token, as every family drops prefix tokens.

@@ -40,6 +40,9 @@ class TimmEncoder(VisionEncoder):
         self.layer = prune_timm_model(model, cfg)
         super().__init__(model, image_size, data_cfg["mean"], data_cfg["std"])
 
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        self.model.set_grad_checkpointing(on)
+
     def feature_map(self, pixel_values: Tensor) -> Tensor:
         # timm splits off and drops a ViT's prefix (class, register) tokens, as every family does.
         return self.model.forward_intermediates(

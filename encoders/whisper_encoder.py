@@ -7,7 +7,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmllm.config import AudioConfig, ConfigError
 
-from .base import AudioEncoder, weights_dir
+from .base import AudioEncoder, hf_gradient_checkpointing, weights_dir
 
 FRAMES_PER_SECOND = 100  # 10 ms mel hop
 # The WhisperConfig fields that shape the encoder; a loaded model writes them back to `AudioConfig.options`.
@@ -53,6 +53,9 @@ class WhisperAudioEncoder(AudioEncoder):
             )
         self.model = encoder
         self.dim, self.n_mels, self.n_frames = encoder.config.d_model, cfg.n_mels, positions * self.stride
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        hf_gradient_checkpointing(self.model, on)
 
     def states(self, features: Tensor) -> Tensor:
         return self.model(input_features=features).last_hidden_state

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmllm.connectors import GatedCrossAttention
 
@@ -50,6 +51,7 @@ class CrossAttentionDecoderLayer(nn.Module):
         self.cross, self.layer = cross, layer
         self.memory: MediaMemory | None = None
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.gradient_checkpointing = False  # recompute the block in the backward pass (the LLM's layer has its own)
 
     def condition(self, memory: MediaMemory | None) -> None:
         self.memory, self._kv = memory, None
@@ -62,7 +64,10 @@ class CrossAttentionDecoderLayer(nn.Module):
             if self._kv is None:
                 self._kv = self.cross.kv(self.memory.values, self.memory.key_positions)
             mask = self.memory.mask(hidden_states.shape[1])
-            hidden_states = self.cross(hidden_states, self._kv, mask, positions)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states = checkpoint(self.cross, hidden_states, self._kv, mask, positions, use_reentrant=False)
+            else:
+                hidden_states = self.cross(hidden_states, self._kv, mask, positions)
         return self.layer(hidden_states, *args, **kwargs)
 
 

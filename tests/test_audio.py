@@ -151,3 +151,22 @@ def test_a_local_pretrained_whisper_loads_with_a_shorter_window_and_round_trips(
     model.save_pretrained(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(MMLLM.from_pretrained(tmp_path / "m").audio_encoder(features), model.audio_encoder(features))
+
+
+def test_whisper_gradient_checkpointing_recomputes_its_layers_and_changes_no_gradient():
+    cfg = AudioConfig(max_seconds=4, options=TINY_WHISPER)
+    torch.manual_seed(0)
+    plain = build_audio_encoder(cfg).train()
+    torch.manual_seed(0)
+    ckpt = build_audio_encoder(cfg).train()
+    ckpt.set_gradient_checkpointing(True)
+    attention = ckpt.model.layers[0].self_attn
+    calls, forward = [], attention.forward
+    attention.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    features = torch.randn(1, cfg.n_mels, ckpt.n_frames)
+    plain(features).square().sum().backward()
+    ckpt(features).square().sum().backward()
+    assert len(calls) == 2
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)

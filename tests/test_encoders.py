@@ -344,3 +344,19 @@ def test_bad_configs_and_inputs(tmp_path):
     enc = build(timm_cfg())
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\]"):
         enc(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_recomputes_each_block_and_changes_no_gradient(family):
+    plain, ckpt = build(FAMILIES[family]()).train(), build(FAMILIES[family]()).train()
+    ckpt.set_gradient_checkpointing(True)
+    block = BLOCKS[family](ckpt.model)[0]
+    inner = next(m for m in block.children() if any(True for _ in m.parameters()))  # e.g. its attention
+    calls, forward = [], inner.forward
+    inner.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    pixels = torch.randn(2, 3, 32, 32)
+    plain(pixels).square().sum().backward()
+    ckpt(pixels).square().sum().backward()
+    assert len(calls) == 2  # forward, then again for the backward pass
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)

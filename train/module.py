@@ -61,6 +61,7 @@ class MMLLMModule(L.LightningModule):
         tile_identity: Literal["learned", "tag", "tag_entries", "none"] | None = None,
         cross_attention_positions: Literal["none", "rope"] | None = None,
         input_positions: int = 0,
+        gradient_checkpointing: bool = False,
         stage: Stage = "pretrain",
         freeze_llm_in_sft: bool = False,
         train_encoder: bool = False,
@@ -101,8 +102,10 @@ class MMLLMModule(L.LightningModule):
         self.save_hyperparameters(
             dict(self.config.to_dict(), stage=stage, freeze_llm_in_sft=freeze_llm_in_sft, train_encoder=train_encoder,
                  lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, decay_steps=decay_steps,
-                 max_new_tokens=max_new_tokens)
+                 max_new_tokens=max_new_tokens, gradient_checkpointing=gradient_checkpointing)
         )
+        if gradient_checkpointing:
+            use_gradient_checkpointing(self.model)
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
         for name, params in self.part_parameters().items():
             for p in params:
@@ -175,12 +178,14 @@ class MMLLMModule(L.LightningModule):
             self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids), sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
-        for error in batch.skipped:
-            print(f"[mmllm] skipped {error}")
+        """One row per item that loaded, in `batch.records` order: the item's own fields (so the rows score
+        with `mmllm eval --predictions`) and its greedy `prediction`. The items skipped stay in the batch
+        for the `PredictionWriter` to report."""
         if batch.inputs is None:
             return []
         out = self.model.generate(batch.inputs, max_new_tokens=self.hparams.max_new_tokens)
-        return [{"id": i, "prediction": self.processor.decode(row)} for i, row in zip(batch.ids, out.tolist())]
+        return [{**record.data, "id": record.id, "prediction": self.processor.decode(row)}
+                for record, row in zip(batch.records, out.tolist())]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -190,6 +195,18 @@ class MMLLMModule(L.LightningModule):
             optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.get("decay_steps"))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def use_gradient_checkpointing(model: MMLLM) -> None:
+    """Every block that keeps activations for the backward pass recomputes them instead: the LLM's decoder
+    layers, the encoders' blocks and the cross-attention blocks. Same losses and gradients, less memory,
+    about a third more compute: what lets a 7B-class LLM train on one GPU."""
+    model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for encoder in (model.encoder, model.audio_encoder):
+        if encoder is not None:
+            encoder.set_gradient_checkpointing(True)
+    for layer in model.cross_layers().values():
+        layer.gradient_checkpointing = True
 
 
 def lr_factor(step: int, total: int, warmup: int, decay: int | None = None) -> float:

@@ -1,0 +1,54 @@
+"""`--model.gradient_checkpointing`: the LLM's layers, the encoder's blocks and the cross-attention blocks
+recompute their activations in the backward pass, and nothing else changes."""
+import pytest
+import torch
+
+from mmllm.model import MMLLM
+from mmllm.train.module import MMLLMModule
+
+from conftest import text_image, tiny_config
+
+
+def module(arch: str, checkpointing: bool) -> MMLLMModule:
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    return MMLLMModule(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True,
+                       gradient_checkpointing=checkpointing).train()
+
+
+def batch(model: MMLLM):
+    conv = [{"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "hello"}]
+    proc = model.processor
+    return proc.collate([proc.encode(conv, [text_image("hello", (64, 32))]) for _ in range(2)])
+
+
+def step(m: MMLLMModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss = m.model(batch(m.model)).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x"])
+def test_checkpointing_gives_the_same_loss_and_gradients(arch):
+    plain_loss, plain_grads = step(module(arch, False))
+    loss, grads = step(module(arch, True))
+    assert torch.equal(loss, plain_loss) and grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_every_kind_of_block_runs_again_in_the_backward_pass():
+    m = module("nvlm_x", True)
+    layer = next(iter(m.model.cross_layers().values()))
+    # The LLM layer's MLP: Hugging Face checkpoints the layer's class-level forward, so count a module inside it.
+    blocks = {"llm layer": layer.layer.mlp, "cross-attention block": layer.cross,
+              "encoder block": m.model.encoder.model.blocks[0]}
+    calls = dict.fromkeys(blocks, 0)
+    for name, block in blocks.items():  # count calls of forward itself: a recompute may skip module hooks
+        def counted(*args, name=name, forward=block.forward, **kwargs):
+            calls[name] += 1
+            return forward(*args, **kwargs)
+
+        block.forward = counted
+    step(m)
+    assert calls == dict.fromkeys(blocks, 2)  # once forward, once recomputed for the backward
