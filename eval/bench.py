@@ -49,12 +49,21 @@ SIZES: dict[str, dict] = {
         pixel_shuffle=1,
         cross_attention_every=4,  # 3 blocks in 12 layers (NVLM: one every 6-8 layers; Llama 3.2 Vision: every 5)
     ),
+    # ~1B for GPUs (scripts/gpu_check.py): ViT-B/32 (88 M) on 224-px tiles, 49 tokens per tile as for 100m,
+    # and a Llama of 2048 x 16 layers (0.9 B, Llama-3.2-1B's width and depth with its 8 KV heads).
+    "1b": dict(
+        encoder=dict(model="vit_base_patch32_224", image_size=224, feature_layer=-1, options={}),
+        llm=dict(options={"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                          "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096}),
+        pixel_shuffle=1,
+        cross_attention_every=4,
+    ),
 }
 PEER_OF = {"nvlm_d": "llava", "nvlm_x": "mllama"}
 
 
 def default_tiles(size: str, max_tiles: int) -> list[int]:
-    """Every count for tiny; 1 and max for 100m, whose steps take seconds each on a CPU."""
+    """Every count for tiny; 1 and max for the larger sizes, whose steps take seconds each on a CPU."""
     return list(range(1, max_tiles + 1)) if size == "tiny" else sorted({1, max_tiles})
 
 

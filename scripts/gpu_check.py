@@ -1,0 +1,124 @@
+"""One table from one GPU: the peer benchmark at ~1B in bf16, and 100-step bf16-mixed fits of NVLM-D, -X
+and -H under FSDP (named units, 1 GPU) and DDP. Each fit runs in its own process, so its peak memory is its
+own. `--smoke` runs the same path on the CPU with the tiny model and a few steps (DDP only: torch's FSDP
+needs a GPU), which is what the test suite checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
+FSDP = {"class_path": "mmllm.train.fsdp.NamedUnitsFSDP"}
+
+
+def fit_one(args: list[str], out: Path) -> None:
+    """Runs one fit in this process and writes its step time, throughput, last loss and peak memory."""
+    import lightning as L
+    import torch
+
+    from mmllm.train.cli import run
+
+    class Measure(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.loss = float("nan")
+            self.tokens = 0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.start)
+            self.loss = outputs["loss"].item()
+            self.tokens += int(batch.inputs.attention_mask.sum())
+
+    measure = Measure()
+    run(args, extra_callbacks=[measure])
+    steady = sorted(measure.times[len(measure.times) // 5:])  # past the warm-up steps
+    step = steady[len(steady) // 2]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    out.write_text(json.dumps({"step_s": step, "tokens_per_s": measure.tokens / sum(measure.times),
+                               "loss": measure.loss, "peak_gb": peak, "steps": len(measure.times)}))
+
+
+def fits(smoke: bool, work: Path) -> list[dict]:
+    config = REPO / "configs" / ("nvlm_d_tiny.yaml" if smoke else "gpu_1b.yaml")
+    steps = 3 if smoke else 100
+    strategies = {"ddp": "ddp"} if smoke else {"fsdp": json.dumps(FSDP), "ddp": "ddp"}
+    rows = []
+    for arch in ARCHS:
+        for name, strategy in strategies.items():
+            out = work / f"fit-{arch}-{name}.json"
+            args = ["fit", "--config", str(config), "--model.arch", arch, "--trainer.max_steps", str(steps),
+                    "--trainer.strategy", strategy, "--trainer.default_root_dir", str(work / f"{arch}-{name}"),
+                    "--data.synth_dir", str(work / "data")]
+            args += ["--data.synth_n", "32", "--data.batch_size", "4"] if smoke else []
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--fit-one", str(out), "--", *args],
+                                  capture_output=True, text=True)
+            row = {"arch": arch, "strategy": name, "wall_s": time.perf_counter() - start}
+            if proc.returncode:
+                row["error"] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+            else:
+                row.update(json.loads(out.read_text()))
+            rows.append(row)
+            print(f"[gpu_check] fit {arch} {name}: " + (row.get("error") or
+                  f"{row['step_s'] * 1000:.0f} ms/step, loss {row['loss']:.3f}"), flush=True)
+    return rows
+
+
+def table(bench: dict, fit_rows: list[dict]) -> str:
+    from mmllm.eval.bench import fmt
+    from mmllm.eval.report import markdown_table
+
+    measured = markdown_table(
+        ["size", "tiles", "model", "step ms", "MFU %", "train tok/s", "gen tok/s", "peak MB"],
+        [[r["size"], r["tiles"], r["model"], fmt(r["step_s"] * 1000, ".1f"), fmt(r["mfu"] and 100 * r["mfu"], ".1f"),
+          fmt(r["train_tokens_per_s"], ".0f"), fmt(r["tokens_per_s"], ".1f"), fmt(r["peak_mb"], ".0f")]
+         for r in bench["rows"]])
+    ratios = markdown_table(["size", "tiles", "pair", "step time", "generation time"],
+                            [[r["size"], r["tiles"], r["pair"], fmt(r["step_s"], ".2f"), fmt(r["gen_s"], ".2f")]
+                             for r in bench["ratios"]])
+    trained = markdown_table(
+        ["arch", "strategy", "steps", "ms/step", "tokens/s", "last loss", "peak GB", "wall s"],
+        [[r["arch"], r["strategy"], r.get("steps", "-"), fmt(r.get("step_s") and 1000 * r["step_s"], ".0f"),
+          fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("loss"), ".3f"), fmt(r.get("peak_gb"), ".1f"),
+          fmt(r["wall_s"], ".0f")] if "error" not in r else [r["arch"], r["strategy"], "error: " + r["error"], "", "",
+                                                             "", "", ""] for r in fit_rows])
+    return f"## bench\n\n{measured}\n\n{ratios}\n\n## fits\n\n{trained}\n"
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--fit-one":
+        fit_one(sys.argv[4:], Path(sys.argv[2]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="the CPU path with the tiny model (no FSDP)")
+    parser.add_argument("--out", default="runs/gpu_check")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    from mmllm.eval.bench import main as bench_main
+
+    size, device, tiles = ("tiny", "cpu", "1,2") if args.smoke else ("1b", "cuda", "1,6")
+    bench = bench_main(["--sizes", size, "--device", device, "--tiles", tiles, "--max_tiles", tiles[-1],
+                        "--batch", "4", "--steps", "1" if args.smoke else "3", "--out", str(work / "bench")])
+    result = table(bench, fits(args.smoke, work))
+    (work / "gpu_check.md").write_text(result)
+    print(f"\n{result}\n[gpu_check] {time.perf_counter() - start:.0f} s; wrote {work / 'gpu_check.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
