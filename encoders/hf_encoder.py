@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from huggingface_hub.errors import StrictDataclassError
+import torch
 from torch import Tensor, nn
 from transformers import CONFIG_MAPPING, IMAGE_PROCESSOR_MAPPING, AutoConfig, AutoImageProcessor, AutoModel
 from transformers.configuration_utils import PreTrainedConfig
@@ -68,7 +69,7 @@ def _tower(cfg: EncoderConfig, source: str | None, size: int) -> tuple[nn.Module
                 f"encoder.image_size {size} differs from {source!r}'s {vision.image_size}; "
                 "its position embeddings are fixed to that size"
             )
-        model = AutoModel.from_pretrained(source, trust_remote_code=False)
+        model = AutoModel.from_pretrained(source, trust_remote_code=False, dtype=torch.float32)  # fp32 master weights
         # Write the loaded architecture back, so a saved MMLLM rebuilds this tower offline from its config.
         cfg.model = vision.model_type
         cfg.options = {k: v for k, v in vision.to_diff_dict().items() if k not in _NOT_ARCHITECTURE}

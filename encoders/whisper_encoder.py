@@ -1,6 +1,7 @@
 """The Whisper encoder from transformers as an `AudioEncoder` (log-mel in, 50 states per second out)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from transformers import WhisperConfig, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -37,7 +38,7 @@ class WhisperAudioEncoder(AudioEncoder):
         if source is None:
             encoder = WhisperEncoder(_config(cfg, positions))
         else:
-            encoder = WhisperModel.from_pretrained(source).get_encoder()  # a fixed class: no remote code
+            encoder = WhisperModel.from_pretrained(source, dtype=torch.float32).get_encoder()  # a fixed class: no remote code
             if positions > encoder.config.max_source_positions:
                 raise ConfigError(
                     f"audio.max_seconds {cfg.max_seconds} exceeds {source!r}'s window of "

@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.metrics import corpus_cer, corpus_wer, ocrbench_aggregate, score
 from mmllm.jsonl import Record, dumps_line, read_jsonl, write_json, write_jsonl, write_text_atomic
 from mmllm.model import MMLLM
-from mmllm.train.data import ItemsDataset, PromptCollator
 from mmllm.train.synth import PROMPT_TEMPLATES
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: mmllm {fit,validate,test,predict,data,eval,compare,controls,bench,demo} ...
+USAGE = """usage: mmllm {fit,validate,test,predict,export,data,eval,compare,controls,bench,demo} ...
 
-  fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml)
+  fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml);
+                             predict writes predictions.jsonl + summary.json (--predictions.dirpath)
+  export CKPT DIR            turn a Lightning .ckpt into a save_pretrained folder (MMLLM.from_pretrained)
   data synth|convert         write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
@@ -52,6 +55,32 @@ def data_command(argv: list[str]) -> None:
             print(f"  skipped {item}")
 
 
+def export(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Writes the model of `ckpt` (loaded with weights_only=True) to `out` with `save_pretrained`; returns the
+    files written. A non-empty `out` is refused unless `overwrite`: another model's files may be there."""
+    from mmllm.eval.runner import load_model
+
+    out = Path(out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    if before and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to write over it")
+    load_model(ckpt).save_pretrained(out)
+    return [p for p in sorted(out.rglob("*")) if p.is_file() and before.get(p) != p.stat().st_mtime_ns]
+
+
+def export_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mmllm export", description="Save a checkpoint's model as a folder that "
+                                     "MMLLM.from_pretrained loads (config.json, weights, tokenizer).")
+    parser.add_argument("ckpt", help="a Lightning .ckpt (or a save_pretrained folder)")
+    parser.add_argument("dir", help="output folder; must be empty or new")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    args = parser.parse_args(argv)
+    written = export(args.ckpt, args.dir, args.overwrite)
+    print(f"exported {args.ckpt} to {args.dir}:")
+    for path in written:
+        print(f"  {path}  ({path.stat().st_size:,} bytes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads: spinning OpenMP workers stall for seconds when other jobs share the cores
     # (a tiny training step took 1.7 s instead of 8 ms). The user's own setting wins.
@@ -69,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             run(None if from_sys else [command, *rest])  # None: LightningCLI reads sys.argv itself
         elif command == "data":
             data_command(rest)
+        elif command == "export":
+            export_command(rest)
         elif command == "eval":
             from mmllm.eval.runner import main as eval_main
 

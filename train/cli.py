@@ -14,6 +14,7 @@ from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor
 from .module import MMLLMModule
+from .predict import PredictionWriter
 
 # A run killed at any point loses at most this many steps (`--checkpoint.every_n_train_steps`).
 CHECKPOINT_EVERY = 100
@@ -26,6 +27,8 @@ class MMLLMCLI(LightningCLI):
         # Checkpoints are part of every run: `--checkpoint.*` (or `checkpoint:` in a config) sets them.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
+        # `predict` writes predictions.jsonl + summary.json into `--predictions.dirpath` (default: the log folder).
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
 
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically unless the user chose their own checkpoint plugin."""

@@ -3,7 +3,7 @@ and replaced (training) or dropped (val/test)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from mmllm.jsonl import BadInput, Record, read_jsonl, read_records
+from mmllm.jsonl import BadInput, Record, read_records
 from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
 
 LengthPolicy = Literal["skip", "truncate"]
@@ -177,8 +177,11 @@ class Batch:
     ids: list[str]
     bad: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # Set after construction: Lightning's precision plugins rebuild every constructor field of a batch
+    # (`convert_input`, before any hook) and cannot rebuild a frozen Record; fields left out of __init__
+    # are carried over as they are.
+    records: list[Record] = field(default_factory=list, init=False)
 
 
 class Collator:
@@ -246,8 +249,11 @@ class MMDataModule(L.LightningDataModule):
         self.datasets: dict[str, ConversationDataset] = {}
 
     def transfer_batch_to_device(self, batch: Batch, device, dataloader_idx: int) -> Batch:
-        """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is."""
-        return replace(batch, inputs=batch.inputs.to(device) if batch.inputs is not None else None)
+        """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is (in place:
+        `dataclasses.replace` would drop the records, which are no constructor field)."""
+        if batch.inputs is not None:
+            batch.inputs = batch.inputs.to(device)
+        return batch
 
     def prepare_data(self) -> None:
         from .synth import synthesize_once
@@ -291,49 +297,14 @@ class MMDataModule(L.LightningDataModule):
         return self.loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
+        """Eval-format items (`mmllm eval`'s items.jsonl) as prompts. Malformed lines and items that fail to
+        load are not dropped here: the `PredictionWriter` reports and counts them beside the predictions.
+        Under DDP Lightning shards the items over the ranks without repeating any."""
+        from mmllm.eval.items import ItemsDataset, PromptCollator  # eval imports this module
+
         if not self.predict:
             raise ValueError("no predict data: pass --data.predict items.jsonl")
         items = ItemsDataset(self.predict, self.processor, self.prompt_template)
-        for bad in items.bad_lines:
-            print(f"[mmllm] skipped malformed line {bad}")
-        return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=PromptCollator(self.processor))
+        return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=PromptCollator(self.processor))
 
-
-
-class ItemsDataset(Dataset):
-    """Eval-format items (`id`, `image` and/or `audio`, `question`, `answers`) encoded as generation prompts.
-
-    A bad item is not replaced (scores must cover exactly the given items): it comes back with its
-    error, and the caller skips and counts it."""
-
-    def __init__(self, path: str | Path, processor: Processor, template: str = "{question}",
-                 capitalize: bool = False) -> None:
-        self.processor, self.template, self.capitalize = processor, template, capitalize
-        self.records, self.bad_lines = read_jsonl(path, ("id", "question"))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        try:
-            images, audio = load_media(self.processor, record)
-            question = str(record.data["question"]).strip()
-            prompt = self.template.format(question=question.capitalize() if self.capitalize else question)
-            sample = self.processor.encode_prompt(prompt, images, audio)
-            notes = [f"{record.where()}: {note}" for note in sample["truncated"]]
-            return {"record": record, "sample": sample, "error": None, "truncated": notes}
-        except (SampleError, KeyError, IndexError) as exc:
-            return {"record": record, "sample": None, "error": f"{record.where()}: {exc}", "truncated": []}
-
-
-class PromptCollator:
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
-
-    def __call__(self, items: list[dict]) -> Batch:
-        good = [it for it in items if it["sample"] is not None]
-        records = [it["record"] for it in good]
-        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, [r.id for r in records],
-                     truncated=[t for it in items for t in it["truncated"]], records=records,
-                     skipped=[it["error"] for it in items if it["sample"] is None])

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
+from safetensors.torch import load_model
 from torch import nn
 
 from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
-from mmllm.model import MMLLM
+from mmllm.model import MMLLM, WEIGHTS_FILE
 
 from .data import Batch  # what the data module's loaders yield
 from .health import check_finite
@@ -70,9 +72,12 @@ class MMLLMModule(L.LightningModule):
         warmup_steps: int = 20,
         decay_steps: int | None = None,
         max_new_tokens: int = 32,
+        init_from: str | None = None,
     ) -> None:
         """Model fields mirror `MMLLMConfig` (knobs left None take the arch's preset); the rest describe
-        how it trains.
+        how it trains. `init_from` starts from an earlier stage's weights (a `save_pretrained` folder or a
+        `.ckpt`, e.g. pretrain's before SFT) with a fresh optimizer and schedule; `--ckpt_path` instead
+        resumes one interrupted run.
 
         The LR warms up linearly for `warmup_steps`, then decays by a cosine to 10 %: over the whole
         run, or with `decay_steps` over only the last that many steps after holding the peak
@@ -104,6 +109,8 @@ class MMLLMModule(L.LightningModule):
                  lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, decay_steps=decay_steps,
                  max_new_tokens=max_new_tokens, gradient_checkpointing=gradient_checkpointing)
         )
+        if init_from:  # not a hyper-parameter: a checkpoint of this run holds the weights itself
+            load_weights(self.model, init_from)
         if gradient_checkpointing:
             use_gradient_checkpointing(self.model)
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
@@ -195,6 +202,25 @@ class MMLLMModule(L.LightningModule):
             optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.get("decay_steps"))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_weights(model: MMLLM, source: str) -> None:
+    """Every weight of `model` from a `save_pretrained` folder or a Lightning `.ckpt` (read weights-only);
+    a source of another shape is refused, naming what does not fit."""
+    path = Path(source)
+    if path.is_dir():
+        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
+    elif path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError(f"init_from {source} is not a Lightning checkpoint (no state_dict)")
+        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    else:
+        raise FileNotFoundError(f"init_from {source}: no such checkpoint or folder")
+    if missing or unexpected:
+        raise ValueError(f"init_from {source} does not fit this model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]} (of {len(missing)} and {len(unexpected)})")
 
 
 def use_gradient_checkpointing(model: MMLLM) -> None:
