@@ -71,7 +71,7 @@ class LLMConfig:
 
 @dataclass
 class ProcessorConfig:
-    """Dynamic tiling, tile tags and prompt layout (design.md §2)."""
+    """Dynamic tiling, tile tags and prompt layout (docs/paper.md)."""
 
     max_tiles: int = 6
     use_thumbnail: bool = True

@@ -89,7 +89,7 @@ def test_bench_writes_every_row_and_ratio_with_the_design_decoder_lengths(tiny, 
     for k in (1, 2):
         for arch in ARCHS:
             assert length[arch, k] == decoder_length(tiny[arch], k)
-        # design.md §2: D carries every tile's tokens (thumbnail included), X only the tags, H the thumbnail.
+        # docs/paper.md: D carries every tile's tokens (thumbnail included), X only the tags, H the thumbnail.
         assert length["nvlm_d", k] - length["nvlm_x", k] == (k + (k > 1)) * per_tile
         assert length["nvlm_h", k] == length["nvlm_d", 1]
         assert (length["llava", k], length["mllama", k]) == (length["nvlm_d", k], length["nvlm_x", k])

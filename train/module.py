@@ -21,7 +21,7 @@ Stage = Literal["pretrain", "sft"]
 
 
 def stage_trainable(stage: Stage, freeze_llm_in_sft: bool = False, train_encoder: bool = False) -> dict[str, bool]:
-    """Which parts train in a stage (design.md §2): the connector always; the LLM only in SFT
+    """Which parts train in a stage (docs/paper.md, training stages): the connector always; the LLM only in SFT
     (unless kept frozen, paper Table 9); the encoder only when asked (NVLM keeps it frozen)."""
     return {
         "encoder": train_encoder,
