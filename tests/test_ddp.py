@@ -18,6 +18,7 @@ def test_bad_sample_counts_logged_per_epoch_are_summed_over_ranks(tmp_path):
     (tmp_path / "d" / "train.jsonl").write_text("\n".join(lines + missing) + "\n")
     args = fit_args(tmp_path / "d" / "train.jsonl", "out", 0, 2)
     drive(tmp_path, [*args, "--trainer.max_steps", "8", "--data.max_bad_fraction", "0.2",
+                     "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "out",
                      "--data.val", str(tmp_path / "d" / "train.jsonl"), "--trainer.check_val_every_n_epoch", "1"])
     rows = list(csv.DictReader(next((tmp_path / "out").rglob("metrics.csv")).open()))
     per_epoch = [float(r["bad_samples"]) for r in rows if r.get("bad_samples")]
