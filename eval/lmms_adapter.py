@@ -5,6 +5,7 @@ optional: without it `MMLLMLmms` subclasses a stand-in for lmms-eval's `lmms` ba
 """
 from __future__ import annotations
 
+import os
 import warnings
 from functools import partial
 from itertools import groupby
@@ -39,6 +40,12 @@ except ImportError:
             return self._world_size
 
 
+try:  # lmms-eval >= 0.7 passes a GenerationResult's `text` to the task as it is but turns any other
+    # response that is not text, a loglikelihood pair included, into its str(): pairs travel inside one
+    from lmms_eval.api.instance import GenerationResult as _PairCarrier
+except ImportError:
+    _PairCarrier = None
+
 MODEL_ID = "mmllm"
 
 
@@ -59,18 +66,27 @@ class MMLLMLmms(_LmmsBase):
     """An mmllm checkpoint (`save_pretrained` folder or Lightning `.ckpt`) as an lmms-eval model.
 
     `generate_until` (and, round by round, `generate_until_multi_round`): greedy decoding, batched by
-    `max_new_tokens` with the longest prompts first, answers in request order; `loglikelihood`. A request whose input the processor rejects (e.g. more
-    `<image>` markers than images) gets an empty answer and a warning instead of ending the run.
+    `max_new_tokens` with the longest prompts first, answers in request order; `loglikelihood`. A request whose
+    input the processor rejects (e.g. more `<image>` markers than images) gets an empty answer and a warning
+    instead of ending the run.
+
+    Under `torchrun` / `accelerate launch` lmms-eval hands each process its own share of the docs (by the
+    launcher's RANK and WORLD_SIZE) and gathers the results through `accelerator`, `device` and `rank`; the
+    adapter answers whatever requests it is given.
     """
 
     is_simple = True
 
     def __init__(
-        self, pretrained: str, batch_size: int | str = 1, device: str = "cpu", max_new_tokens: int = 128,
+        self, pretrained: str, batch_size: int | str = 1, device: str | None = None, max_new_tokens: int = 128,
         max_rounds: int = 32, **kwargs: Any
     ) -> None:
+        """`device`: by default the launcher's device for this process (its own GPU, else the CPU); a CUDA
+        device named for a many-process run becomes this process's GPU, as lmms-eval's own models do."""
         super().__init__()
         # Imported here: lmms-eval imports this module (via the entry point) on every run, for any model.
+        from accelerate import Accelerator
+
         from mmllm.eval.runner import load_model
 
         for name, value in (("batch_size", batch_size), ("max_rounds", max_rounds)):
@@ -80,7 +96,21 @@ class MMLLMLmms(_LmmsBase):
         if ignored:
             warnings.warn(f"mmllm: ignoring unknown model_args {ignored}", stacklevel=2)
         self.batch_size, self.max_new_tokens, self.max_rounds = int(batch_size), int(max_new_tokens), int(max_rounds)
-        self.model = load_model(pretrained).to(device).eval()
+        self.accelerator = Accelerator()
+        launched = int(os.environ.get("WORLD_SIZE", 1))
+        if self.accelerator.num_processes != launched:  # lmms-eval would shard by one count and gather by the other
+            raise RuntimeError(
+                f"mmllm: launched as {launched} processes but accelerate sees {self.accelerator.num_processes}; "
+                "without GPUs launch with `accelerate launch --cpu` or set ACCELERATE_USE_CPU=1 for torchrun")
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self._device = self.accelerator.device if device is None else torch.device(device)
+        if self._world_size > 1 and self._device.type == "cuda":
+            self._device = torch.device("cuda", self.accelerator.local_process_index)
+        self.model = load_model(pretrained).to(self._device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
         """`requests[i].args` = (context, gen_kwargs, doc_to_visual, doc_id, task, split) -> answers.
@@ -126,13 +156,18 @@ class MMLLMLmms(_LmmsBase):
                 raise TypeError(f"mmllm takes PIL images; {task} doc {doc_id} gave a {type(v).__name__} visual")
         return visuals
 
-    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        """`args` = (context, doc_to_target, doc_to_visual, doc_id, task, split) -> (log P(continuation), greedy?).
+    def loglikelihood(self, requests: Sequence[Any]) -> list[Any]:
+        """`args` = (context, doc_to_target, doc_to_visual, doc_id, task, split) -> (-log P(continuation), greedy?)
+        pairs, each inside a `GenerationResult` where lmms-eval has one (>= 0.7).
 
-        The continuation is scored as the assistant's answer to the context (without the end-of-answer
-        token), one request at a time; a rejected input scores -inf with a warning.
+        The first value is the NEGATED sum of the continuation tokens' log-probs: lmms-eval (0.6 to 0.7.3)
+        picks a multiple-choice answer by argmin, for its own models return a loss; its `acc_norm` divides
+        this by the choice's length. `greedy`: greedy decoding reproduces the continuation's tokens. The
+        continuation is scored as the assistant's answer to the context (without the end-of-answer
+        token), one request at a time; a rejected input scores +inf (never chosen) with a warning.
         """
-        return [self._loglikelihood(r.args) for r in requests]
+        pairs = [self._loglikelihood(r.args) for r in requests]
+        return pairs if _PairCarrier is None else [_PairCarrier(text=pair) for pair in pairs]
 
     @torch.no_grad()
     def _loglikelihood(self, arg: tuple) -> tuple[float, bool]:
@@ -144,15 +179,14 @@ class MMLLMLmms(_LmmsBase):
             turns = [{"from": "human", "value": processor.prompt_text(context, images)}, {"from": "gpt", "value": continuation}]
             inputs = processor.collate([processor.encode(turns, images)])
         except SampleError as exc:
-            warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: {exc}; scoring -inf", stacklevel=2)
-            return float("-inf"), False
-        device = next(self.model.parameters()).device
-        logits = self.model(inputs.to(device)).logits[0, :-1].float()
-        targets = inputs.labels[0, 1:].to(device)
+            warnings.warn(f"mmllm: {task}/{split} doc {doc_id}: {exc}; scoring +inf", stacklevel=2)
+            return float("inf"), False
+        logits = self.model(inputs.to(self.device)).logits[0, :-1].float()
+        targets = inputs.labels[0, 1:].to(self.device)
         answer = (targets != IGNORE_INDEX).nonzero().squeeze(-1)[:-1]  # the last answer token is the eos
         logprobs = logits[answer].log_softmax(-1)
         chosen = logprobs.gather(-1, targets[answer].unsqueeze(-1)).sum().item()
-        return chosen, bool((logprobs.argmax(-1) == targets[answer]).all())
+        return -chosen, bool((logprobs.argmax(-1) == targets[answer]).all())
 
     def generate_until_multi_round(self, requests: Sequence[Any]) -> list[list[str]]:
         """`args` = (context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split) -> per request,

@@ -1,4 +1,8 @@
-"""The lmms-eval adapter, driven with fake lmms-eval requests (lmms-eval itself is not installed)."""
+"""The lmms-eval adapter, driven with fake lmms-eval requests; the last test runs the real lmms-eval when it is installed."""
+import json
+import os
+import socket
+import subprocess
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -6,6 +10,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
+import torch.multiprocessing
+from PIL import Image
 
 from conftest import text_image, tiny_config
 from mmllm.eval.lmms_adapter import MMLLMLmms, manifest, truncate
@@ -31,8 +37,13 @@ def saved(tmp_path_factory):
     return model, path
 
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "lmms_eval_task"
+
+
 def adapter(path: Path, **kwargs) -> MMLLMLmms:
-    lm = MMLLMLmms(pretrained=str(path), **kwargs)
+    """On the CPU unless told otherwise: answers are compared with the model's own, computed there."""
+    lm = MMLLMLmms(pretrained=str(path), **{"device": "cpu", **kwargs})
     lm.task_dict = {"fake": {"test": DOCS}}  # what lmms-eval's evaluator sets before generating
     return lm
 
@@ -41,6 +52,22 @@ def requests(gen_kwargs: list[dict], doc_ids: list[int]) -> list[SimpleNamespace
     """Shaped like lmms-eval's Instance: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
     return [SimpleNamespace(args=(DOCS[i]["context"], kw, lambda doc: doc["visual"], i, "fake", "test"))
             for kw, i in zip(gen_kwargs, doc_ids)]
+
+
+def choice_requests(doc_id: int, choices: list[str]) -> list[SimpleNamespace]:
+    """Shaped like lmms-eval's multiple-choice requests: one loglikelihood request per choice."""
+    return [SimpleNamespace(args=(DOCS[doc_id]["context"], choice, lambda doc: doc["visual"], doc_id, "fake", "test"))
+            for choice in choices]
+
+
+def scored(lm: MMLLMLmms, reqs: list) -> list[tuple[float, bool]]:
+    """The adapter's pairs (lmms-eval >= 0.7, when installed, gets each inside its GenerationResult)."""
+    return [tuple(getattr(r, "text", r)) for r in lm.loglikelihood(reqs)]
+
+
+def lmms_eval_pick(values: list[float]) -> int:
+    """lmms-eval's multiple-choice answer (0.6 to 0.7.3): the index of the smallest first value."""
+    return min(range(len(values)), key=values.__getitem__)
 
 
 def images(doc: dict) -> list:
@@ -167,16 +194,16 @@ def by_hand(model, context: str, doc_images: list, continuation: str) -> tuple[f
     return sum(r[t].item() for r, t in zip(rows, answer)), all(int(r.argmax()) == t for r, t in zip(rows, answer))
 
 
-def test_loglikelihood_scores_the_continuation_as_the_answer(saved):
+def test_loglikelihood_is_minus_the_summed_log_prob_of_the_continuation_as_the_answer(saved):
     model, path = saved
     lm = adapter(path)
     targets = ["ab12", lambda doc: "ab12", "ab12 and more", "z"]
     reqs = [SimpleNamespace(args=(DOCS[0]["context"], t, lambda d: d["visual"], 0, "fake", "test")) for t in targets]
-    scores = lm.loglikelihood(reqs)
-    assert scores[0] == scores[1] and scores[2][0] < scores[0][0] < 0  # a string or doc_to_target; longer is less likely
-    for (lp, greedy), text in zip(scores, ["ab12", "ab12", "ab12 and more", "z"]):
+    scores = scored(lm, reqs)
+    assert scores[0] == scores[1] and scores[2][0] > scores[0][0] > 0  # a string or doc_to_target; longer is less likely
+    for (nll, greedy), text in zip(scores, ["ab12", "ab12", "ab12 and more", "z"]):
         expected_lp, expected_greedy = by_hand(model, DOCS[0]["context"], images(DOCS[0]), text)
-        assert lp == pytest.approx(expected_lp, abs=1e-4) and greedy == expected_greedy
+        assert nll == pytest.approx(-expected_lp, abs=1e-4) and greedy == expected_greedy
     # the model's own greedy token (the argmax after the prompt) is greedy by definition
     prompt = model.processor.collate([model.processor.encode_prompt(DOCS[1]["context"], [])])
     with torch.no_grad():
@@ -184,4 +211,102 @@ def test_loglikelihood_scores_the_continuation_as_the_answer(saved):
     token = model.tokenizer.decode([first])
     req = SimpleNamespace(args=(DOCS[1]["context"], token, lambda d: d["visual"], 1, "fake", "test"))
     assert model.tokenizer(token, add_special_tokens=False).input_ids == [first]  # seed 0: an ASCII byte
-    assert lm.loglikelihood([req])[0][1] is True
+    assert scored(lm, [req])[0][1] is True
+
+
+def test_lmms_evals_argmin_picks_the_choice_the_model_finds_most_likely(saved):
+    """lmms-eval answers a multiple-choice item with the argmin of the first values (its own models return a
+    loss) and acc_norm with the argmin per character: both must be the model's favourite, by summed log-prob."""
+    model, path = saved
+    lm = adapter(path)
+    choices = ["ab12", "z", "hello there", "x1", "ab12 and more"]
+    picks = []
+    for doc_id, doc in enumerate(DOCS):
+        values = [nll for nll, _ in scored(lm, choice_requests(doc_id, choices))]
+        log_probs = [by_hand(model, doc["context"], images(doc), c)[0] for c in choices]
+        favourite = max(range(len(choices)), key=log_probs.__getitem__)
+        per_char = max(range(len(choices)), key=lambda k: log_probs[k] / len(choices[k]))
+        assert lmms_eval_pick(values) == favourite
+        assert lmms_eval_pick([v / len(c) for v, c in zip(values, choices)]) == per_char
+        picks.append((favourite, per_char))
+    assert len(set(picks)) > 1  # the items do not all share one answer
+    rejected = SimpleNamespace(args=("<image> <image> Two markers, no image.", "z", lambda doc: doc["visual"], 1, "fake", "test"))
+    with pytest.warns(UserWarning, match=r"fake/test doc 1: .*marker.*scoring \+inf"):
+        assert scored(lm, [rejected]) == [(float("inf"), False)]  # never the pick
+
+
+def answer_as_rank(rank: int, world_size: int, port: int, path: str, out: str) -> None:
+    """One process of a `torchrun --nproc_per_node 2` launch on CPUs: the launcher's environment, then this
+    rank's share of the docs as lmms-eval deals them (doc_id % world_size == rank), and its gather."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), ACCELERATE_USE_CPU="1",
+                      OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    lm = adapter(Path(path), batch_size=2, device=None)  # the launcher's device
+    doc_ids = list(range(len(DOCS)))[rank::world_size]
+    answers = lm.generate_until(requests([{"max_new_tokens": 6}] * len(doc_ids), doc_ids))
+    pairs = scored(lm, choice_requests(doc_ids[0], ["ab12", "z"]))
+    counts = lm.accelerator.gather(torch.tensor([len(doc_ids)], device=lm.device)).tolist()  # as lmms-eval's evaluator
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "rank": lm.rank, "world_size": lm.world_size, "device": lm.device.type, "doc_ids": doc_ids,
+        "answers": answers, "pairs": pairs, "counts": counts}))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_each_answer_their_share_and_together_answer_as_one(saved, tmp_path):
+    _, path = saved
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(answer_as_rank, args=(2, port, str(path), str(tmp_path)), nprocs=2,
+                                          start_method="spawn")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["device"], r["doc_ids"], r["counts"]) for r in ranks] == [
+        (0, 2, "cpu", [0, 2, 4], [3, 2]), (1, 2, "cpu", [1, 3], [3, 2])]
+    lm = adapter(path, batch_size=2)
+    alone = lm.generate_until(requests([{"max_new_tokens": 6}] * len(DOCS), range(len(DOCS))))
+    together = {i: a for r in ranks for i, a in zip(r["doc_ids"], r["answers"])}
+    assert [together[i] for i in range(len(DOCS))] == alone
+    for r in ranks:
+        expected = scored(lm, choice_requests(r["doc_ids"][0], ["ab12", "z"]))
+        assert [g for _, g in r["pairs"]] == [g for _, g in expected]
+        assert [v for v, _ in r["pairs"]] == pytest.approx([v for v, _ in expected], abs=1e-4)
+
+
+def test_a_cpu_torchrun_that_accelerate_does_not_see_fails_naming_the_fix(saved, monkeypatch):
+    """torchrun without GPUs: lmms-eval would shard by WORLD_SIZE while accelerate gathers one process."""
+    _, path = saved
+    adapter(path)  # accelerate's one-process state now exists, as lmms-eval creates it before the model
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="launched as 2 processes but accelerate sees 1; .*ACCELERATE_USE_CPU=1"):
+        adapter(path)
+
+
+def lmms_eval(tmp_path: Path, include: Path, task: str, model: Path) -> tuple[dict, list[dict]]:
+    """One real `python -m lmms_eval` run from the repository root, offline: its results and logged samples."""
+    out = tmp_path / task
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "mmllm", "--model_args",
+                          f"pretrained={model},device=cpu", "--include_path", str(include), "--tasks", task,
+                          "--output_path", str(out), "--log_samples"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    (results,) = out.rglob("*_results.json")
+    (samples,) = out.rglob(f"*_samples_{task}.jsonl")
+    return json.loads(results.read_text()), [json.loads(line) for line in samples.read_text().splitlines()]
+
+
+def test_real_lmms_eval_runs_the_shipped_task_and_scores_a_model_keyed_choice_task_right(saved, tmp_path):
+    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (the optional extra: pip install -e '.[lmms]')")
+    model, path = saved
+    subprocess.run([sys.executable, str(EXAMPLE / "keyed_items.py"), str(path), str(tmp_path / "keyed")], check=True)
+    results, samples = lmms_eval(tmp_path, tmp_path / "keyed", "mmllm_choice_keyed", path)
+    assert results["results"]["mmllm_choice_keyed"]["acc,none"] == 1.0 and len(samples) == 8
+
+    results, samples = lmms_eval(tmp_path, EXAMPLE, "mmllm_ocr_local", path)
+    items = [json.loads(line) for line in (EXAMPLE / "items.jsonl").read_text().splitlines()]
+    expected = [truncate(model.answer([it["question"]], [[Image.open(EXAMPLE / it["image"]).convert("RGB")]],
+                                      max_new_tokens=16)[0], "\n") for it in items]
+    got = {s["doc_id"]: s["filtered_resps"] for s in samples}
+    assert [got[i][0] if isinstance(got[i], list) else got[i] for i in range(len(items))] == expected
+    hits = sum(e.strip() == it["answers"][0] for e, it in zip(expected, items))  # lmms-eval strips answers
+    assert results["results"]["mmllm_ocr_local"]["exact_match,none"] == hits / len(items)
