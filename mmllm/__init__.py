@@ -1,4 +1,5 @@
 """mmllm: any encoder + any causal LM, wired as NVLM-D, NVLM-X or NVLM-H."""
+from .autoregister import install
 from .config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 
 __all__ = ["ARCHS", "EncoderConfig", "LLMConfig", "MMLLMConfig", "ProcessorConfig", "MMLLM"]
@@ -11,3 +12,6 @@ def __getattr__(name: str):
 
         return MMLLM
     raise AttributeError(name)
+
+
+install()  # with transformers' Auto classes, once they load (mmllm.autoregister)

@@ -43,8 +43,22 @@ def data_command(argv: list[str]) -> None:
                       help="the benchmark's local folder: its own release or a Hugging Face parquet snapshot")
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--images", help="look up the release's images in this folder instead of where it keeps them")
+    shard = sub.add_parser("shard", help="write a training set as self-contained parquet shards (JSON + image bytes) "
+                                         "that `--data.train DIR` reads")
+    shard.add_argument("--src", required=True, help="training data: LLaVA-format JSONL or JSON array")
+    shard.add_argument("--image_folder", help="where relative image paths resolve (default: the file's folder)")
+    shard.add_argument("--out", required=True, help="output folder, new or empty")
+    shard.add_argument("--rows", type=int, default=10_000, help="records per shard")
     args = parser.parse_args(argv)
-    if args.action == "synth":
+    if args.action == "shard":
+        from mmllm.train.shards import write_shards
+
+        summary = write_shards(args.src, args.out, image_folder=args.image_folder, rows=args.rows)
+        print(f"wrote {summary.n} records in {len(summary.shards)} shard(s) to {args.out}; "
+              f"{len(summary.bad)} bad record(s) left out")
+        for bad in summary.bad:
+            print(f"  skipped {bad}")
+    elif args.action == "synth":
         summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
@@ -81,6 +95,15 @@ def export_command(argv: list[str]) -> None:
         print(f"  {path}  ({path.stat().st_size:,} bytes)")
 
 
+def quiet_weight_progress() -> None:
+    """Weight loading and saving are ours to report (an error stays one line): no per-file progress bars
+    from transformers or the hub library, also where they were imported before this command ran."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads: spinning OpenMP workers stall for seconds when other jobs share the cores
     # (a tiny training step took 1.7 s instead of 8 ms). The user's own setting wins.
@@ -92,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     try:
+        quiet_weight_progress()
         if command in LIGHTNING:
             from mmllm.train.cli import run
 

@@ -1,89 +1,118 @@
 """MMLLM: an encoder, a connector and any causal LM wired as one of the NVLM architectures."""
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import (CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME,
+                                cached_file)
 
 from mmllm.connectors import AUDIO_DOWNSAMPLE, PROJECTORS, AudioConnector, GatedCrossAttention, PixelShuffle
 from mmllm.encoders import build_audio_encoder, build_encoder
 
-from .audio import AudioFrontEnd
 from .backbone import build_llm, decoder_layers, parameter_count
 from .config import MMLLMConfig, check_choice
+from .hf import MMLLMHFConfig
 from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
-from .processor import IGNORE_INDEX, MediaLayout, ModelInputs, Processor
+from .processor import IGNORE_INDEX, MediaLayout, MMLLMProcessor, ModelInputs
 from .tokenizer import load_tokenizer
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+WEIGHTS_FILE = SAFE_WEIGHTS_NAME  # "model.safetensors": transformers shards only past 50 GB
 MAX_CONFIG_BYTES = 16 << 20
+# What `from_pretrained` passes on to the Hub when it reads files itself (the size checks).
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 
-class MMLLM(nn.Module):
+class MMLLM(PreTrainedModel, GenerationMixin):
     """Encoder -> pixel shuffle -> projector, wired into any causal LM as NVLM-D, -X or -H.
 
-    What differs between the three is `config.knobs` (mmllm.config.ArchKnobs): which tiles are
+    What differs between the three is `config.mmllm.knobs` (mmllm.config.ArchKnobs): which tiles are
     spliced over placeholder tokens of the sequence, and which are reached through gated
     cross-attention layers placed in the LLM's own decoder stack (`CrossAttentionDecoderLayer`).
     With `config.audio`, a speech encoder + audio connector add clips as one more kind of media
     segment: spliced like tiles when all tiles are, cross-attention keys/values otherwise.
+
+    A transformers model: `MMLLM(MMLLMConfig(...))` builds it, `save_pretrained` / `from_pretrained` /
+    `push_to_hub` are transformers' (with the processor saved beside it), and after `import mmllm`
+    AutoModel, AutoModelForImageTextToText and AutoProcessor load a saved folder.
     """
 
-    def __init__(self, config: MMLLMConfig, tokenizer=None, llm_config: dict | None = None) -> None:
-        super().__init__()
-        self.config = config
-        knobs = config.knobs
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.processor.tokenizer)
-        self.encoder = build_encoder(config.encoder)
+    config_class = MMLLMHFConfig
+    _no_split_modules = ["CrossAttentionDecoderLayer", "InputPositionLayer"]  # a wrapper stays with its layer
+
+    def __init__(self, config: MMLLMConfig | MMLLMHFConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        if isinstance(config, MMLLMConfig):
+            config = MMLLMHFConfig(mmllm=config)
+        super().__init__(config)
+        spec, knobs = config.mmllm, config.mmllm.knobs
+        # A config read from a saved folder (`name_or_path`) builds with the tokenizer saved there; a pretrained
+        # LLM given without a tokenizer comes with its own (never the byte tokenizer with a real LLM).
+        self.tokenizer = tokenizer or load_tokenizer(
+            config.name_or_path or spec.processor.tokenizer or spec.llm.name_or_path)
+        self.encoder = build_encoder(spec.encoder)
         height, width = self.encoder.image_size
         if height != width:
-            raise ValueError(f"tiles are square; encoder {config.encoder.model} takes {height}x{width}")
-        self.llm = build_llm(config.llm, self.tokenizer, llm_config)
-        self.shuffle = PixelShuffle(self.encoder.grid, config.pixel_shuffle)
+            raise ValueError(f"tiles are square; encoder {spec.encoder.model} takes {height}x{width}")
+        self.llm = build_llm(spec.llm, self.tokenizer, config.llm_config or None)
+        config.llm_config = self.llm.config.to_dict()  # the exact backbone, so a saved folder rebuilds it offline
+        self.shuffle = PixelShuffle(self.encoder.grid, spec.pixel_shuffle)
         rows, cols = self.shuffle.out_grid
         llm_cfg = self.llm.config
         d_llm = llm_cfg.hidden_size
         ffn = getattr(llm_cfg, "intermediate_size", None) or 4 * d_llm
         self.projector = PROJECTORS[knobs.projector](
-            self.encoder.dim * config.pixel_shuffle**2, config.connector_hidden or ffn, d_llm
+            self.encoder.dim * spec.pixel_shuffle**2, spec.connector_hidden or ffn, d_llm
         )
         layers = decoder_layers(self.llm)
         rope = None  # the LLM's own RoPE base, so cross-attention offsets read like its self-attention's
         if knobs.cross_attention_positions == "rope":
             rope = float((getattr(llm_cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
-        for i in config.cross_attention_at(len(layers)):
+        for i in spec.cross_attention_at(len(layers)):
             block = GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn, rope_base=rope)
             layers[i] = CrossAttentionDecoderLayer(block, layers[i])
-        if config.input_positions:
-            layers[0] = InputPositionLayer(layers[0], config.input_positions, d_llm)
+        if spec.input_positions:
+            layers[0] = InputPositionLayer(layers[0], spec.input_positions, d_llm)
         # Per tile slot (the global view has its own) and token within the tile, as Mllama's tile-position
         # table: a key then says both which tile and where in it, whatever the tower's features keep.
-        learned = config.cross_attends and knobs.tile_identity == "learned"
+        learned = spec.cross_attends and knobs.tile_identity == "learned"
         self.tile_embedding = None
         if learned:
-            shape = (config.processor.max_tiles + 1, rows * cols, d_llm)
+            shape = (spec.processor.max_tiles + 1, rows * cols, d_llm)
             self.tile_embedding = nn.Parameter(torch.randn(shape) * d_llm**-0.5)
         self.audio_encoder = self.audio_connector = front_end = None
-        if config.audio is not None:
-            self.audio_encoder = build_audio_encoder(config.audio)
-            check_choice("audio.downsample", config.audio.downsample, tuple(AUDIO_DOWNSAMPLE))
-            downsample = AUDIO_DOWNSAMPLE[config.audio.downsample](config.audio.factor)
+        if spec.audio is not None:
+            self.audio_encoder = build_audio_encoder(spec.audio)
+            check_choice("audio.downsample", spec.audio.downsample, tuple(AUDIO_DOWNSAMPLE))
+            downsample = AUDIO_DOWNSAMPLE[spec.audio.downsample](spec.audio.factor)
             self.audio_connector = AudioConnector(
-                downsample, self.audio_encoder.dim, config.connector_hidden or ffn, d_llm
+                downsample, self.audio_encoder.dim, spec.connector_hidden or ffn, d_llm
             )
-            front_end = AudioFrontEnd(config.audio.n_mels, config.audio.max_seconds, self.audio_tokens)
-        self.processor = Processor(
-            config.processor, self.tokenizer, knobs, height, rows * cols, self.encoder.mean, self.encoder.std, front_end,
+            front_end = {"n_mels": spec.audio.n_mels, "max_seconds": spec.audio.max_seconds,
+                         "frames_per_token": self.audio_encoder.stride * downsample.factor}  # = audio_tokens' ratio
+        self.processor = MMLLMProcessor(
+            self.tokenizer, spec.processor, knobs, height, rows * cols, self.encoder.mean, self.encoder.std, front_end
         )
         self.image_token_id = self.processor.image_token_id
+        self.generation_config = default_generation_config(self.tokenizer)
+        persist_buffers(self)
+        if config.dtype is not None:  # transformers loading (or `from_config`) in a dtype; build_llm makes float32
+            self.to(config.dtype)
+        self.post_init()
+
+    def init_weights(self) -> None:
+        """Only ties weights: every part initialised itself when built (timm's, open_clip's and torch's own
+        schemes, the LLM its own), which transformers' generic initialisation would overwrite."""
+        self.tie_weights(recompute_mapping=False)
 
     def cross_layers(self) -> dict[int, CrossAttentionDecoderLayer]:
         """Decoder layer index -> the cross-attention layer wrapping it (empty when nothing cross-attends)."""
@@ -146,11 +175,11 @@ class MMLLM(nn.Module):
         """Per-sample key/value inputs and the mask: a token sees the tokens of its most recent media item
         (a tag token kept in the sequence only its own tile); a token before any media sees nothing.
 
-        Each tile carries its identity (`config.knobs.tile_identity`): a learned slot embedding, its tag's
+        Each tile carries its identity (`config.mmllm.knobs.tile_identity`): a learned slot embedding, its tag's
         mean embedding added to every token, or its tag embeddings as separate entries before it.
         `segments[i]` is segment i's tokens [n_i, d] (a [tiles, tokens, d] tensor works as well)."""
         ref = segments[0]
-        identity = self.config.knobs.tile_identity
+        identity = self.config.mmllm.knobs.tile_identity
         table = self.llm.get_input_embeddings()
         seqs, key_media, key_tile, key_pos = [], [], [], []
         for entries in layout.kv:
@@ -225,69 +254,105 @@ class MMLLM(nn.Module):
             )
 
     @torch.no_grad()
-    def generate(self, inputs: ModelInputs, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-        """New tokens only, [batch, <= max_new_tokens], eos-padded; HF `generate` drives the KV cache.
+    def generate(self, inputs: ModelInputs, generation_config: GenerationConfig | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """New tokens only, [batch, <= max_new_tokens], eos-padded; HF `generate` on the LLM drives the KV cache.
 
-        The placeholder token is never generated: it stands for media embeddings, so an answer that
-        contained it could not be fed back as text."""
-        kwargs.setdefault("do_sample", False)
-        kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or []), self.image_token_id})
+        `generation_config` (else the model's own, saved as generation_config.json) decides the length and
+        the decoding; its unset fields take the model's values and keyword arguments (`max_new_tokens=8`)
+        override both, as in HF `generate`. The placeholder token is never generated: it stands for media
+        embeddings, so an answer that contained it could not be fed back as text."""
+        config = copy.deepcopy(generation_config or self.generation_config)
+        config.update(**self.generation_config.to_dict(), defaults_only=True)
+        kwargs = config.update(**kwargs)
+        config.suppress_tokens = sorted({*(config.suppress_tokens or []), self.image_token_id})
         with self.conditioned(inputs) as embeds:
             return self.llm.generate(
-                inputs_embeds=embeds, attention_mask=inputs.attention_mask, max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
+                inputs_embeds=embeds, attention_mask=inputs.attention_mask, generation_config=config, **kwargs
             )
 
-    def answer(
-        self, questions: list[str], images: list[list], max_new_tokens: int = 32, audio: list[list] | None = None,
-        **kwargs,
-    ) -> list[str]:
-        """Questions with their images (and 16 kHz mono waveforms) -> decoded answers, in one left-padded batch."""
+    def answer(self, questions: list[str], images: list[list], audio: list[list] | None = None, **kwargs) -> list[str]:
+        """Questions with their images (and 16 kHz mono waveforms) -> decoded answers, in one left-padded batch;
+        `kwargs` go to `generate`."""
         audio = audio or [[] for _ in questions]
         inputs = self.processor.collate(
             [self.processor.encode_prompt(q, ims, clips) for q, ims, clips in zip(questions, images, audio)]
         )
-        out = self.generate(inputs.to(next(self.parameters()).device), max_new_tokens=max_new_tokens, **kwargs)
+        out = self.generate(inputs.to(next(self.parameters()).device), **kwargs)
         return [self.processor.decode(row) for row in out.tolist()]
 
     # -- save / load --------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """config.json + model.safetensors + tokenizer files: no pickle, no remote code."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"mmllm": self.config.to_dict(), "llm_config": self.llm.config.to_dict()}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        save_model(self, str(path / WEIGHTS_FILE))
-        self.tokenizer.save_pretrained(path)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """transformers' save (model.safetensors, config.json, generation_config.json), then the processor
+        (tokenizer files, processor_config.json, chat template). `push_to_hub` saves through this too."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MMLLM":
-        """Rebuilds the exact modules offline from the saved configs, then loads the weights."""
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; not a saved mmllm model")
-        if (path / CONFIG_FILE).stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"{path / CONFIG_FILE} is over {MAX_CONFIG_BYTES >> 20} MiB; not a saved mmllm config")
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        described, held = parameter_count(meta["llm_config"]), stored_elements(path / WEIGHTS_FILE)
-        if described > held:  # the weights file cannot fill it: refuse before allocating
-            raise ValueError(f"{path / CONFIG_FILE} describes an LLM of {described:,} parameters but "
-                             f"{WEIGHTS_FILE} holds {held:,} numbers in all; the folder is inconsistent")
-        config = MMLLMConfig.from_dict(meta["mmllm"])
-        config.encoder.pretrained = False
-        if config.audio is not None:
-            config.audio.pretrained = False  # its architecture is in config.audio.options
-        model = cls(config, tokenizer=load_tokenizer(str(path)), llm_config=meta["llm_config"])
-        load_model(model, str(path / WEIGHTS_FILE))
-        return model.eval()
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> "MMLLM":
+        """transformers' loader (`dtype`, `device_map`, a Hub name), with what a downloaded folder must not do:
+        weights come from safetensors only and no code of the folder runs; a config that describes a bigger
+        LLM than the weights hold is refused before anything is built, and weights that do not fill the
+        model exactly are refused after. The towers are rebuilt from the config, never downloaded."""
+        path = str(pretrained_model_name_or_path)
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        config = copy.deepcopy(kwargs.pop("config", None)) or read_config(path, hub)
+        described, (held, files) = parameter_count(config.llm_config), stored_elements(path, hub)
+        if described > held:  # the weights cannot fill it: refuse before allocating
+            raise ValueError(f"{path}/{CONFIG_NAME} describes an LLM of {described:,} parameters but "
+                             f"{' + '.join(files)} holds {held:,} numbers in all; the folder is inconsistent")
+        config.mmllm.encoder.pretrained = False
+        if config.mmllm.audio is not None:
+            config.mmllm.audio.pretrained = False  # its architecture is in config.audio.options
+        with_info = kwargs.pop("output_loading_info", False)
+        kwargs.update(config=config, use_safetensors=True, output_loading_info=True)
+        model, info = super().from_pretrained(path, *args, **kwargs)
+        unfilled = {k: sorted(map(str, v)) for k, v in info.items() if v}
+        if unfilled:
+            raise ValueError(f"{path}: the weights do not fill the model exactly: {unfilled}")
+        if cached_file(path, GENERATION_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub) is None:
+            model.generation_config = default_generation_config(model.tokenizer)  # saved before the file existed
+        return (model, info) if with_info else model
 
 
-def stored_elements(weights: Path) -> int:
-    """How many numbers a safetensors file holds, from its header alone."""
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing; not a saved mmllm model")
-    with safe_open(str(weights), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Greedy, up to 32 new tokens, stopping at the tokenizer's end token."""
+    return GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def persist_buffers(module: nn.Module) -> None:
+    """Saves every buffer outside transformers' own models with the weights.
+
+    transformers builds a model it loads on the meta device and recomputes the buffers that are not saved
+    only for its own modules; a timm or open_clip tower's constructor computes its own (timm's relative
+    position index, ...)."""
+    for child in module.children():
+        if isinstance(child, PreTrainedModel):
+            continue
+        for name, buffer in list(child.named_buffers(recurse=False)):
+            child.register_buffer(name, buffer)
+        persist_buffers(child)
+
+
+def read_config(path: str, hub: dict[str, Any]) -> MMLLMHFConfig:
+    """config.json, refused unread when it is far bigger than any model's."""
+    file = cached_file(path, CONFIG_NAME, **hub)
+    if os.path.getsize(file) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{file} is over {MAX_CONFIG_BYTES >> 20} MiB; not a saved mmllm config")
+    return MMLLMHFConfig.from_pretrained(path, **hub)
+
+
+def stored_elements(path: str, hub: dict[str, Any]) -> tuple[int, list[str]]:
+    """How many numbers the safetensors weights (one file or the shards of an index) hold, from their headers
+    alone, and the file names."""
+    index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **hub)
+    files = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [WEIGHTS_FILE]
+    held = 0
+    for name in files:
+        with safe_open(cached_file(path, name, **hub), "pt") as f:
+            held += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return held, files
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

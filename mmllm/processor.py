@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
 from .tiling import tile_image, tile_tags
@@ -21,6 +23,12 @@ IMAGE_MARKER = "<image>"
 AUDIO_MARKER = "<audio>"
 MARKERS = re.compile(f"({re.escape(IMAGE_MARKER)}|{re.escape(AUDIO_MARKER)})")
 IGNORE_INDEX = -100
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def audio_tokens(frames: int, frames_per_token: int) -> int:
+    """LLM tokens of a clip: the encoder's stride and the connector's grouping both round up, as one division."""
+    return -(-frames // frames_per_token)
 
 
 class SampleError(ValueError):
@@ -97,32 +105,56 @@ class ModelInputs:
                            self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device))
 
 
-class Processor:
+class MMLLMProcessor(ProcessorMixin):
     """Builds the decoder sequence for one point of the architecture space (`ArchKnobs`).
 
     A tile in the sequence is its tag text followed by `tokens_per_tile` placeholder tokens, which
     the model swaps for image embeddings; one image is wrapped in `<Image>` ... `</Image>`. Audio
-    clips (when the model has an audio front-end) are laid out by `audio_layout`. Loss is taken on
-    assistant turns only.
+    clips (when the model has an audio front-end) are laid out by `audio_layout`. Conversations go
+    through the tokenizer's chat template when it has one (`chunks`). Loss is taken on assistant turns only.
+
+    A transformers processor: `save_pretrained` writes the tokenizer files and these settings
+    (processor_config.json), and `AutoProcessor.from_pretrained` rebuilds it after `import mmllm`.
+    `audio` is the model's speech front end: {"n_mels", "max_seconds", "frames_per_token"}.
     """
 
     def __init__(
         self,
-        config: ProcessorConfig,
-        tokenizer,
-        knobs: ArchKnobs,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ProcessorConfig | dict,
+        knobs: ArchKnobs | dict,
         tile_size: int,
         tokens_per_tile: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        audio: "AudioFrontEnd | None" = None,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        audio: dict | None = None,
+        chat_template: str | None = None,
     ) -> None:
-        self.config, self.tokenizer, self.knobs, self.audio = config, tokenizer, knobs, audio
-        self.tile_size, self.tokens_per_tile = tile_size, tokens_per_tile
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        super().__init__(tokenizer, chat_template=chat_template)
+        self.config = config if isinstance(config, ProcessorConfig) else ProcessorConfig(**config)
+        self.knobs = knobs if isinstance(knobs, ArchKnobs) else ArchKnobs(**knobs)
+        self.tile_size, self.tokens_per_tile, self.audio = tile_size, tokens_per_tile, audio
+        self.image_mean, self.image_std = list(image_mean), list(image_std)
+        # On the CPU whatever the default device: transformers builds a model it loads under the meta device.
+        self.mean = torch.tensor(image_mean, dtype=torch.float32, device="cpu").view(3, 1, 1)
+        self.std = torch.tensor(image_std, dtype=torch.float32, device="cpu").view(3, 1, 1)
+        self.audio_front_end = None
+        if audio is not None:
+            from .audio import AudioFrontEnd  # torchaudio; and audio.py imports this module
+
+            tokens = partial(audio_tokens, frames_per_token=audio["frames_per_token"])
+            self.audio_front_end = AudioFrontEnd(audio["n_mels"], audio["max_seconds"], tokens)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self._text_cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "MMLLMProcessor":
+        """transformers' loader, never running the folder's own code (its tokenizer's included), as the model's."""
+        return super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "trust_remote_code": False})
+
+    def to_dict(self) -> dict[str, Any]:
+        """processor_config.json holds the `__init__` arguments (transformers' rule); dataclasses as their fields."""
+        return {k: asdict(v) if is_dataclass(v) else v for k, v in super().to_dict().items()}
 
     # -- text ---------------------------------------------------------------------------------
     def text_ids(self, text: str) -> list[int]:
@@ -149,7 +181,7 @@ class Processor:
         return (pixels / 255.0 - self.mean) / self.std, grid
 
     def image_layout(self, n_tiles: int, grid: tuple[int, int], image: int) -> dict:
-        """How one image enters the model (design.md §2), following the knobs.
+        """How one image enters the model (docs/paper.md), following the knobs.
 
         - tiles_in_sequence "all" (D): every tile's tag text + placeholders in the decoder sequence.
         - "none" (X): the tiles (thumbnail included) are cross-attention keys/values; with
@@ -180,9 +212,9 @@ class Processor:
 
     # -- audio --------------------------------------------------------------------------------
     def front_end(self) -> "AudioFrontEnd":
-        if self.audio is None:
+        if self.audio_front_end is None:
             raise SampleError("audio given but this model has no audio encoder (set model.audio in the config)")
-        return self.audio
+        return self.audio_front_end
 
     def load_audio(self, path: str | Path) -> np.ndarray:
         return self.front_end().load(path)
@@ -205,6 +237,60 @@ class Processor:
                 "kv": [] if in_sequence else [KVSegment("audio", clip, media, 0, (), -1)]}
 
     # -- samples ------------------------------------------------------------------------------
+    def chunks(self, conversations: Sequence[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+        """The conversation as text chunks, each tokenized on its own, True on the assistant's (the labels).
+
+        With a chat template (the processor's, else the tokenizer's), the text is the template's, as the
+        LLM saw it in instruction tuning; otherwise the plain `User: ...\nAssistant: ...</s>` form.
+        Media markers stay in the text: the template passes them through and `encode` expands them.
+        """
+        turns = []
+        for turn in conversations:
+            if turn.get("from") not in ROLES:
+                raise SampleError(f"unknown conversation role {turn.get('from')!r} (expected human/gpt)")
+            turns.append({"role": ROLES[turn["from"]], "content": turn.get("value")})
+        template = self.chat_template or self.tokenizer.chat_template
+        if template is None:
+            return self.plain_chunks(turns, add_generation_prompt)
+        return self.template_chunks(turns, add_generation_prompt, template)
+
+    def plain_chunks(self, turns: list[dict], add_generation_prompt: bool) -> list[tuple[str, bool]]:
+        """Prefixes and contents as separate chunks, as models trained on this form tokenized them."""
+        tok = self.tokenizer
+        chunks = [] if tok.bos_token is None else [(tok.bos_token, False)]
+        for turn in turns:
+            if turn["role"] == "user":
+                chunks += [(self.config.user_prefix, False), (turn["content"], False)]
+            else:
+                chunks += [(self.config.assistant_prefix, False), (turn["content"] + tok.eos_token, True)]
+        if add_generation_prompt:
+            chunks.append((self.config.assistant_prefix, False))
+        return chunks
+
+    def template_chunks(self, turns: list[dict], add_generation_prompt: bool, template: str) -> list[tuple[str, bool]]:
+        """The template's text, cut around each assistant turn: what rendering the turn adds after the prompt
+        that asks for it (`add_generation_prompt`), less trailing whitespace. The turn thus ends with its end
+        marker (ChatML's `<|im_end|>`, where generation stops); the newline after it is template glue."""
+
+        def render(n: int, generation_prompt: bool) -> str:
+            return self.tokenizer.apply_chat_template(
+                turns[:n], chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+        if not turns or turns[0]["role"] != "user":  # the first answer's prompt would be an empty conversation
+            raise SampleError("with a chat template a conversation starts with a human turn")
+        text, chunks, done = render(len(turns), add_generation_prompt), [], 0
+        for i, turn in enumerate(turns):
+            if turn["role"] != "assistant":
+                continue
+            start, end = render(i, True), render(i + 1, False).rstrip()
+            if not (end.startswith(start) and text.startswith(end)):
+                raise SampleError("the chat template renders earlier turns differently once later turns follow, "
+                                  "so the assistant's tokens cannot be told apart")
+            chunks += [(text[done:len(start)], False), (text[len(start):len(end)], True)]
+            done = len(end)
+        return chunks + [(text[done:], False)]
+
     def encode(
         self,
         conversations: Sequence[dict],
@@ -227,8 +313,7 @@ class Processor:
             if n_markers != given:
                 noun = "image" if marker == IMAGE_MARKER else "audio clip"
                 raise SampleError(f"{n_markers} {marker} marker(s) in the text but {given} {noun}(s)")
-        ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        labels, token_media, token_tile = [IGNORE_INDEX] * len(ids), [-1] * len(ids), [-1] * len(ids)
+        ids, labels, token_media, token_tile = [], [], [], []
         slots, kv, offset, media, image, clip, media_end = [], [], 0, -1, -1, -1, 0
 
         def add(new_ids: list[int], new_labels: list[int] | None = None, tiles: list[int] | None = None) -> None:
@@ -237,40 +322,34 @@ class Processor:
             token_media.extend([media] * len(new_ids))
             token_tile.extend(tiles or [-1] * len(new_ids))
 
-        for turn in conversations:
-            role, value = turn.get("from"), turn.get("value")
-            if role in ("human", "user"):
-                add(self.text_ids(self.config.user_prefix))
-                for piece in MARKERS.split(value):
-                    if piece == IMAGE_MARKER:
-                        media, image = media + 1, image + 1
-                        pixels, grid = tiled[image]
-                        layout, start = self.image_layout(len(pixels), grid, media), len(ids)
-                        add(layout["ids"], tiles=layout["tile"])
-                        slots += [("tile", offset + k) for k in layout["slots"]]
-                        kv += [seg._replace(index=offset + seg.index, start=start) for seg in layout["kv"]]
-                        offset += len(pixels)
-                        media_end = len(ids)
-                    elif piece == AUDIO_MARKER:
-                        media, clip = media + 1, clip + 1
-                        layout = self.audio_layout(self.audio.tokens_for_frames(clips[clip][1]), media, clip)
-                        start = len(ids)
-                        add(layout["ids"], tiles=layout["tile"])
-                        slots += [("audio", c) for c in layout["slots"]]
-                        kv += [seg._replace(start=start) for seg in layout["kv"]]
-                        media_end = len(ids)
-                    else:
-                        add(self.text_ids(piece))
-            elif role in ("gpt", "assistant"):
-                prefix = self.text_ids(self.config.assistant_prefix)
-                answer = self.text_ids(value) + [self.tokenizer.eos_token_id]
-                add(prefix + answer, [IGNORE_INDEX] * len(prefix) + answer)
-            else:
-                raise SampleError(f"unknown conversation role {role!r} (expected human/gpt)")
-        if add_generation_prompt:
-            add(self.text_ids(self.config.assistant_prefix))
+        for text, is_answer in self.chunks(conversations, add_generation_prompt):
+            if is_answer:
+                answer = self.text_ids(text)
+                add(answer, answer)
+                continue
+            for piece in MARKERS.split(text):
+                if piece == IMAGE_MARKER:
+                    media, image = media + 1, image + 1
+                    pixels, grid = tiled[image]
+                    layout, start = self.image_layout(len(pixels), grid, media), len(ids)
+                    add(layout["ids"], tiles=layout["tile"])
+                    slots += [("tile", offset + k) for k in layout["slots"]]
+                    kv += [seg._replace(index=offset + seg.index, start=start) for seg in layout["kv"]]
+                    offset += len(pixels)
+                    media_end = len(ids)
+                elif piece == AUDIO_MARKER:
+                    media, clip = media + 1, clip + 1
+                    layout = self.audio_layout(self.audio_front_end.tokens_for_frames(clips[clip][1]), media, clip)
+                    start = len(ids)
+                    add(layout["ids"], tiles=layout["tile"])
+                    slots += [("audio", c) for c in layout["slots"]]
+                    kv += [seg._replace(start=start) for seg in layout["kv"]]
+                    media_end = len(ids)
+                else:
+                    add(self.text_ids(piece))
         pixel_values = torch.cat([p for p, _ in tiled]) if tiled else torch.zeros(0, 3, self.tile_size, self.tile_size)
-        window = (self.audio.n_mels, self.audio.n_frames) if self.audio is not None else (0, 0)
+        front = self.audio_front_end
+        window = (front.n_mels, front.n_frames) if front is not None else (0, 0)
         audio_values = torch.stack([v for v, _, _ in clips]) if clips else torch.zeros(0, *window)
         return {
             "input_ids": ids, "labels": labels, "pixel_values": pixel_values,
@@ -317,3 +396,6 @@ class Processor:
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
+
+
+Processor = MMLLMProcessor  # the name train/ imports

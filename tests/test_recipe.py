@@ -39,7 +39,7 @@ def fit(stage: str, arch: str, parts: dict[str, Path], root: Path, *extra: str) 
     args = ["fit", "--config", str(REPO / "configs" / "real" / "siglip_qwen2.yaml"),
             "--config", str(REPO / "configs" / "real" / f"{stage}.yaml"), "--model.arch", arch,
             "--model.encoder.pretrained", str(parts["siglip"]), "--model.encoder.image_size", "42",
-            "--model.llm.name_or_path", str(parts["qwen2"]), "--model.processor.tokenizer", str(parts["qwen2"]),
+            "--model.llm.name_or_path", str(parts["qwen2"]),  # its tokenizer comes with it
             "--data.train", str(parts["data"]), "--data.batch_size", "4", "--data.num_workers", "0",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_steps", "2",
             "--trainer.default_root_dir", str(root), *extra]
