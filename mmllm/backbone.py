@@ -41,7 +41,25 @@ def build_llm(cfg: LLMConfig, tokenizer, hf_config: PretrainedConfig | dict[str,
                                                  attn_implementation=cfg.attn_implementation)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+    if cfg.lora_rank:
+        add_lora(model, cfg)
     return model
+
+
+def add_lora(model: PreTrainedModel, cfg: LLMConfig) -> None:
+    """peft's LoRA layers put in place of the targeted linear layers (each keeps its original as
+    `base_layer`), so the adapters are part of the model tree and of its saved weights."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ImportError("llm.lora_rank needs peft: pip install -e '.[lora]'") from None
+    inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                       target_modules=cfg.lora_targets), model)
+
+
+def is_lora(name: str) -> bool:
+    """Whether a parameter name is a LoRA adapter's (peft names them lora_A / lora_B ...)."""
+    return ".lora_" in name
 
 
 def parameter_count(hf_config: dict[str, Any]) -> int:

@@ -67,6 +67,13 @@ class LLMConfig:
     # The attention kernel: "sdpa" (PyTorch's fused attention, the default), "eager", or
     # "flash_attention_2" where the flash-attn package is installed.
     attn_implementation: str = "sdpa"
+    # LoRA (needs the `lora` extra, peft): rank > 0 adds low-rank adapters to `lora_targets` ("all-linear":
+    # every linear layer but the output head); the LLM's own weights then stay frozen and only the
+    # adapters train when the LLM does (SFT).
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str | list[str] = "all-linear"
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_model
 from torch import nn
 
+from mmllm.backbone import is_lora
 from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM, WEIGHTS_FILE
 
@@ -117,6 +118,9 @@ class MMLLMModule(L.LightningModule):
         for name, params in self.part_parameters().items():
             for p in params:
                 p.requires_grad_(self.trainable[name])
+        if self.config.llm.lora_rank:  # the LLM trains through its adapters only
+            for name, p in self.model.llm.named_parameters():
+                p.requires_grad_(self.trainable["llm"] and is_lora(name))
 
     @property
     def processor(self):
@@ -153,7 +157,8 @@ class MMLLMModule(L.LightningModule):
             "connector": "pixel shuffle + " + type(self.model.projector).__name__
             + (f" + audio {audio.downsample} x{audio.factor} + MLP" if audio else "")
             + (f" + {n_cross} gated cross-attn" if n_cross else ""),
-            "llm": self.model.llm.config.model_type,
+            "llm": self.model.llm.config.model_type
+            + (f" + LoRA r={self.config.llm.lora_rank}" if self.config.llm.lora_rank else ""),
         }
         return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.part_parameters(), labels)
 
