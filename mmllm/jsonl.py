@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 BOM = b"\xef\xbb\xbf"
 
@@ -76,28 +77,38 @@ def parse_line(raw: bytes) -> Any:
 
 def read_jsonl(path: str | Path, required: Sequence[str]) -> tuple[list[Record], list[BadInput]]:
     """Every object line with the `required` fields as a Record; every other non-blank line as a BadInput."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    records, bad = [], []
+    return _collect(path, scan_jsonl(path, required))
+
+
+class Located(NamedTuple):
+    """One good record as a scan finds it: its line (or item) number, its bytes [start, end) in the file
+    (what an index keeps to parse it again later) and its data."""
+
+    line: int
+    start: int
+    end: int
+    data: dict[str, Any]
+
+
+def scan_jsonl(path: str | Path, required: Sequence[str]) -> Iterator[Located | BadInput]:
+    """Each non-blank line of a JSONL file, in order: a Located record or a BadInput naming file:line."""
+    path = _data_file(path)
     with path.open("rb") as fh:
+        offset = 0
         for line_no, raw in enumerate(fh, 1):
+            start, offset = offset, offset + len(raw)
             if line_no == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
+                raw, start = raw[len(BOM):], start + len(BOM)
             if not raw.strip():
                 continue
             where = f"{path}:{line_no}"
             try:
                 data = parse_line(raw)
             except ValueError as exc:
-                bad.append(BadInput(where, str(exc)))
+                yield BadInput(where, str(exc))
                 continue
             problem = record_problem(data, required)
-            if problem:
-                bad.append(BadInput(where, problem))
-                continue
-            records.append(Record(str(path), line_no, data))
-    return records, bad
+            yield BadInput(where, problem) if problem else Located(line_no, start, offset, data)
 
 
 def record_problem(data: Any, required: Sequence[str]) -> str | None:
@@ -111,26 +122,79 @@ def record_problem(data: Any, required: Sequence[str]) -> str | None:
 def read_records(path: str | Path, required: Sequence[str]) -> tuple[list[Record], list[BadInput]]:
     """Records of a JSONL file, or of a JSON array when the first non-blank byte is `[`.
 
-    An array is parsed whole (as LLaVA's loader does), so one that is not valid JSON is a ValueError
-    naming the file; its elements are then checked one by one like lines."""
+    An array that is not valid JSON as a whole is a ValueError naming the file; its elements are
+    checked one by one like lines."""
+    return _collect(path, scan_records(path, required), in_array=is_json_array(path))
+
+
+def is_json_array(path: str | Path) -> bool:
+    return _first_byte(_data_file(path)) == b"["
+
+
+def scan_records(path: str | Path, required: Sequence[str]) -> Iterator[Located | BadInput]:
+    """`scan_jsonl` or `scan_json_array`, as the file's first non-blank byte says."""
+    return (scan_json_array if is_json_array(path) else scan_jsonl)(path, required)
+
+
+JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def scan_json_array(path: str | Path, required: Sequence[str]) -> Iterator[Located | BadInput]:
+    """Each element of a file holding one JSON array: a Located record with its byte range in the file, or
+    a BadInput naming file and item (from 1). Elements are decoded one at a time (`raw_decode`), so only
+    one is held at once, not the whole parsed array (LLaVA's 665k-record .json is over a gigabyte).
+
+    An array that is not JSON as a whole is a ValueError naming the file, with the position `json.loads`
+    gives for the whole document."""
+    path = _data_file(path)
+    raw = path.read_bytes()
+    skip = len(BOM) if raw.startswith(BOM) else 0
+    try:
+        text = raw[skip:].decode("utf-8")
+        ascii_only, decoder = text.isascii(), json.JSONDecoder()
+        char, byte = 0, skip  # a char offset and its byte offset, advanced in order over non-ASCII text
+        pos, item = JSON_WHITESPACE.match(text, JSON_WHITESPACE.match(text).end() + 1).end(), 0  # past "["
+        more = text[pos:pos + 1] != "]"  # an empty array has no first element
+        while more:
+            data, end = decoder.raw_decode(text, pos)
+            item += 1
+            if ascii_only:
+                start, stop = skip + pos, skip + end
+            else:
+                start = byte + len(text[char:pos].encode())
+                char, byte = end, start + len(text[pos:end].encode())
+                stop = byte
+            problem = record_problem(data, required)
+            yield BadInput(place(str(path), item, True), problem) if problem else Located(item, start, stop, data)
+            pos = JSON_WHITESPACE.match(text, end).end()
+            more = text[pos:pos + 1] == ","
+            pos = JSON_WHITESPACE.match(text, pos + 1).end() if more else pos
+        if text[pos:pos + 1] != "]" or text[pos + 1:].strip():
+            raise ValueError("expected ',' or ']' after an element, and nothing after the array")
+    except (ValueError, RecursionError) as exc:  # the whole-document parse names the first fault
+        try:
+            parse_line(raw[skip:])
+            reason = f"invalid JSON ({exc})"
+        except ValueError as whole:
+            reason = str(whole)
+        raise ValueError(f"{path} starts with '[' but is not a valid JSON array: {reason}") from None
+
+
+def _data_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    if _first_byte(path) != b"[":
-        return read_jsonl(path, required)
-    raw = path.read_bytes()
-    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
-    try:
-        rows = parse_line(raw)
-    except ValueError as exc:
-        raise ValueError(f"{path} starts with '[' but is not a valid JSON array: {exc}") from None
+    return path
+
+
+def _collect(path: str | Path, scan: Iterator[Located | BadInput], in_array: bool = False
+             ) -> tuple[list[Record], list[BadInput]]:
     records, bad = [], []
-    for n, data in enumerate(rows, 1):
-        problem = record_problem(data, required)
-        if problem:
-            bad.append(BadInput(place(str(path), n, in_array=True), problem))
+    for found in scan:
+        if isinstance(found, BadInput):
+            bad.append(found)
         else:
-            records.append(Record(str(path), n, data, in_array=True))
+            records.append(Record(str(Path(path)), found.line, found.data, in_array))
     return records, bad
 
 

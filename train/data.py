@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Literal, Sequence, get_args
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from mmllm.jsonl import BadInput, Record, read_records
+from mmllm.jsonl import BadInput, Record
 from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
+
+from .index import Catalog, open_source
+from .lengths import estimate_lengths
+from .media import load_media, paths_of  # noqa: F401 (where eval imports them from)
+from .sampling import EpochSampler, LengthGroupedSampler
 
 LengthPolicy = Literal["skip", "truncate"]
 # Tokens per training sample: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens each is
@@ -21,28 +26,9 @@ LengthPolicy = Literal["skip", "truncate"]
 DEFAULT_MAX_LENGTH = 4096
 
 
-def paths_of(record: Record, key: str, folder: str | None = None) -> list[str]:
-    """The record's `image` or `audio` paths (one or a list), resolved against `folder` (LLaVA keeps images
-    apart from its JSON) or else the data file's folder. Any other value is a SampleError naming field and type."""
-    value = record.data.get(key)
-    paths = [] if value is None else [value] if isinstance(value, str) else value
-    if not isinstance(paths, list):
-        raise SampleError(f"field {key!r} must be a path or a list of paths, got {type(value).__name__}")
-    wrong = sorted({type(p).__name__ for p in paths if not isinstance(p, str)})
-    if wrong:
-        raise SampleError(f"field {key!r} must be a path or a list of paths, got a list holding {', '.join(wrong)}")
-    base = Path(folder) if folder is not None else Path(record.file).parent
-    return [str(base / p) for p in paths]
-
-
-def load_media(processor: Processor, record: Record, folder: str | None = None) -> tuple[list, list]:
-    """Decode and check every image and audio clip of a record (a bad one raises SampleError)."""
-    images = [processor.load_image(p) for p in paths_of(record, "image", folder)]
-    return images, [processor.load_audio(p) for p in paths_of(record, "audio", folder)]
-
-
 class ConversationDataset(Dataset):
-    """LLaVA conversation records (JSONL or a JSON array). A sample that cannot be used (bad media, no
+    """LLaVA conversation records (JSONL, a JSON array or a shard folder; see `train/index.py`: records are
+    indexed, not held, and parsed when asked for). A sample that cannot be used (bad media, no
     answer to train on, too long) is reported with file:line, id and reason, then:
 
     - with `substitute` (training) replaced by the next good record, wrapping round: deterministic, so
@@ -53,22 +39,23 @@ class ConversationDataset(Dataset):
     `max_length` caps the tokens of a sample (None: no cap). Over it, `length_policy` "skip" makes the
     sample bad; "truncate" cuts its end off and notes it (like audio clips cut to the window, the sample
     is kept), unless the cut would split or drop an image or clip or leave no answer token: then it skips.
+
+    `measure_images`: read every image's header when indexing a file, so `lengths` knows its tile grid
+    (what length-grouped batching needs; shards always know it).
     """
 
     def __init__(self, files: str | Sequence[str], processor: Processor, substitute: bool = True,
                  image_folder: str | None = None, max_length: int | None = DEFAULT_MAX_LENGTH,
-                 length_policy: LengthPolicy = "skip") -> None:
+                 length_policy: LengthPolicy = "skip", measure_images: bool = False) -> None:
         self.files, self.processor, self.substitute, self.image_folder = files, processor, substitute, image_folder
         self.max_length, self.length_policy = max_length, length_policy
         # No token holds more characters than its vocabulary string, so longer text cannot fit max_length.
         self.chars_per_token = max(map(len, processor.tokenizer.get_vocab()))
         self.known_bad: dict[int, str] = {}
-        self.records: list[Record] = []
-        self.bad_lines: list[BadInput] = []
-        for f in [files] if isinstance(files, str) else files:
-            records, bad = read_records(f, ("conversations",))
-            self.records += records
-            self.bad_lines += bad
+        self.records = Catalog([open_source(f, image_folder, measure_images)
+                                for f in ([files] if isinstance(files, str) else files)])
+        self.bad_lines: list[BadInput] = self.records.bad_lines
+        self._lengths: np.ndarray | None = None
         if not self.records:
             first = f"; first: {self.bad_lines[0]}" if self.bad_lines else ""
             raise ValueError(f"no usable samples in {files}: {len(self.bad_lines)} malformed line(s){first}")
@@ -76,17 +63,27 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, record: Record) -> dict:
-        """One record as a processor sample, or a SampleError saying where and why it cannot be used."""
+    @property
+    def lengths(self) -> np.ndarray:
+        """Estimated tokens per record (`train/lengths.py`), computed on first use."""
+        if self._lengths is None:
+            self._lengths = estimate_lengths(self.processor, self.records.features)
+        return self._lengths
+
+    def load(self, index: int) -> dict:
+        """Record `index` as a processor sample with its id, or a SampleError saying where and why it
+        cannot be used."""
+        record = self.records[index]
         try:
             turns = record.data["conversations"]
             self.check_text_length(turns)
-            images, audio = load_media(self.processor, record, self.image_folder)
+            images, audio = self.records.media(index, record, self.processor)
             sample = self.processor.encode(turns, images, audio=audio)
             if not self.has_answer(sample["labels"]):
                 raise SampleError("no assistant turn to train on")
             sample = self.fit_length(sample)
-            return {**sample, "truncated": [f"{record.where()}: {note}" for note in sample["truncated"]]}
+            return {**sample, "id": record.id,
+                    "truncated": [f"{record.where()}: {note}" for note in sample["truncated"]]}
         except SampleError as exc:
             raise SampleError(f"{record.where()}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
@@ -127,14 +124,14 @@ class ConversationDataset(Dataset):
         if index in self.known_bad:
             raise SampleError(self.known_bad[index])
         try:
-            return self.load(self.records[index])
+            return self.load(index)
         except SampleError as exc:
             self.known_bad[index] = str(exc)
             raise
 
     def __getitem__(self, index: int) -> dict:
         try:
-            return {**self.get(index), "id": self.records[index].id, "bad": []}
+            return {**self.get(index), "bad": []}
         except SampleError as exc:
             bad = [str(exc)]
         if not self.substitute:
@@ -148,23 +145,11 @@ class ConversationDataset(Dataset):
         for k in range(1, n):
             j = (index + k) % n
             try:
-                return {**self.get(j), "id": self.records[j].id}
+                return self.get(j)
             except SampleError:
                 continue
         raise ValueError(f"no usable sample in {self.files}: all {n} record(s) failed to load; "
                          f"first: {self.known_bad[min(self.known_bad)]}")
-
-
-class EpochSampler(StatefulDistributedSampler):
-    """Also checkpoints its epoch: Lightning creates a resumed loader's iterator before it sets the
-    epoch, and the epoch seeds the shuffle."""
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.set_epoch(state["epoch"])
 
 
 @dataclass
@@ -197,8 +182,8 @@ class Collator:
 
 
 class MMDataModule(L.LightningDataModule):
-    """Train/val/test files (JSONL or JSON arrays; one path or a list). The processor comes from the model
-    (linked in the CLI), so the data layout always follows `--model.arch`."""
+    """Train/val/test files (JSONL, JSON arrays or shard folders; one path or a list). The processor comes
+    from the model (linked in the CLI), so the data layout always follows `--model.arch`."""
 
     def __init__(
         self,
@@ -217,6 +202,7 @@ class MMDataModule(L.LightningDataModule):
         image_folder: str | None = None,
         max_length: int | None = DEFAULT_MAX_LENGTH,
         length_policy: LengthPolicy = "skip",
+        group_by_length: bool = False,
         processor: Processor | None = None,
     ) -> None:
         """With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val)
@@ -226,7 +212,8 @@ class MMDataModule(L.LightningDataModule):
         and audio paths resolve against `image_folder` (LLaVA's layout) or else the data file's folder.
         `max_length` tokens per sample (default 4096; None: no cap) with `length_policy` "skip" (the
         default: an over-long sample is a counted bad sample) or "truncate" (its end is cut off and noted);
-        see `ConversationDataset`."""
+        see `ConversationDataset`. `group_by_length` makes training batches of samples of similar estimated
+        length (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load."""
         super().__init__()
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")
@@ -245,6 +232,7 @@ class MMDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction = max_bad_fraction
         self.image_folder, self.max_length, self.length_policy = image_folder, max_length, length_policy
+        self.group_by_length = group_by_length
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
 
@@ -264,12 +252,13 @@ class MMDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> ConversationDataset:
         if split not in self.datasets:
             if not self.files[split]:
-                raise ValueError(f"no {split} data: pass --data.{split} PATH.jsonl")
+                raise ValueError(f"no {split} data: pass --data.{split} PATH.jsonl (or a shard folder)")
             if self.processor is None:
                 raise ValueError("MMDataModule needs the model's processor (linked automatically by the CLI)")
             ds = ConversationDataset(self.files[split], self.processor, substitute=split == "train",
                                      image_folder=self.image_folder, max_length=self.max_length,
-                                     length_policy=self.length_policy)
+                                     length_policy=self.length_policy,
+                                     measure_images=self.grouped(split))
             for bad in ds.bad_lines:
                 print(f"[mmllm] skipped malformed line {bad}")
             self.datasets[split] = ds
@@ -280,12 +269,18 @@ class MMDataModule(L.LightningDataModule):
         with the loop, so a resumed run sees the rest of the epoch in the same order. The sampler shards
         by rank itself, so Lightning keeps it instead of putting in a stateless one."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        dataset = self.dataset(split)
-        sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        dataset, seed = self.dataset(split), int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if self.grouped(split):
+            sampler = LengthGroupedSampler(dataset, dataset.lengths, self.batch_size, world, rank, seed=seed)
+        else:
+            sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
         return StatefulDataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=Collator(self.processor), persistent_workers=self.num_workers > 0,
         )
+
+    def grouped(self, split: str) -> bool:
+        return self.group_by_length and split == "train"
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self.loader("train", shuffle=True)

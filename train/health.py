@@ -16,6 +16,9 @@ class BadSampleMonitor(L.Callback):
     with ids and reasons at the end of each train/val/test epoch and logs the counts (`bad_samples`,
     `val_bad_samples`, `test_bad_samples`; `truncated`, `val_truncated`, `test_truncated`).
 
+    It also logs `padding_fraction`, the pad tokens among all tokens of the epoch's training batches (over
+    all ranks), and prints it with the epoch: what length-grouped batching lowers.
+
     Bad training samples are replaced, so past the datamodule's `max_bad_fraction` they would skew the
     run: it aborts. Bad val/test samples are dropped from their batch, not replaced, so they are counted
     and reported only. Truncated samples (audio clips cut to the window, samples cut to max_length) were
@@ -26,6 +29,7 @@ class BadSampleMonitor(L.Callback):
         self.bad: dict[str, list[str]] = {split: [] for split in SPLITS}
         self.truncated: dict[str, list[str]] = {split: [] for split in SPLITS}
         self.total_bad = 0
+        self.padding = self.tokens = 0
 
     def _dataset(self, trainer: L.Trainer, split: str):
         return trainer.datamodule.dataset(split) if trainer.datamodule is not None else None
@@ -47,9 +51,13 @@ class BadSampleMonitor(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start("train")
+        self.padding = self.tokens = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._collect("train", batch)
+        if batch.inputs is not None:  # summed on the device; read once, at the epoch's end
+            mask = batch.inputs.attention_mask
+            self.padding, self.tokens = self.padding + (mask == 0).sum(), self.tokens + mask.numel()
         ds = self._dataset(trainer, "train")
         size = len(ds) + len(ds.bad_lines) if ds is not None else 0
         n_bad = len(self.bad["train"]) + (len(ds.bad_lines) if ds is not None else 0)
@@ -62,6 +70,7 @@ class BadSampleMonitor(L.Callback):
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.report_padding(trainer, pl_module)
         self._end(trainer, pl_module, "train")
         self.total_bad += len(self.bad["train"])
 
@@ -85,6 +94,17 @@ class BadSampleMonitor(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end(trainer, pl_module, "test")
+
+    def report_padding(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Pad tokens / all tokens of the epoch's batches, summed over ranks before dividing."""
+        counts = torch.tensor([float(self.padding), float(self.tokens)], dtype=torch.float64, device=pl_module.device)
+        padding, tokens = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        if not tokens:
+            return
+        pl_module.log("padding_fraction", padding / tokens, on_epoch=True, on_step=False, sync_dist=True)
+        if trainer.is_global_zero:
+            print(f"[mmllm] epoch {trainer.current_epoch}: padding_fraction {padding / tokens:.4f} "
+                  f"({int(padding):,} pad of {int(tokens):,} batch tokens)")
 
     def report(self, trainer: L.Trainer, split: str = "train") -> None:
         ds = self._dataset(trainer, split)
