@@ -12,7 +12,8 @@ USAGE = """usage: mmllm {fit,validate,test,predict,export,data,eval,compare,cont
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml);
                              predict writes predictions.jsonl + summary.json (--predictions.dirpath)
   export CKPT DIR            turn a Lightning .ckpt into a save_pretrained folder (MMLLM.from_pretrained)
-  data synth|convert         write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark
+  data synth|convert|shard   write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark /
+                             write a training set as parquet shards with its images embedded
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
   controls MODEL DATA        score a trained model with the signal taken apart (tiles swapped, images
