@@ -8,7 +8,6 @@ throughput), metrics.json and PNG plots.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import time
@@ -23,6 +22,7 @@ from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.items import ItemsDataset
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
+from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.train.cli import run as run_cli
 from mmllm.train.synth import synthesize_once
 
@@ -161,13 +161,13 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
                    report / "decoder_tokens_vs_tiles.png", "decoder length", "tiles (+ thumbnail when > 1)", "tokens")
         plot_lines({a: [(row["tiles"], row["step_s"]) for row in rows_] for a, rows_ in sweeps.items()},
                    report / "step_time_vs_tiles.png", "train step time (batch 4)", "tiles (+ thumbnail when > 1)", "s")
-    (report / "metrics.json").write_text(json.dumps(
-        {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
-         "timing": timing}, indent=2))
+    write_json(report / "metrics.json",
+               {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
+                "timing": timing})
     pictures = ["accuracy.png", "loss_curves.png"] + (
         ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"] if sweeps else [])
     samples = sorted(p.name for p in report.glob("samples-*.png"))
-    (report / "report.md").write_text(
+    write_text_atomic(report / "report.md",
         "# mmllm compare: NVLM-D vs NVLM-X vs NVLM-H\n\n"
         f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each. Scores are mean ± std "
         "over seeds when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
