@@ -2,7 +2,9 @@
 (FSDP itself needs a GPU; scripts/gpu_check.sh runs it. Here: the units and the strategy's policy.)"""
 import pytest
 import torch
+import sys
 from pathlib import Path
+from unittest import mock
 from types import SimpleNamespace
 
 from lightning.pytorch.strategies import FSDPStrategy
@@ -57,8 +59,9 @@ def test_a_config_names_the_strategy_by_class_path(tmp_path):
     config = tmp_path / "fsdp.yaml"
     config.write_text("trainer:\n  strategy:\n    class_path: mmllm.train.fsdp.NamedUnitsFSDP\n"
                       "    init_args: {checkpoint_units: true, sharding_strategy: SHARD_GRAD_OP}\n")
-    cli = MMLLMCLI(MMLLMModule, MMDataModule, run=False,
-                   args=["--config", str(REPO / "configs" / "nvlm_d_tiny.yaml"), "--config", str(config)])
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # pytest's own arguments are not ours
+        cli = MMLLMCLI(MMLLMModule, MMDataModule, run=False,
+                       args=["--config", str(REPO / "configs" / "nvlm_d_tiny.yaml"), "--config", str(config)])
     strategy = cli.trainer.strategy
     assert isinstance(strategy, NamedUnitsFSDP) and strategy.checkpoint_units
     assert strategy.sharding_strategy.name == "SHARD_GRAD_OP"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from mmllm.tokenizer import byte_tokenizer
 from mmllm.train.module import MMLLMModule
 
 from conftest import tiny_config
@@ -23,6 +24,7 @@ def bf16_llama(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("llama")
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **LLAMA)).to(torch.bfloat16).save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)  # a checkpoint comes with its tokenizer
     return str(out)
 
 
