@@ -17,7 +17,7 @@ class BadSampleMonitor(L.Callback):
     `val_bad_samples`, `test_bad_samples`; `truncated`, `val_truncated`, `test_truncated`).
 
     It also logs `padding_fraction`, the pad tokens among all tokens of the epoch's training batches (over
-    all ranks), and prints it with the epoch: what length-grouped batching lowers.
+    all ranks), and prints the run's once at the end: what length-grouped batching lowers.
 
     Bad training samples are replaced, so past the datamodule's `max_bad_fraction` they would skew the
     run: it aborts. Bad val/test samples are dropped from their batch, not replaced, so they are counted
@@ -30,6 +30,7 @@ class BadSampleMonitor(L.Callback):
         self.truncated: dict[str, list[str]] = {split: [] for split in SPLITS}
         self.total_bad = 0
         self.padding = self.tokens = 0
+        self.run_padding = self.run_tokens = 0.0
 
     def _dataset(self, trainer: L.Trainer, split: str):
         return trainer.datamodule.dataset(split) if trainer.datamodule is not None else None
@@ -102,9 +103,12 @@ class BadSampleMonitor(L.Callback):
         if not tokens:
             return
         pl_module.log("padding_fraction", padding / tokens, on_epoch=True, on_step=False, sync_dist=True)
-        if trainer.is_global_zero:
-            print(f"[mmllm] epoch {trainer.current_epoch}: padding_fraction {padding / tokens:.4f} "
-                  f"({int(padding):,} pad of {int(tokens):,} batch tokens)")
+        self.run_padding, self.run_tokens = self.run_padding + padding, self.run_tokens + tokens
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.run_tokens:
+            print(f"[mmllm] padding_fraction {self.run_padding / self.run_tokens:.4f} over the run "
+                  f"({int(self.run_padding):,} pad of {int(self.run_tokens):,} batch tokens)")
 
     def report(self, trainer: L.Trainer, split: str = "train") -> None:
         ds = self._dataset(trainer, split)
