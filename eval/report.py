@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
+# Not ours to report: a fresh install names each optional font family it lacks ("findfont: ... not found").
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -74,7 +77,7 @@ def plot_samples(predictions_file: Path, data_dir: Path, path: Path, k: int = 8,
             ax.plot(load_audio(data_dir / item["audio"]), linewidth=0.3)
         ok = row["score"] <= 0.0 if lower_is_better else row["score"] >= 1.0
         ax.set_title(f"{row['question'][:50]}\ntruth {row['answers'][0]!r}  pred {row['prediction']!r}",
-                     fontsize=7, color="green" if ok else "red")
+                     fontsize=7, color="green" if ok else "red", parse_math=False)  # "$" is text, not TeX
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
