@@ -229,7 +229,9 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         if has_audio:
             segments += self.audio_features(inputs.audio_values, layout.audio_frames)
         embeds = self.embed(inputs.input_ids, segments, layout.slots)
-        # Parts this batch skips stay in the graph with a zero gradient (DDP needs no unused-param search).
+        # Parts this batch skips stay in the graph with a zero gradient, so DDP needs no unused-parameter search.
+        # Measured (100m D, CPU DDP): the search costs +2.2 % on every batch with images; this sum costs +1.5 %
+        # on text-only batches, and nothing on the others.
         idle = [p for m in self.idle_modules(has_images, has_audio) for p in m.parameters()]
         idle += [self.tile_embedding] if self.tile_embedding is not None and not has_images else []
         embeds = embeds + sum(p.sum() for p in idle if p.requires_grad) * 0.0
