@@ -17,7 +17,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 BOM = b"\xef\xbb\xbf"
 
@@ -210,20 +210,25 @@ def _first_byte(path: Path) -> bytes:
         return head.lstrip()[:1]
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write beside the target, flush to disk, then rename over it (same filesystem, so the rename is atomic)."""
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills a file beside the target, which is flushed to disk and renamed over it (same filesystem,
+    so the rename is atomic): a crash leaves the old file or the new one. Checkpoints are written this way too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    replace_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def dumps_line(row: Any) -> str:

@@ -14,9 +14,7 @@ Three pieces, each doing one job:
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -27,21 +25,12 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from mmllm.jsonl import replace_atomically
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(path, lambda fh: torch.save(checkpoint, fh))
 
     def load_checkpoint(self, path, map_location: Callable | None = None, weights_only: bool | None = None) -> dict:
         if not is_intact(path):
