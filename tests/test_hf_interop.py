@@ -180,7 +180,7 @@ def test_auto_processor_never_runs_the_folders_own_tokenizer_code(tmp_path, monk
     asked = []
     monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")
     with pytest.raises(ValueError, match="trust_remote_code"):
-        AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+        AutoProcessor.from_pretrained(tmp_path)  # a terminal would ask; `input` here would answer "y"
     assert not asked and not ran.exists()
 
 
