@@ -52,8 +52,6 @@ class PromptCollator:
     def __call__(self, items: list[dict]) -> Batch:
         good = [it for it in items if it["sample"] is not None]
         records = [it["record"] for it in good]
-        batch = Batch(self.processor.collate([it["sample"] for it in good]) if good else None, [r.id for r in records],
-                      truncated=[t for it in items for t in it["truncated"]],
-                      skipped=[it["error"] for it in items if it["sample"] is None])
-        batch.records = records
-        return batch
+        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, [r.id for r in records],
+                     truncated=[t for it in items for t in it["truncated"]],
+                     skipped=[it["error"] for it in items if it["sample"] is None], records=records)

@@ -48,19 +48,21 @@ RUN_FILE = "run.json"  # what an eval folder was started with (see `resume`)
 
 
 def load_model(ckpt: str | Path) -> MMLLM:
-    """A `save_pretrained` folder or a Lightning `.ckpt` (loaded with weights_only=True)."""
-    ckpt = Path(ckpt)
-    if ckpt.is_dir():
-        return MMLLM.from_pretrained(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    """A `save_pretrained` folder or a Lightning checkpoint (a `.ckpt` or a sharded checkpoint's folder), loaded
+    weights-only."""
+    from mmllm.train.checkpoint import is_sharded, read_checkpoint
     from mmllm.train.module import MMLLMModule
 
+    ckpt = Path(ckpt)
+    if ckpt.is_dir() and not is_sharded(ckpt):
+        return MMLLM.from_pretrained(ckpt)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     not_lightning = f"{ckpt} is not a Lightning checkpoint (nor a save_pretrained folder)"
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = read_checkpoint(ckpt)
     except Exception as exc:  # pickle, zip and format errors alike: the file is not a checkpoint
-        raise ValueError(f"{not_lightning}: torch.load failed ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{not_lightning}: it could not be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not {"state_dict", "hyper_parameters"} <= state.keys():
         raise ValueError(f"{not_lightning}: it holds no state_dict and hyper_parameters")
     hparams = dict(state["hyper_parameters"])

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mmllm.connectors import GatedCrossAttention
 
@@ -42,8 +41,9 @@ class MediaMemory:
 class CrossAttentionDecoderLayer(nn.Module):
     """A gated cross-attention block run before one of the LLM's own decoder layers.
 
-    With no memory (text only) it is exactly the wrapped layer. Keys/values are computed once per
-    conditioning, so generation reuses them at every decoding step.
+    With no memory (text only) it is exactly the wrapped layer. Without gradients (generation) keys/values
+    are computed once per conditioning and reused at every decoding step; with them, once per call, so a
+    recomputed block (activation checkpointing) sees the same inputs as the first pass.
     """
 
     def __init__(self, cross: GatedCrossAttention, layer: nn.Module) -> None:
@@ -51,7 +51,6 @@ class CrossAttentionDecoderLayer(nn.Module):
         self.cross, self.layer = cross, layer
         self.memory: MediaMemory | None = None
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.gradient_checkpointing = False  # recompute the block in the backward pass (the LLM's layer has its own)
 
     def condition(self, memory: MediaMemory | None) -> None:
         self.memory, self._kv = memory, None
@@ -61,13 +60,10 @@ class CrossAttentionDecoderLayer(nn.Module):
             positions = kwargs.get("position_ids")
             if self.cross.rope_base is not None and positions is None:
                 raise ValueError("cross_attention_positions 'rope' needs a decoder whose layers receive position_ids")
-            if self._kv is None:
-                self._kv = self.cross.kv(self.memory.values, self.memory.key_positions)
-            mask = self.memory.mask(hidden_states.shape[1])
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states = checkpoint(self.cross, hidden_states, self._kv, mask, positions, use_reentrant=False)
-            else:
-                hidden_states = self.cross(hidden_states, self._kv, mask, positions)
+            kv = self._kv or self.cross.kv(self.memory.values, self.memory.key_positions)
+            if not torch.is_grad_enabled():
+                self._kv = kv
+            hidden_states = self.cross(hidden_states, kv, self.memory.mask(hidden_states.shape[1]), positions)
         return self.layer(hidden_states, *args, **kwargs)
 
 

@@ -115,13 +115,15 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         self.tie_weights(recompute_mapping=False)
 
     def cross_layers(self) -> dict[int, CrossAttentionDecoderLayer]:
-        """Decoder layer index -> the cross-attention layer wrapping it (empty when nothing cross-attends)."""
+        """Decoder layer index -> the cross-attention layer in that slot (empty when nothing cross-attends).
+
+        Found inside whatever wraps the slot (an input-position layer, FSDP, activation checkpointing), so a
+        sharded or recomputing model still conditions every one of them."""
         found = {}
         for i, layer in enumerate(decoder_layers(self.llm)):
-            while isinstance(layer, InputPositionLayer):
-                layer = layer.layer
-            if isinstance(layer, CrossAttentionDecoderLayer):
-                found[i] = layer
+            cross = next((m for m in layer.modules() if isinstance(m, CrossAttentionDecoderLayer)), None)
+            if cross is not None:
+                found[i] = cross
         return found
 
     def cross_blocks(self) -> dict[int, GatedCrossAttention]:
@@ -137,6 +139,12 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         """LLM tokens of a clip with `frames` real mel frames: only these are kept, the padding adds none."""
         return self.audio_connector.out_length(self.audio_encoder.out_length(frames))
 
+    def blank_clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One silent window [1, n_mels, frames] and its length: what the speech encoder sees on a batch without audio."""
+        front, weight = self.processor.audio_front_end, self.projector[-1].weight
+        clip = torch.zeros(1, front.n_mels, front.n_frames, dtype=weight.dtype, device=weight.device)
+        return clip, torch.tensor([front.n_frames])
+
     def audio_features(self, audio_values: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
         """Log-mel windows [clips, n_mels, n_frames] + real lengths -> per clip [audio_tokens(frames), d_llm]."""
         if self.audio_encoder is None:
@@ -144,14 +152,18 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         tokens = self.audio_connector(self.audio_encoder(audio_values.to(self.projector[-1].weight.dtype)))
         return [t[: self.audio_tokens(f)] for t, f in zip(tokens, frames.tolist())]
 
-    def idle_modules(self, images: bool, audio: bool) -> list[nn.Module]:
-        """The media modules that a batch with (or without) images and audio does not run through."""
-        idle = [] if images else [self.encoder, self.projector]
-        if not audio and self.audio_encoder is not None:
-            idle += [self.audio_encoder, self.audio_connector]
-        if not images and not audio:
-            idle += [layer.cross for layer in self.cross_layers().values()]
-        return idle
+    def blank_tile(self) -> torch.Tensor:
+        """One all-zero tile [1, 3, S, S]: what the tower sees on a batch without images."""
+        size, weight = self.processor.tile_size, self.projector[-1].weight  # a plain tensor, even if that is sharded
+        return torch.zeros(1, 3, size, size, dtype=weight.dtype, device=weight.device)
+
+    def blank_memory(self, tiles: torch.Tensor, attention_mask: torch.Tensor) -> MediaMemory:
+        """Cross-attention memory of a batch without media: the blank tile's keys, seen by no token, so every
+        gated block runs (and gets a gradient, zero) and changes nothing."""
+        batch, length = attention_mask.shape
+        values = tiles[:1].expand(batch, -1, -1)
+        unseen = attention_mask.new_zeros(batch, length, values.shape[1], dtype=torch.bool)
+        return MediaMemory(values, attention_mask.new_zeros(batch, values.shape[1]), unseen, unseen[:, 0])
 
     def embed(self, input_ids: torch.Tensor, segments: Sequence[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments."""
@@ -225,18 +237,26 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         Segments are every tile, then every clip, as `MediaLayout` numbers them."""
         layout = inputs.layout.to(inputs.input_ids.device)
         has_images, has_audio = len(inputs.pixel_values) > 0, len(inputs.audio_values) > 0
-        segments = list(self.image_features(inputs.pixel_values)) if has_images else []
-        if has_audio:
-            segments += self.audio_features(inputs.audio_values, layout.audio_frames)
+        # Every media module runs on every batch, on a blank stand-in when the batch has none of its kind, whose
+        # output is weighted by zero: all ranks then run the same FSDP units (a rank whose batch is all text would
+        # otherwise leave the others waiting on its gathers), and DDP sees every parameter used.
+        tiles = self.image_features(inputs.pixel_values if has_images else self.blank_tile())
+        segments = list(tiles) if has_images else []
+        stand_ins = []
+        if not has_images:
+            stand_ins.append(tiles if self.tile_embedding is None else tiles + self.tile_embedding[-1])
+        if self.audio_encoder is not None:
+            if has_audio:
+                segments += self.audio_features(inputs.audio_values, layout.audio_frames)
+            else:
+                stand_ins += self.audio_features(*self.blank_clip())
         embeds = self.embed(inputs.input_ids, segments, layout.slots)
-        # Parts this batch skips stay in the graph with a zero gradient, so DDP needs no unused-parameter search.
-        # Measured (100m D, CPU DDP): the search costs +2.2 % on every batch with images; this sum costs +1.5 %
-        # on text-only batches, and nothing on the others.
-        idle = [p for m in self.idle_modules(has_images, has_audio) for p in m.parameters()]
-        idle += [self.tile_embedding] if self.tile_embedding is not None and not has_images else []
-        embeds = embeds + sum(p.sum() for p in idle if p.requires_grad) * 0.0
+        if stand_ins:
+            embeds = embeds + sum(t.sum() for t in stand_ins) * 0.0
         layers = self.cross_layers().values()
-        memory = self.memory(segments, layout) if layers and segments else None
+        memory = None
+        if layers:
+            memory = self.memory(segments, layout) if segments else self.blank_memory(stand_ins[0], inputs.attention_mask)
         for layer in layers:
             layer.condition(memory)
         try:
@@ -249,6 +269,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
     def forward(self, inputs: ModelInputs, **kwargs):
         """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`)."""
         labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
+        kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it twice)
         with self.conditioned(inputs) as embeds:
             return self.llm(
                 inputs_embeds=embeds, attention_mask=inputs.attention_mask,

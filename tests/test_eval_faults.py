@@ -228,7 +228,7 @@ def test_a_text_file_given_as_checkpoint_is_named_as_not_a_checkpoint(eval_set, 
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert error.startswith(f"mmllm: error: ValueError: {notes} is not a Lightning checkpoint (nor a save_pretrained "
-                            "folder): torch.load failed (")
+                            "folder): it could not be read (")
     other = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="other.ckpt is not a Lightning checkpoint .*: it holds no state_dict and "

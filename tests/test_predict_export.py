@@ -79,17 +79,24 @@ def test_two_ddp_processes_write_one_file_in_input_order_and_count_each_skip_onc
     assert (summary["n"], summary["skipped"], summary["skipped_items"]) == (16, 2, skipped)
 
 
-def test_a_batch_of_items_survives_half_precision_input_conversion_and_the_device_move(fitted):
-    """Lightning rebuilds a batch before any hook under bf16-true; the frozen records once crashed it
-    ("A frozen dataclass was passed to apply_to_collection")."""
+def test_a_batch_of_items_survives_the_input_casts_of_half_precision_and_of_fsdp(fitted):
+    """Lightning's precision plugins and FSDP's root rebuild the dataclasses they are handed before any hook;
+    the frozen records once crashed both ("A frozen dataclass was passed to apply_to_collection"; "field
+    records is declared with init=False"). A batch passes through unchanged and the model casts its media."""
+    from torch.distributed.utils import _apply_to_tensors
+
     root, ckpt = fitted
-    batch = first_batch(load_model(ckpt), root, n=2)
+    model = load_model(ckpt)
+    batch = first_batch(model, root, n=2)
     records = list(batch.records)
     converted = HalfPrecision("bf16-true").convert_input(batch)
-    assert converted.inputs.pixel_values.dtype == torch.bfloat16
+    converted = _apply_to_tensors(lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t, converted)
     assert converted.ids == [r.id for r in converted.records] == ["ocr-000000", "ocr-000001"]
     assert converted.records == records
-    assert MMDataModule().transfer_batch_to_device(converted, torch.device("cpu"), 0).records == records
+    moved = MMDataModule().transfer_batch_to_device(converted, torch.device("cpu"), 0)
+    assert moved.records == records
+    with torch.no_grad():
+        assert model.to(torch.bfloat16)(moved.inputs).logits.dtype == torch.bfloat16
 
 
 def test_export_writes_a_folder_whose_model_gives_the_checkpoints_logits_exactly(fitted):

@@ -9,8 +9,9 @@ Three pieces, each doing one job:
   first batch after a resume (restoring earlier would be undone by what Lightning draws while it sets up).
   The data loader's position and its sampler's and workers' seeds are saved by the loader itself
   (`StatefulDataLoader`, see `train/data.py`), which Lightning checkpoints with the loop.
-- `find_resume_checkpoint` turns `--ckpt_path last` into the newest intact `last*.ckpt` below every folder
-  a run writes to, skipping (with a warning) one that a kill left unreadable.
+- `find_resume_checkpoint` turns `--ckpt_path last` into the newest intact `last*.ckpt` (a file, or a sharded
+  checkpoint's folder) below every folder a run writes to, skipping (with a warning) one that a kill left
+  unreadable. `read_checkpoint` reads either kind, for export, `--model.init_from` and eval.
 """
 from __future__ import annotations
 
@@ -33,19 +34,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         replace_atomically(path, lambda fh: torch.save(checkpoint, fh))
 
     def load_checkpoint(self, path, map_location: Callable | None = None, weights_only: bool | None = None) -> dict:
-        if not is_intact(path):
-            raise ValueError(f"{path} is not a readable checkpoint (truncated, empty or not a torch zip file)")
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return read_checkpoint(path)
+
+
+# A sharded checkpoint (FSDP's `state_dict_type: sharded`, FSDP2's `save_distributed_checkpoint`) is a folder:
+# torch.distributed.checkpoint's shards and index, and Lightning's other state in this file.
+SHARDED_META = "meta.pt"
+
+
+def is_sharded(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file() and (Path(path) / ".metadata").is_file()
 
 
 def is_intact(path: str | Path) -> bool:
     """A torch checkpoint is a zip file whose central directory sits at its end: a file cut short by a kill
-    has none. Cheap (reads the directory, not the tensors)."""
+    has none (a sharded folder: its index and its intact meta file). Cheap (reads directories, not tensors)."""
+    path = Path(path)
+    if path.is_dir():
+        return is_sharded(path) and is_intact(path / SHARDED_META)
     try:
         with zipfile.ZipFile(path) as archive:
             return bool(archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as one dict on the CPU, read weights-only: a `.ckpt` file, or a sharded folder
+    consolidated in this process (its weights under "state_dict", as in a file). Shards come through
+    torch.distributed.checkpoint, whose index is a pickle: read sharded folders of your own runs only."""
+    path = Path(path)
+    if not is_intact(path):
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, empty, not a torch zip file "
+                         f"nor a sharded checkpoint folder)")
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    shards: dict[str, Any] = {}
+    _load_state_dict(shards, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    state = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+    state["state_dict"] = shards.pop("model", None) or shards.pop("state_dict")  # FSDP1's name, FSDP2's
+    optimizers = sorted(k for k in shards if k.startswith("optimizer_"))
+    state["optimizer_states"] = [shards.pop(k) for k in optimizers]
+    return state
 
 
 def find_resume_checkpoint(folders: Iterable[str | Path]) -> Path | None:

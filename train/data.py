@@ -3,7 +3,6 @@ and replaced (training) or dropped (val/test)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
@@ -152,21 +151,22 @@ class ConversationDataset(Dataset):
                          f"first: {self.known_bad[min(self.known_bad)]}")
 
 
-@dataclass
 class Batch:
     """What a loader yields: the model's inputs (None when no item of the batch could be encoded) and the
     bookkeeping that is reported, not computed on: sample ids, bad samples, truncation notes, and for
-    eval items the records and the items skipped."""
+    eval items the records and the items skipped.
 
-    inputs: ModelInputs | None
-    ids: list[str]
-    bad: list[str] = field(default_factory=list)
-    truncated: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    # Set after construction: Lightning's precision plugins rebuild every constructor field of a batch
-    # (`convert_input`, before any hook) and cannot rebuild a frozen Record; fields left out of __init__
-    # are carried over as they are.
-    records: list[Record] = field(default_factory=list, init=False)
+    Deliberately not a dataclass: FSDP's root and Lightning's precision plugins rebuild every dataclass
+    they are handed (FSDP through `dataclasses.replace`), and the frozen records can neither be rebuilt
+    nor need to be. `MMDataModule.transfer_batch_to_device` moves the inputs; the model casts its media."""
+
+    def __init__(self, inputs: ModelInputs | None, ids: list[str], bad: Sequence[str] = (),
+                 truncated: Sequence[str] = (), skipped: Sequence[str] = (), records: Sequence[Record] = ()) -> None:
+        self.inputs, self.ids = inputs, list(ids)
+        self.bad, self.truncated, self.skipped, self.records = list(bad), list(truncated), list(skipped), list(records)
+
+    def __repr__(self) -> str:
+        return f"Batch(ids={self.ids}, bad={len(self.bad)}, truncated={len(self.truncated)}, skipped={len(self.skipped)})"
 
 
 class Collator:
@@ -237,8 +237,7 @@ class MMDataModule(L.LightningDataModule):
         self.datasets: dict[str, ConversationDataset] = {}
 
     def transfer_batch_to_device(self, batch: Batch, device, dataloader_idx: int) -> Batch:
-        """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is (in place:
-        `dataclasses.replace` would drop the records, which are no constructor field)."""
+        """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is."""
         if batch.inputs is not None:
             batch.inputs = batch.inputs.to(device)
         return batch

@@ -15,7 +15,9 @@ from mmllm.backbone import is_lora
 from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
 from mmllm.model import MMLLM, WEIGHTS_FILE
 
+from .checkpoint import is_sharded, read_checkpoint
 from .data import Batch  # what the data module's loaders yield
+from .fsdp import recompute, recomputed_llm_types
 from .health import check_finite
 
 Stage = Literal["pretrain", "sft"]
@@ -162,9 +164,28 @@ class MMLLMModule(L.LightningModule):
         }
         return f"arch={self.config.arch} stage={self.hparams.stage}\n" + parameter_table(self.part_parameters(), labels)
 
-    def on_fit_start(self) -> None:
-        if self.trainer.is_global_zero:
+    def setup(self, stage: str) -> None:
+        """The parameter table, printed before a sharding strategy wraps the model (after, each process holds
+        only its shard of every parameter)."""
+        if stage == "fit" and self.trainer.is_global_zero:
             print(self.describe())
+
+    def configure_model(self) -> None:
+        """FSDP2 shards the model here, when its process group exists (`NamedUnitsFSDP2.shard`)."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clipping by the global norm over every shard: FSDP1's root computes it across ranks (Lightning's FSDP
+        precision refuses to); FSDP2's sharded gradients take torch's own clipping, which reduces over the mesh."""
+        model = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and hasattr(model, "clip_grad_norm_"):
+            model.clip_grad_norm_(gradient_clip_val)
+        elif gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_sharded(self.model):
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout / norm-statistics drift) while the rest trains."""
@@ -210,13 +231,14 @@ class MMLLMModule(L.LightningModule):
 
 
 def load_weights(model: MMLLM, source: str) -> None:
-    """Every weight of `model` from a `save_pretrained` folder or a Lightning `.ckpt` (read weights-only);
+    """Every weight of `model` from a `save_pretrained` folder or a Lightning checkpoint (a `.ckpt` file or a
+    sharded checkpoint's folder, read weights-only);
     a source of another shape is refused, naming what does not fit."""
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded(path):
         missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
-    elif path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    elif path.exists():
+        state = read_checkpoint(path)
         if not isinstance(state, dict) or "state_dict" not in state:
             raise ValueError(f"init_from {source} is not a Lightning checkpoint (no state_dict)")
         weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
@@ -231,13 +253,22 @@ def load_weights(model: MMLLM, source: str) -> None:
 def use_gradient_checkpointing(model: MMLLM) -> None:
     """Every block that keeps activations for the backward pass recomputes them instead: the LLM's decoder
     layers, the encoders' blocks and the cross-attention blocks. Same losses and gradients, less memory,
-    about a third more compute: what lets a 7B-class LLM train on one GPU."""
-    model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    about a third more compute: what lets a 7B-class LLM train on one GPU.
+
+    The decoder layers and gated blocks are wrapped (torch's checkpoint wrapper) rather than switched by
+    transformers' flag, which acts only in training mode: a frozen LLM stays in eval mode in stage 1, yet the
+    backward pass still runs through every one of its layers to reach the connector."""
+    recompute(model.llm, recomputed_llm_types(model))
     for encoder in (model.encoder, model.audio_encoder):
         if encoder is not None:
             encoder.set_gradient_checkpointing(True)
-    for layer in model.cross_layers().values():
-        layer.gradient_checkpointing = True
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 has sharded this model (its parameters are DTensors)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def lr_factor(step: int, total: int, warmup: int, decay: int | None = None) -> float:
