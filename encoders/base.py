@@ -78,7 +78,7 @@ class VisionEncoder(nn.Module, Checkpointable):
                 f"{self.family} encoder takes tiles of shape [B, {', '.join(map(str, expected))}], "
                 f"got {list(pixel_values.shape)}"
             )
-        return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
+        return self.feature_map(pixel_values.to(compute_dtype(self.model))).flatten(2).transpose(1, 2)
 
     @torch.no_grad()
     def _probe_feature_map_shape(self) -> tuple[int, int, int]:
@@ -93,6 +93,12 @@ class VisionEncoder(nn.Module, Checkpointable):
         c, h, w = self.feature_map(torch.zeros(1, 3, *self.image_size)).shape[1:]
         self.train(was_training)
         return c, h, w
+
+
+def compute_dtype(tower: nn.Module) -> torch.dtype:
+    """The dtype a tower computes in now: its first weight's (the stem's), read when it runs, so that it is the
+    gathered weights' dtype under FSDP's mixed precision and the weights' own otherwise."""
+    return next(p.dtype for p in tower.parameters() if p.is_floating_point())
 
 
 class AudioEncoder(nn.Module, Checkpointable):
@@ -121,7 +127,7 @@ class AudioEncoder(nn.Module, Checkpointable):
                 f"{self.family} encoder takes log-mel features [B, {self.n_mels}, {self.n_frames}], "
                 f"got {list(features.shape)}"
             )
-        return self.states(features)
+        return self.states(features.to(compute_dtype(self.model)))
 
 
 def tile_size(size: int | Sequence[int]) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from mmllm.jsonl import read_jsonl
 from mmllm.processor import Processor, SampleError
-from mmllm.train.data import Batch, load_media
+from mmllm.train.data import Batch, Notes, load_media
 
 
 class ItemsDataset(Dataset):
@@ -52,6 +52,6 @@ class PromptCollator:
     def __call__(self, items: list[dict]) -> Batch:
         good = [it for it in items if it["sample"] is not None]
         records = [it["record"] for it in good]
-        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, [r.id for r in records],
-                     truncated=[t for it in items for t in it["truncated"]],
-                     skipped=[it["error"] for it in items if it["sample"] is None], records=records)
+        notes = Notes([r.id for r in records], truncated=[t for it in items for t in it["truncated"]],
+                      skipped=[it["error"] for it in items if it["sample"] is None], records=records)
+        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, notes)

@@ -132,42 +132,39 @@ class MMLLM(PreTrainedModel, GenerationMixin):
     # -- inputs -------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[tiles, 3, S, S] -> [tiles, tokens_per_tile, d_llm]."""
-        feats = self.encoder(pixel_values.to(self.projector[-1].weight.dtype))
+        feats = self.encoder(pixel_values)
         return self.projector(self.shuffle(feats))
 
     def audio_tokens(self, frames: int) -> int:
         """LLM tokens of a clip with `frames` real mel frames: only these are kept, the padding adds none."""
         return self.audio_connector.out_length(self.audio_encoder.out_length(frames))
 
-    def blank_clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def blank_clip(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """One silent window [1, n_mels, frames] and its length: what the speech encoder sees on a batch without audio."""
-        front, weight = self.processor.audio_front_end, self.projector[-1].weight
-        clip = torch.zeros(1, front.n_mels, front.n_frames, dtype=weight.dtype, device=weight.device)
-        return clip, torch.tensor([front.n_frames])
+        front = self.processor.audio_front_end
+        return torch.zeros(1, front.n_mels, front.n_frames, device=device), torch.tensor([front.n_frames])
 
     def audio_features(self, audio_values: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
         """Log-mel windows [clips, n_mels, n_frames] + real lengths -> per clip [audio_tokens(frames), d_llm]."""
         if self.audio_encoder is None:
             raise ValueError("audio_values given but this model has no audio encoder (config.audio is None)")
-        tokens = self.audio_connector(self.audio_encoder(audio_values.to(self.projector[-1].weight.dtype)))
+        tokens = self.audio_connector(self.audio_encoder(audio_values))
         return [t[: self.audio_tokens(f)] for t, f in zip(tokens, frames.tolist())]
 
-    def blank_tile(self) -> torch.Tensor:
+    def blank_tile(self, device: torch.device) -> torch.Tensor:
         """One all-zero tile [1, 3, S, S]: what the tower sees on a batch without images."""
-        size, weight = self.processor.tile_size, self.projector[-1].weight  # a plain tensor, even if that is sharded
-        return torch.zeros(1, 3, size, size, dtype=weight.dtype, device=weight.device)
+        size = self.processor.tile_size
+        return torch.zeros(1, 3, size, size, device=device)
 
-    def blank_memory(self, tiles: torch.Tensor, attention_mask: torch.Tensor) -> MediaMemory:
-        """Cross-attention memory of a batch without media: the blank tile's keys, seen by no token, so every
-        gated block runs (and gets a gradient, zero) and changes nothing."""
-        batch, length = attention_mask.shape
-        values = tiles[:1].expand(batch, -1, -1)
-        unseen = attention_mask.new_zeros(batch, length, values.shape[1], dtype=torch.bool)
-        return MediaMemory(values, attention_mask.new_zeros(batch, values.shape[1]), unseen, unseen[:, 0])
+    def tag_ids(self, layout: MediaLayout) -> list[int]:
+        """The distinct tile-tag tokens the cross-attention memory uses (none with a learned tile identity)."""
+        if not self.config.mmllm.knobs.tile_identity.startswith("tag"):
+            return []
+        return sorted({t for entries in layout.kv for seg in entries for t in seg.tag})
 
-    def embed(self, input_ids: torch.Tensor, segments: Sequence[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+    def splice(self, embeds: torch.Tensor, input_ids: torch.Tensor, segments: Sequence[torch.Tensor],
+               slots: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments."""
-        embeds = self.llm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.image_token_id
         n_slots = int(placeholders.sum())
         if n_slots and not len(segments):
@@ -183,22 +180,27 @@ class MMLLM(PreTrainedModel, GenerationMixin):
             return embeds
         return embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(chosen).to(embeds.dtype))
 
-    def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout) -> MediaMemory:
+    def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout, unseen: Sequence[torch.Tensor] = (),
+               tags: dict[int, torch.Tensor] | None = None) -> MediaMemory:
         """Per-sample key/value inputs and the mask: a token sees the tokens of its most recent media item
         (a tag token kept in the sequence only its own tile); a token before any media sees nothing.
 
         Each tile carries its identity (`config.mmllm.knobs.tile_identity`): a learned slot embedding, its tag's
         mean embedding added to every token, or its tag embeddings as separate entries before it.
-        `segments[i]` is segment i's tokens [n_i, d] (a [tiles, tokens, d] tensor works as well)."""
-        ref = segments[0]
+        `segments[i]` is segment i's tokens [n_i, d] (a [tiles, tokens, d] tensor works as well). `unseen`
+        tokens [n, d] are keys of every sample that no token sees: a batch's stand-ins for media it lacks. `tags`
+        maps `tag_ids(layout)` to their embeddings (looked up here when not given)."""
+        ref = segments[0] if len(segments) else unseen[0]
         identity = self.config.mmllm.knobs.tile_identity
-        table = self.llm.get_input_embeddings()
+        if tags is None:
+            ids = self.tag_ids(layout)
+            tags = dict(zip(ids, self.llm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=ref.device))))
         seqs, key_media, key_tile, key_pos = [], [], [], []
         for entries in layout.kv:
             parts, item, tile, pos, seen = [], [], [], [], {}
             for seg in entries:
                 tokens = segments[seg.index]
-                tag = table(torch.tensor(seg.tag, device=ref.device)).to(ref.dtype) if seg.tag else None
+                tag = torch.stack([tags[t] for t in seg.tag]).to(ref.dtype) if seg.tag and tags else None
                 if identity == "learned" and seg.slot >= 0:
                     tokens = tokens + self.tile_embedding[seg.slot].to(ref.dtype)
                 elif identity == "tag" and tag is not None:
@@ -215,6 +217,12 @@ class MMLLM(PreTrainedModel, GenerationMixin):
             key_media.append(torch.tensor(item, dtype=torch.long))
             key_tile.append(torch.tensor(tile, dtype=torch.long))
             key_pos.append(torch.tensor(pos, dtype=torch.long))
+        if unseen:  # after every sample's own keys, as media item -2, which no token follows
+            extra = torch.cat([u.reshape(-1, ref.shape[-1]) for u in unseen]).to(ref.dtype)
+            seqs = [torch.cat([seq, extra]) for seq in seqs]
+            key_media = [torch.cat([m, torch.full((len(extra),), -2)]) for m in key_media]
+            key_tile = [torch.cat([t, torch.full((len(extra),), -2)]) for t in key_tile]
+            key_pos = [torch.cat([q, torch.zeros(len(extra), dtype=torch.long)]) for q in key_pos]
         values = pad_sequence(seqs, batch_first=True, padding_value=0.0)
         key_media = pad_sequence(key_media, batch_first=True, padding_value=-2).to(ref.device)  # -2: padding
         key_tile = pad_sequence(key_tile, batch_first=True, padding_value=-2).to(ref.device)
@@ -235,28 +243,36 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         for the duration of the call (and cleared after it, also on error).
 
         Segments are every tile, then every clip, as `MediaLayout` numbers them."""
-        layout = inputs.layout.to(inputs.input_ids.device)
+        device = inputs.input_ids.device
+        layout = inputs.layout.to(device)
         has_images, has_audio = len(inputs.pixel_values) > 0, len(inputs.audio_values) > 0
         # Every media module runs on every batch, on a blank stand-in when the batch has none of its kind, whose
-        # output is weighted by zero: all ranks then run the same FSDP units (a rank whose batch is all text would
-        # otherwise leave the others waiting on its gathers), and DDP sees every parameter used.
-        tiles = self.image_features(inputs.pixel_values if has_images else self.blank_tile())
+        # output goes where real media would (into the sequence, or to cross-attention as keys no token sees),
+        # weighted by zero: all ranks then run the same FSDP units forward and backward whatever their batch holds
+        # (a rank whose batch is all text would otherwise leave the others waiting), and DDP sees every parameter used.
+        knobs = self.config.mmllm.knobs
+        tiles = self.image_features(inputs.pixel_values if has_images else self.blank_tile(device))
         segments = list(tiles) if has_images else []
-        stand_ins = []
+        spliced, unseen = [], []  # stand-ins
         if not has_images:
-            stand_ins.append(tiles if self.tile_embedding is None else tiles + self.tile_embedding[-1])
+            blank = tiles if self.tile_embedding is None else tiles + self.tile_embedding[-1]
+            spliced += [blank] if knobs.tiles_in_sequence != "none" else []
+            unseen += [blank] if self.config.mmllm.cross_attends else []
         if self.audio_encoder is not None:
             if has_audio:
                 segments += self.audio_features(inputs.audio_values, layout.audio_frames)
             else:
-                stand_ins += self.audio_features(*self.blank_clip())
-        embeds = self.embed(inputs.input_ids, segments, layout.slots)
-        if stand_ins:
-            embeds = embeds + sum(t.sum() for t in stand_ins) * 0.0
+                clip = self.audio_features(*self.blank_clip(device))
+                (unseen if self.config.mmllm.cross_attends else spliced).extend(clip)
+        # One call of the embedding table per forward, the memory's tile tags included, whatever the batch holds.
+        ids, n = self.tag_ids(layout), inputs.input_ids.numel()
+        flat = torch.cat([inputs.input_ids.flatten(), torch.tensor(ids, dtype=torch.long, device=device)])
+        vectors = self.llm.get_input_embeddings()(flat)
+        embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, segments, layout.slots)
+        if spliced:
+            embeds = embeds + sum(t.sum() for t in spliced) * 0.0
         layers = self.cross_layers().values()
-        memory = None
-        if layers:
-            memory = self.memory(segments, layout) if segments else self.blank_memory(stand_ins[0], inputs.attention_mask)
+        memory = self.memory(segments, layout, unseen, dict(zip(ids, vectors[n:]))) if layers else None
         for layer in layers:
             layer.condition(memory)
         try:

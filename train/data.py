@@ -3,6 +3,7 @@ and replaced (training) or dropped (val/test)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
@@ -151,22 +152,36 @@ class ConversationDataset(Dataset):
                          f"first: {self.known_bad[min(self.known_bad)]}")
 
 
-class Batch:
-    """What a loader yields: the model's inputs (None when no item of the batch could be encoded) and the
-    bookkeeping that is reported, not computed on: sample ids, bad samples, truncation notes, and for
+class Notes:
+    """A batch's bookkeeping, reported and never computed on: sample ids, bad samples, truncation notes, and for
     eval items the records and the items skipped.
 
-    Deliberately not a dataclass: FSDP's root and Lightning's precision plugins rebuild every dataclass
-    they are handed (FSDP through `dataclasses.replace`), and the frozen records can neither be rebuilt
-    nor need to be. `MMDataModule.transfer_batch_to_device` moves the inputs; the model casts its media."""
+    A plain object, not a dataclass or a sequence: FSDP's root and Lightning's precision plugins rebuild every
+    dataclass, list and tuple of a batch to cast its tensors, and carry anything else over as it is (frozen
+    records could not be rebuilt)."""
 
-    def __init__(self, inputs: ModelInputs | None, ids: list[str], bad: Sequence[str] = (),
-                 truncated: Sequence[str] = (), skipped: Sequence[str] = (), records: Sequence[Record] = ()) -> None:
-        self.inputs, self.ids = inputs, list(ids)
-        self.bad, self.truncated, self.skipped, self.records = list(bad), list(truncated), list(skipped), list(records)
+    def __init__(self, ids: Sequence[str], bad: Sequence[str] = (), truncated: Sequence[str] = (),
+                 skipped: Sequence[str] = (), records: Sequence[Record] = ()) -> None:
+        self.ids, self.bad, self.truncated = list(ids), list(bad), list(truncated)
+        self.skipped, self.records = list(skipped), list(records)
 
     def __repr__(self) -> str:
-        return f"Batch(ids={self.ids}, bad={len(self.bad)}, truncated={len(self.truncated)}, skipped={len(self.skipped)})"
+        return f"Notes(ids={self.ids}, bad={len(self.bad)}, truncated={len(self.truncated)}, skipped={len(self.skipped)})"
+
+
+@dataclass
+class Batch:
+    """What a loader yields: the model's inputs (None when no item of the batch could be encoded), which casts
+    and device moves reach, and the notes beside them, which they leave alone."""
+
+    inputs: ModelInputs | None
+    notes: Notes
+
+    ids = property(lambda self: self.notes.ids)
+    bad = property(lambda self: self.notes.bad)
+    truncated = property(lambda self: self.notes.truncated)
+    skipped = property(lambda self: self.notes.skipped)
+    records = property(lambda self: self.notes.records)
 
 
 class Collator:
@@ -177,8 +192,9 @@ class Collator:
 
     def __call__(self, samples: list[dict]) -> Batch:
         good = [s for s in samples if "input_ids" in s]  # a dropped val/test sample comes without inputs
-        return Batch(self.processor.collate(good) if good else None, [s["id"] for s in good],
-                     bad=[b for s in samples for b in s["bad"]], truncated=[t for s in samples for t in s["truncated"]])
+        notes = Notes([s["id"] for s in good], bad=[b for s in samples for b in s["bad"]],
+                      truncated=[t for s in samples for t in s["truncated"]])
+        return Batch(self.processor.collate(good) if good else None, notes)
 
 
 class MMDataModule(L.LightningDataModule):

@@ -182,7 +182,7 @@ class MMLLMModule(L.LightningModule):
         model = self.trainer.strategy.model
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and hasattr(model, "clip_grad_norm_"):
             model.clip_grad_norm_(gradient_clip_val)
-        elif gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_sharded(self.model):
+        elif gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fully_sharded(self.model):
             torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -264,7 +264,7 @@ def use_gradient_checkpointing(model: MMLLM) -> None:
             encoder.set_gradient_checkpointing(True)
 
 
-def is_sharded(model: nn.Module) -> bool:
+def is_fully_sharded(model: nn.Module) -> bool:
     """Whether FSDP2 has sharded this model (its parameters are DTensors)."""
     from torch.distributed.fsdp import FSDPModule
 
