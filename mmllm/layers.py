@@ -29,6 +29,13 @@ class MediaMemory:
     prompt: torch.Tensor  # [B, T0, N] bool: which keys each prompt token may see
     tail: torch.Tensor  # [B, N] bool: which keys a generated token may see
 
+    def repeat(self, copies: int) -> "MediaMemory":
+        """Each sample's memory `copies` times in a row, as generation lays out beams and returned sequences."""
+        if copies == 1:
+            return self
+        return MediaMemory(*(t.repeat_interleave(copies, dim=0) for t in
+                             (self.values, self.key_positions, self.prompt, self.tail)))
+
     def mask(self, length: int) -> torch.Tensor:
         """Mask rows for a call on `length` new tokens: the prompt, one decoding step, or both (no cache)."""
         t0 = self.prompt.shape[1]

@@ -140,7 +140,8 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         return self.audio_connector.out_length(self.audio_encoder.out_length(frames))
 
     def blank_clip(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """One silent window [1, n_mels, frames] and its length: what the speech encoder sees on a batch without audio."""
+        """One silent window [1, n_mels, frames] and its length: what the speech encoder sees on a batch without
+        audio."""
         front = self.processor.audio_front_end
         return torch.zeros(1, front.n_mels, front.n_frames, device=device), torch.tensor([front.n_frames])
 
@@ -194,7 +195,8 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         identity = self.config.mmllm.knobs.tile_identity
         if tags is None:
             ids = self.tag_ids(layout)
-            tags = dict(zip(ids, self.llm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=ref.device))))
+            table = self.llm.get_input_embeddings()
+            tags = dict(zip(ids, table(torch.tensor(ids, dtype=torch.long, device=ref.device))))
         seqs, key_media, key_tile, key_pos = [], [], [], []
         for entries in layout.kv:
             parts, item, tile, pos, seen = [], [], [], [], {}
@@ -238,9 +240,10 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         return MediaMemory(values, key_pos, prompt, tail)
 
     @contextmanager
-    def conditioned(self, inputs: ModelInputs) -> Iterator[torch.Tensor]:
+    def conditioned(self, inputs: ModelInputs, copies: int = 1) -> Iterator[torch.Tensor]:
         """Input embeddings for the LLM, with the cross-attention layers conditioned on this batch's media
-        for the duration of the call (and cleared after it, also on error).
+        for the duration of the call (and cleared after it, also on error); `copies` rows of memory per sample
+        when generation runs several beams or returned sequences per prompt.
 
         Segments are every tile, then every clip, as `MediaLayout` numbers them."""
         device = inputs.input_ids.device
@@ -272,7 +275,9 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         if spliced:
             embeds = embeds + sum(t.sum() for t in spliced) * 0.0
         layers = self.cross_layers().values()
-        memory = self.memory(segments, layout, unseen, dict(zip(ids, vectors[n:]))) if layers else None
+        memory = None
+        if layers:
+            memory = self.memory(segments, layout, unseen, dict(zip(ids, vectors[n:]))).repeat(copies)
         for layer in layers:
             layer.condition(memory)
         try:
@@ -285,7 +290,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
     def forward(self, inputs: ModelInputs, **kwargs):
         """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`)."""
         labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
-        kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it twice)
+        kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it)
         with self.conditioned(inputs) as embeds:
             return self.llm(
                 inputs_embeds=embeds, attention_mask=inputs.attention_mask,
@@ -305,7 +310,8 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         config.update(**self.generation_config.to_dict(), defaults_only=True)
         kwargs = config.update(**kwargs)
         config.suppress_tokens = sorted({*(config.suppress_tokens or []), self.image_token_id})
-        with self.conditioned(inputs) as embeds:
+        copies = max(config.num_beams, config.num_return_sequences)  # the rows HF generate expands each prompt to
+        with self.conditioned(inputs, copies=copies) as embeds:
             return self.llm.generate(
                 inputs_embeds=embeds, attention_mask=inputs.attention_mask, generation_config=config, **kwargs
             )

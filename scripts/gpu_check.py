@@ -1,7 +1,9 @@
-"""One table from one GPU: the peer benchmark at ~1B in bf16, and 100-step bf16-mixed fits of NVLM-D, -X
-and -H under FSDP (named units, 1 GPU) and DDP. Each fit runs in its own process, so its peak memory is its
-own. `--smoke` runs the same path on the CPU with the tiny model and a few steps (DDP only: torch's FSDP
-needs a GPU), which is what the test suite checks.
+"""One table from one GPU machine: the peer benchmark at ~1B in bf16, and 100-step bf16-mixed fits of NVLM-D,
+-X and -H under DDP, FSDP1 and FSDP2 (named units) on a data mix where a quarter of the samples are text only,
+with 2 processes where the machine has 2 or more devices. Each fit runs in its own process(es), so its peak
+memory is its own; tokens/s counts every rank's tokens over the wall time of the steps, data loading included.
+`--smoke` runs the same path on the CPU (2 gloo processes) with the tiny model and a few steps, which is what
+the test suite checks.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
-FSDP = {"class_path": "mmllm.train.fsdp.NamedUnitsFSDP"}
+STRATEGIES = {"ddp": "ddp", "fsdp1": json.dumps({"class_path": "mmllm.train.fsdp.NamedUnitsFSDP"}),
+              "fsdp2": json.dumps({"class_path": "mmllm.train.fsdp.NamedUnitsFSDP2"})}
 
 
 def fit_one(args: list[str], out: Path) -> None:
@@ -33,35 +36,62 @@ def fit_one(args: list[str], out: Path) -> None:
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             self.start = time.perf_counter()
+            self.first = getattr(self, "first", self.start)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.start)
+            self.end = time.perf_counter()
+            self.times.append(self.end - self.start)
             self.loss = outputs["loss"].item()
             self.tokens += int(batch.inputs.attention_mask.sum())
 
+        def on_train_end(self, trainer, module) -> None:
+            self.tokens = int(trainer.strategy.reduce(torch.tensor(float(self.tokens), device=module.device), "sum"))
+            self.world, self.rank = trainer.world_size, trainer.global_rank
+
     measure = Measure()
     run(args, extra_callbacks=[measure])
+    if measure.rank:  # rank 0 writes the row
+        return
     steady = sorted(measure.times[len(measure.times) // 5:])  # past the warm-up steps
     step = steady[len(steady) // 2]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    out.write_text(json.dumps({"step_s": step, "tokens_per_s": measure.tokens / sum(measure.times),
-                               "loss": measure.loss, "peak_gb": peak, "steps": len(measure.times)}))
+    out.write_text(json.dumps({"step_s": step, "tokens_per_s": measure.tokens / (measure.end - measure.first),
+                               "loss": measure.loss, "peak_gb": peak, "steps": len(measure.times),
+                               "processes": measure.world}))
+
+
+def text_mix(work: Path, n: int) -> Path:
+    """Synthetic OCR lines plus a third as many text-only conversations (LLaVA's mix has them), in one file."""
+    from mmllm.train.synth import synthesize_once
+
+    folder = work / "data" / f"ocr-easy-n{n}"
+    synthesize_once("ocr", folder, n, seed=0, level="easy")
+    words = "zero one two three four five six seven eight nine".split()
+    text = [json.dumps({"id": f"text-{k}", "conversations": [
+        {"from": "human", "value": f"Count on from {words[k % 10]}."},
+        {"from": "gpt", "value": " ".join(words[(k + j) % 10] for j in range(1, 4))}]}) for k in range(n // 3)]
+    mix = folder / "mix.jsonl"
+    mix.write_text((folder / "train.jsonl").read_text() + "\n".join(text) + "\n")
+    return mix
 
 
 def fits(smoke: bool, work: Path) -> list[dict]:
+    import torch
+
     config = REPO / "configs" / ("nvlm_d_tiny.yaml" if smoke else "gpu_1b.yaml")
-    steps = 3 if smoke else 100
-    strategies = {"ddp": "ddp"} if smoke else {"fsdp": json.dumps(FSDP), "ddp": "ddp"}
+    steps, n = (3, 32) if smoke else (100, 1000)
+    devices = 2 if smoke else min(2, max(1, torch.cuda.device_count()))
+    mix = text_mix(work, n)
     rows = []
     for arch in ARCHS:
-        for name, strategy in strategies.items():
+        for name, strategy in STRATEGIES.items():
             out = work / f"fit-{arch}-{name}.json"
             args = ["fit", "--config", str(config), "--model.arch", arch, "--trainer.max_steps", str(steps),
-                    "--trainer.strategy", strategy, "--trainer.default_root_dir", str(work / f"{arch}-{name}"),
-                    "--data.synth_dir", str(work / "data")]
-            args += ["--data.synth_n", "32", "--data.batch_size", "4"] if smoke else []
+                    "--trainer.strategy", strategy, "--trainer.devices", str(devices),
+                    "--trainer.default_root_dir", str(work / f"{arch}-{name}"), "--data.train", str(mix)]
+            args += ["--data.batch_size", "4"] if smoke else []
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "--fit-one", str(out), "--", *args],
                                   capture_output=True, text=True)
@@ -89,11 +119,12 @@ def table(bench: dict, fit_rows: list[dict]) -> str:
                             [[r["size"], r["tiles"], r["pair"], fmt(r["step_s"], ".2f"), fmt(r["gen_s"], ".2f")]
                              for r in bench["ratios"]])
     trained = markdown_table(
-        ["arch", "strategy", "steps", "ms/step", "tokens/s", "last loss", "peak GB", "wall s"],
-        [[r["arch"], r["strategy"], r.get("steps", "-"), fmt(r.get("step_s") and 1000 * r["step_s"], ".0f"),
+        ["arch", "strategy", "processes", "steps", "ms/step", "tokens/s", "last loss", "peak GB", "wall s"],
+        [[r["arch"], r["strategy"], r.get("processes", "-"), r.get("steps", "-"),
+          fmt(r.get("step_s") and 1000 * r["step_s"], ".0f"),
           fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("loss"), ".3f"), fmt(r.get("peak_gb"), ".1f"),
-          fmt(r["wall_s"], ".0f")] if "error" not in r else [r["arch"], r["strategy"], "error: " + r["error"], "", "",
-                                                             "", "", ""] for r in fit_rows])
+          fmt(r["wall_s"], ".0f")] if "error" not in r else [r["arch"], r["strategy"], "-", "error: " + r["error"], "",
+                                                             "", "", "", ""] for r in fit_rows])
     return f"## bench\n\n{measured}\n\n{ratios}\n\n## fits\n\n{trained}\n"
 
 
@@ -102,7 +133,7 @@ def main() -> int:
         fit_one(sys.argv[4:], Path(sys.argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="the CPU path with the tiny model (no FSDP)")
+    parser.add_argument("--smoke", action="store_true", help="the CPU path with the tiny model (2 gloo processes)")
     parser.add_argument("--out", default="runs/gpu_check")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

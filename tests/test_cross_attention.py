@@ -291,3 +291,24 @@ def test_rope_key_positions_count_from_the_image_in_the_sequence():
     n = 3 * model.processor.tokens_per_tile  # 2 tiles + thumbnail per image
     expected = [image_starts[0] + j for j in range(n)] + [image_starts[1] + j for j in range(n)]
     assert memory.key_positions[0].tolist() == expected
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
+def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch):
+    """Each beam and each returned sequence reads its own prompt's media (the memory is repeated per copy)."""
+    torch.manual_seed(0)
+    model = MMLLM(tiny_config(arch=arch)).eval()
+    for block in model.cross_blocks().values():  # open the gates, so the images matter
+        block.attn_gate.data.fill_(1.0)
+        block.ffn_gate.data.fill_(1.0)
+    proc = model.processor
+    prompts = [proc.encode_prompt("What is written?", [text_image("hello", (64, 32))]),
+               proc.encode_prompt("Read the line, please.", [text_image("a longer line", (128, 32))])]
+    settings = dict(num_beams=3, num_return_sequences=2, max_new_tokens=5)
+    batched = model.generate(proc.collate(prompts), **settings)
+    alone = [model.generate(proc.collate([p]), **settings) for p in prompts]
+    for k, single in enumerate(alone):
+        rows = batched[2 * k: 2 * k + 2, : single.shape[1]]
+        assert torch.equal(rows, single), (k, rows, single)
+    sampled = model.generate(proc.collate(prompts), do_sample=True, num_return_sequences=2, max_new_tokens=3)
+    assert sampled.shape[0] == 4  # sampling expands each prompt to its returned sequences

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh runs end to end; on the CPU (`--smoke`) with the tiny model and DDP only."""
+"""scripts/gpu_check.sh runs end to end; on the CPU (`--smoke`) with the tiny model and 2 gloo processes."""
 import subprocess
 from pathlib import Path
 
@@ -16,6 +16,8 @@ def test_the_gpu_check_script_prints_one_table_of_bench_rows_and_fits(tmp_path):
     assert report in proc.stdout
     for model in ("nvlm_d", "nvlm_x", "nvlm_h", "llava", "mllama"):
         assert f"| tiny | 2 | {model} |" in report
-    fits = [line for line in report.splitlines() if line.endswith("|") and "| ddp |" in line]
-    assert [line.split("|")[1].strip() for line in fits] == ["nvlm_d", "nvlm_x", "nvlm_h"]
-    assert all(line.split("|")[3].strip() == "3" for line in fits)  # every fit ran its 3 steps
+    fits = [line.split("|")[1:-1] for line in report.splitlines() if line.split("|")[2:3] in (
+        [" ddp "], [" fsdp1 "], [" fsdp2 "])]
+    assert [(arch.strip(), strategy.strip()) for arch, strategy, *_ in fits] == [
+        (arch, strategy) for arch in ("nvlm_d", "nvlm_x", "nvlm_h") for strategy in ("ddp", "fsdp1", "fsdp2")]
+    assert all(row[2].strip() == "2" and row[3].strip() == "3" for row in fits)  # 2 processes, 3 steps each
