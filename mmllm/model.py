@@ -310,7 +310,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         config.update(**self.generation_config.to_dict(), defaults_only=True)
         kwargs = config.update(**kwargs)
         config.suppress_tokens = sorted({*(config.suppress_tokens or []), self.image_token_id})
-        copies = max(config.num_beams, config.num_return_sequences)  # the rows HF generate expands each prompt to
+        copies = max(config.num_beams or 1, config.num_return_sequences or 1)  # the rows HF expands each prompt to
         with self.conditioned(inputs, copies=copies) as embeds:
             return self.llm.generate(
                 inputs_embeds=embeds, attention_mask=inputs.attention_mask, generation_config=config, **kwargs

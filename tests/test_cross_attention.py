@@ -310,3 +310,5 @@ def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch):
     for k, single in enumerate(alone):
         rows = batched[2 * k: 2 * k + 2, : single.shape[1]]
         assert torch.equal(rows, single), (k, rows, single)
+    sampled = model.generate(proc.collate(prompts), do_sample=True, num_return_sequences=2, max_new_tokens=3)
+    assert sampled.shape[0] == 4  # sampling expands each prompt to its returned sequences
