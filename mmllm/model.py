@@ -291,10 +291,12 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`)."""
         labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
         kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it)
+        packed = inputs.position_ids is not None  # the LLM masks packed samples apart from their positions alone
         with self.conditioned(inputs) as embeds:
             return self.llm(
-                inputs_embeds=embeds, attention_mask=inputs.attention_mask,
-                position_ids=positions(inputs.attention_mask), labels=labels, **kwargs,
+                inputs_embeds=embeds, attention_mask=None if packed else inputs.attention_mask,
+                position_ids=inputs.position_ids if packed else positions(inputs.attention_mask), labels=labels,
+                **kwargs,
             )
 
     @torch.no_grad()

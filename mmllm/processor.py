@@ -99,10 +99,14 @@ class ModelInputs:
     pixel_values: torch.Tensor  # [tiles, 3, S, S] every tile of every sample, in sample order
     audio_values: torch.Tensor  # [clips, n_mels, frames]
     layout: MediaLayout
+    # Packed rows (`MMLLMProcessor.pack`): positions that restart at every sample, so that no token attends
+    # across samples (the LLM builds its mask from them). None: one sample per row.
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "ModelInputs":
         return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
-                           self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device))
+                           self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device),
+                           None if self.position_ids is None else self.position_ids.to(device))
 
 
 class MMLLMProcessor(ProcessorMixin):
@@ -396,6 +400,50 @@ class MMLLMProcessor(ProcessorMixin):
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
+
+    def pack(self, samples: Sequence[dict], length: int) -> ModelInputs:
+        """Samples concatenated into as few rows of at most `length` tokens as first-fit finds (in their order; a
+        longer sample has a row of its own). Positions restart at every sample, so no token attends across
+        samples, and each sample's media are numbered apart, so its cross-attention sees only its own: the loss
+        equals the same samples' unpacked."""
+        rows: list[list[dict]] = []
+        room: list[int] = []
+        for sample in samples:
+            n = len(sample["input_ids"])
+            fit = next((i for i, left in enumerate(room) if n <= left), None)
+            if fit is None:
+                rows.append([sample])
+                room.append(length - n)
+            else:
+                rows[fit].append(sample)
+                room[fit] -= n
+        inputs = self.collate([concatenated(row) for row in rows])
+        width = inputs.input_ids.shape[1]
+        positions = torch.zeros_like(inputs.input_ids)
+        for r, row in enumerate(rows):  # left padding first (a sequence of its own), then each sample from 0
+            lengths = [width - sum(len(s["input_ids"]) for s in row)] + [len(s["input_ids"]) for s in row]
+            positions[r] = torch.cat([torch.arange(n) for n in lengths])
+        return replace(inputs, position_ids=positions)
+
+
+def concatenated(samples: Sequence[dict]) -> dict:
+    """Encoded samples as one: sequences end to end, tiles and clips in order, media items and segments
+    renumbered after the earlier samples' (a segment's `start` stays within its own sample, as its positions)."""
+    out = {key: [] for key in ("input_ids", "labels", "token_media", "token_tile", "slots", "kv", "tiles_per_image",
+                               "audio_frames", "truncated")}
+    media = tiles = clips = 0
+    for s in samples:
+        for key in ("input_ids", "labels", "token_tile", "tiles_per_image", "audio_frames", "truncated"):
+            out[key] += s[key]
+        out["token_media"] += [m + media if m >= 0 else m for m in s["token_media"]]
+        first = {"tile": tiles, "audio": clips}
+        out["slots"] += [(kind, first[kind] + i) for kind, i in s["slots"]]
+        out["kv"] += [seg._replace(index=first[seg.kind] + seg.index, media=media + seg.media) for seg in s["kv"]]
+        media += len(s["tiles_per_image"]) + len(s["audio_frames"])
+        tiles, clips = tiles + len(s["pixel_values"]), clips + len(s["audio_frames"])
+    out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+    out["audio_values"] = torch.cat([s["audio_values"] for s in samples])
+    return out
 
 
 Processor = MMLLMProcessor  # the name train/ imports

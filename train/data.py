@@ -185,16 +185,19 @@ class Batch:
 
 
 class Collator:
-    """Module-level callable so DataLoader workers can pickle it."""
+    """Module-level callable so DataLoader workers can pickle it. With `pack_to`, the batch's samples are packed
+    into rows of at most that many tokens (`MMLLMProcessor.pack`) instead of one padded row each."""
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
+    def __init__(self, processor: Processor, pack_to: int = 0) -> None:
+        self.processor, self.pack_to = processor, pack_to
 
     def __call__(self, samples: list[dict]) -> Batch:
         good = [s for s in samples if "input_ids" in s]  # a dropped val/test sample comes without inputs
         notes = Notes([s["id"] for s in good], bad=[b for s in samples for b in s["bad"]],
                       truncated=[t for s in samples for t in s["truncated"]])
-        return Batch(self.processor.collate(good) if good else None, notes)
+        if not good:
+            return Batch(None, notes)
+        return Batch(self.processor.pack(good, self.pack_to) if self.pack_to else self.processor.collate(good), notes)
 
 
 class MMDataModule(L.LightningDataModule):
@@ -219,6 +222,7 @@ class MMDataModule(L.LightningDataModule):
         max_length: int | None = DEFAULT_MAX_LENGTH,
         length_policy: LengthPolicy = "skip",
         group_by_length: bool = False,
+        pack_to: int = 0,
         processor: Processor | None = None,
     ) -> None:
         """With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val)
@@ -229,7 +233,9 @@ class MMDataModule(L.LightningDataModule):
         `max_length` tokens per sample (default 4096; None: no cap) with `length_policy` "skip" (the
         default: an over-long sample is a counted bad sample) or "truncate" (its end is cut off and noted);
         see `ConversationDataset`. `group_by_length` makes training batches of samples of similar estimated
-        length (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load."""
+        length (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load.
+        `pack_to` N > 0 packs each batch's samples into rows of at most N tokens, with no attention and no media
+        shared across samples (`MMLLMProcessor.pack`): the same loss, fewer pad tokens."""
         super().__init__()
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")
@@ -245,7 +251,9 @@ class MMDataModule(L.LightningDataModule):
         self.synth_task, self.synth_level = synth_task, synth_level
         self.files = {"train": train, "val": val, "test": test}
         self.predict, self.prompt_template = predict, prompt_template
-        self.batch_size, self.num_workers = batch_size, num_workers
+        if pack_to < 0:
+            raise ValueError(f"pack_to must be a row length in tokens (0: no packing), got {pack_to}")
+        self.batch_size, self.num_workers, self.pack_to = batch_size, num_workers, pack_to
         self.max_bad_fraction = max_bad_fraction
         self.image_folder, self.max_length, self.length_policy = image_folder, max_length, length_policy
         self.group_by_length = group_by_length
@@ -291,7 +299,7 @@ class MMDataModule(L.LightningDataModule):
             sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
         return StatefulDataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=Collator(self.processor), persistent_workers=self.num_workers > 0,
+            collate_fn=Collator(self.processor, self.pack_to), persistent_workers=self.num_workers > 0,
         )
 
     def grouped(self, split: str) -> bool:
