@@ -24,8 +24,8 @@ from mmllm.model import MMLLM
 from mmllm.processor import ModelInputs
 from mmllm.tokenizer import load_tokenizer
 
-from .cost import (decoder_length, our_inputs, peak_memory_mb, peak_tflops, prompt_batch, reset_peak_memory,
-                   step_flops, timed, train_batch, train_step)
+from .cost import (decoder_length, mixed_samples, our_inputs, packing_rows, peak_memory_mb, peak_tflops, prompt_batch,
+                   reset_peak_memory, step_flops, timed, train_batch, train_step)
 
 # -- mmllm bench ------------------------------------------------------------------------------
 
@@ -282,7 +282,7 @@ def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles
     peak = peak or peak_tflops(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(None)
-    rows, models_info = [], []
+    rows, models_info, packing = [], [], []
     for size in sizes:
         models = {}
         for arch in archs:
@@ -302,8 +302,18 @@ def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles
                       f"MFU {fmt(row['mfu'] and 100 * row['mfu'], '.1f')} %, {row['tokens_per_s']:.1f} tok/s, "
                       f"decoder {row['decoder_len']} tokens")
         models_info += model_rows(size, models, built)
-    return {"rows": rows, "ratios": ratio_rows(rows), "models": models_info}
+        for arch, model in models.items():  # the same mixed-length samples, one per row and packed
+            samples = mixed_samples(model, PACKING_SAMPLES, max_tiles)
+            for row in packing_rows(model, samples, PACK_TO, device, steps):
+                packing.append({"size": size, "model": arch, **row})
+                print(f"[bench] {size}, {arch}, {row['batching']}: {row['rows']} rows, padding "
+                      f"{row['padding_fraction']:.3f}, {row['real_tokens_per_s']:.0f} real tokens/s")
+    return {"rows": rows, "ratios": ratio_rows(rows), "models": models_info, "packing": packing}
 
+
+# The packing measurement: this many samples of mixed lengths (`mixed_samples`), one padded row each or packed
+# into rows as long as the longest sample (0) or of 2048 tokens.
+PACKING_SAMPLES, PACK_TO = 8, [0, 2048]
 
 NOTES = """\
 - **Timing.** Train step = forward + backward of the LM loss on a batch of identical one-image
@@ -319,6 +329,11 @@ NOTES = """\
   2-core machine a tiny train step took 1.7 s with torch's 2 threads and 8 ms with
   `OMP_WAIT_POLICY=PASSIVE`, so `mmllm bench` sets that unless the variable is already set (settings
   record it; export OMP_WAIT_POLICY=ACTIVE for libgomp's default). Compare numbers of one run only.
+- **Packing.** The same 8 mixed-length samples (a fifth text only, the rest 1 to max_tiles tiles, answers
+  of 1 to 60 words) in one train step, collated one left-padded row each or packed (`--data.pack_to`) into
+  rows as long as the longest sample or of 2048 tokens: padding = pad tokens / all tokens of the batch; real
+  tokens/s counts the samples' own. sdpa computes every score of a packed row and masks the other samples'
+  (flash-attention's varlen kernel skips them), so long packed rows cost attention that padding does not.
 - **Tiles.** `k` tiles come from a 1 x k image; for k > 1 the thumbnail is added (k + 1 tiles encoded).
   D puts every tile's tag and tokens into the decoder, X only the tags (keys/values: all tiles), H the
   thumbnail (keys/values: the regular tiles, each with its tile identity).
@@ -371,7 +386,11 @@ def tables(result: dict) -> dict[str, str]:
         ["size", "tiles", "pair", "step time", "generation time", "decoder tokens"],
         [[r["size"], r["tiles"], r["pair"], fmt(r["step_s"], ".2f"), fmt(r["gen_s"], ".2f"),
           fmt(r["decoder_len"], ".2f")] for r in result["ratios"]])
-    return {"models": models, "rows": rows, "ratios": ratios}
+    packing = markdown_table(
+        ["size", "model", "batching", "rows x tokens", "padding", "step ms", "real tokens/s"],
+        [[r["size"], r["model"], r["batching"], f"{r['rows']} x {r['row_tokens']}", fmt(r["padding_fraction"], ".3f"),
+          fmt(r["step_s"] * 1000, ".0f"), fmt(r["real_tokens_per_s"], ".0f")] for r in result.get("packing", [])])
+    return {"models": models, "rows": rows, "ratios": ratios, "packing": packing}
 
 
 def write_report(result: dict, out: Path) -> list[Path]:
@@ -396,7 +415,7 @@ def write_report(result: dict, out: Path) -> list[Path]:
         "# mmllm bench: NVLM-D, -X, -H and their Hugging Face peers\n\n"
         f"Settings: {settings}. Total {result['total_s']:.0f} s in one process.\n\n"
         f"## Models\n\n{t['models']}\n\n## Measurements\n\n{t['rows']}\n\n## Ratios (time: first / second)\n\n"
-        f"{t['ratios']}\n\n" + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
+        f"{t['ratios']}\n\n## Packing ({PACKING_SAMPLES} mixed-length samples)\n\n{t['packing']}\n\n" + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
     return [out / "bench.json", out / "bench.md", *pictures]
 
 
@@ -462,6 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
               "total_s": time.perf_counter() - start, **result}
     files = write_report(result, Path(args.out))
     t = tables(result)
-    print(f"\n{t['models']}\n\n{t['rows']}\n\nRatios (time: first / second; < 1: first is faster)\n\n{t['ratios']}")
+    print(f"\n{t['models']}\n\n{t['rows']}\n\nRatios (time: first / second; < 1: first is faster)\n\n{t['ratios']}"
+          f"\n\nPacking ({PACKING_SAMPLES} mixed-length samples, one train step)\n\n{t['packing']}")
     print(f"\n[bench] {result['total_s']:.0f} s; wrote {', '.join(str(f) for f in files)}")
     return result

@@ -23,6 +23,7 @@ from mmllm.processor import ModelInputs
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 QUESTION = "What text is in the image?"
 ANSWER = "abcdefgh"
+WORDS = ("the", "chart", "shows", "a", "line", "of", "value", "rising", "in", "march", "read", "text")
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -61,6 +62,47 @@ def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
     proc = model.processor
     conv = [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]
     return proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
+
+
+def mixed_samples(model: MMLLM, n: int, max_tiles: int, seed: int = 0) -> list[dict]:
+    """`n` encoded samples of LLaVA-like mixed lengths: a fifth text only, the rest one image of 1 to `max_tiles`
+    tiles, answers of 1 to 60 words; the same for every architecture with this seed."""
+    import random
+
+    rng, proc = random.Random(seed), model.processor
+    out = []
+    for i in range(n):
+        k = 0 if i % 5 == 4 else rng.randint(1, max_tiles)
+        answer = " ".join(rng.choices(WORDS, k=rng.randint(1, 60)))
+        question = f"<image>\n{QUESTION}" if k else "Describe a chart in words."
+        conv = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        out.append(proc.encode(conv, [tiles_image(model, k)] if k else []))
+    return out
+
+
+def packing_rows(model: MMLLM, samples: list[dict], pack_to: list[int], device: torch.device, steps: int
+                 ) -> list[dict]:
+    """Train-step time, padding and real (non-pad) tokens/s of the same samples collated one per row and packed
+    into rows of each `pack_to` tokens (0: as long as the longest sample, the padded rows' length); timed in turn,
+    so all see the same machine load."""
+    proc, longest = model.processor, max(len(s["input_ids"]) for s in samples)
+    batches = {"padded": proc.collate(samples)}
+    batches |= {f"packed to {n or longest}": proc.pack(samples, n or longest) for n in pack_to}
+    fns = {name: train_step(model.train(), our_inputs(b, device)) for name, b in batches.items()}
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    model.zero_grad(set_to_none=True)
+    rows = []
+    for name, batch in batches.items():
+        mask, step = batch.attention_mask, statistics.median(times[name])
+        rows.append({"batching": name, "rows": mask.shape[0], "row_tokens": mask.shape[1],
+                     "padding_fraction": float((mask == 0).sum() / mask.numel()), "step_s": step,
+                     "real_tokens_per_s": float(mask.sum()) / step})
+    return rows
 
 
 def prompt_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:

@@ -93,8 +93,16 @@ def test_bench_writes_every_row_and_ratio_with_the_design_decoder_lengths(tiny, 
         assert length["nvlm_d", k] - length["nvlm_x", k] == (k + (k > 1)) * per_tile
         assert length["nvlm_h", k] == length["nvlm_d", 1]
         assert (length["llava", k], length["mllama", k]) == (length["nvlm_d", k], length["nvlm_x", k])
+    packing = {(r["model"], r["batching"]): r for r in result["packing"]}
+    for arch in ARCHS:  # the same samples: the real tokens are the same, packing only drops padding
+        padded, *packed = [r for (m, _), r in packing.items() if m == arch]
+        assert padded["batching"] == "padded" and len(packed) == 2
+        real = round(padded["rows"] * padded["row_tokens"] * (1 - padded["padding_fraction"]))
+        for r in packed:
+            assert r["rows"] < padded["rows"] and r["padding_fraction"] < padded["padding_fraction"]
+            assert round(r["rows"] * r["row_tokens"] * (1 - r["padding_fraction"])) == real
     report = (tmp_path / "bench.md").read_text()
-    assert "| tiny | 2 | nvlm_x/mllama |" in report and "## Notes" in report
+    assert "| tiny | 2 | nvlm_x/mllama |" in report and "## Notes" in report and "## Packing" in report
     for name in ("step_s_vs_tiles-tiny.png", "tokens_per_s_vs_tiles-tiny.png"):
         assert (tmp_path / name).is_file()
 
