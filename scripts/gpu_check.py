@@ -21,8 +21,14 @@ STRATEGIES = {"ddp": "ddp", "fsdp1": json.dumps({"class_path": "mmllm.train.fsdp
               "fsdp2": json.dumps({"class_path": "mmllm.train.fsdp.NamedUnitsFSDP2"})}
 
 
-def fit_one(args: list[str], out: Path) -> None:
-    """Runs one fit in this process and writes its step time, throughput, last loss and peak memory."""
+# A fit runs as `gpu_check.py fit ARGS` with its row's path in this variable: the command line is the fit's own,
+# so Lightning's launcher can start the second process with it.
+FIT_OUT = "MMLLM_GPU_CHECK_FIT_OUT"
+
+
+def fit_one(out: Path) -> None:
+    """Runs the fit of this command line in this process and writes its step time, throughput, last loss and
+    peak memory."""
     import lightning as L
     import torch
 
@@ -47,11 +53,12 @@ def fit_one(args: list[str], out: Path) -> None:
             self.tokens += int(batch.inputs.attention_mask.sum())
 
         def on_train_end(self, trainer, module) -> None:
-            self.tokens = int(trainer.strategy.reduce(torch.tensor(float(self.tokens), device=module.device), "sum"))
+            self.tokens = int(trainer.strategy.reduce(torch.tensor(float(self.tokens), device=module.device),
+                                                      reduce_op="sum"))
             self.world, self.rank = trainer.world_size, trainer.global_rank
 
     measure = Measure()
-    run(args, extra_callbacks=[measure])
+    run(None, extra_callbacks=[measure])
     if measure.rank:  # rank 0 writes the row
         return
     steady = sorted(measure.times[len(measure.times) // 5:])  # past the warm-up steps
@@ -93,8 +100,8 @@ def fits(smoke: bool, work: Path) -> list[dict]:
                     "--trainer.default_root_dir", str(work / f"{arch}-{name}"), "--data.train", str(mix)]
             args += ["--data.batch_size", "4"] if smoke else []
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--fit-one", str(out), "--", *args],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                                  env={**os.environ, FIT_OUT: str(out)})
             row = {"arch": arch, "strategy": name, "wall_s": time.perf_counter() - start}
             if proc.returncode:
                 row["error"] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
@@ -129,8 +136,8 @@ def table(bench: dict, fit_rows: list[dict]) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--fit-one":
-        fit_one(sys.argv[4:], Path(sys.argv[2]))
+    if os.environ.get(FIT_OUT) and sys.argv[1:2] == ["fit"]:
+        fit_one(Path(os.environ[FIT_OUT]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="the CPU path with the tiny model (2 gloo processes)")
