@@ -49,8 +49,7 @@ class ConversationDataset(Dataset):
                  length_policy: LengthPolicy = "skip", measure_images: bool = False) -> None:
         self.files, self.processor, self.substitute, self.image_folder = files, processor, substitute, image_folder
         self.max_length, self.length_policy = max_length, length_policy
-        # No token holds more characters than its vocabulary string, so longer text cannot fit max_length.
-        self.chars_per_token = max(map(len, processor.tokenizer.get_vocab()))
+        self.chars_per_token = chars_per_token(processor)
         self.known_bad: dict[int, str] = {}
         self.records = Catalog([open_source(f, image_folder, measure_images)
                                 for f in ([files] if isinstance(files, str) else files)])
@@ -92,12 +91,8 @@ class ConversationDataset(Dataset):
     def check_text_length(self, turns: Sequence[dict]) -> None:
         """Under "skip", text that cannot fit is rejected before it is tokenised or its media decoded,
         so a runaway answer costs nothing."""
-        if self.max_length is None or self.length_policy != "skip":
-            return
-        chars = sum(len(turn["value"]) for turn in turns)
-        if chars > self.max_length * self.chars_per_token:
-            raise SampleError(f"{chars} characters of text > max_length {self.max_length} tokens "
-                              f"of at most {self.chars_per_token} characters each")
+        if self.length_policy == "skip":
+            check_chars(sum(len(turn["value"]) for turn in turns), self.max_length, self.chars_per_token)
 
     def fit_length(self, sample: dict) -> dict:
         """The sample within `max_length` tokens as `length_policy` says, or a SampleError."""
@@ -150,6 +145,19 @@ class ConversationDataset(Dataset):
                 continue
         raise ValueError(f"no usable sample in {self.files}: all {n} record(s) failed to load; "
                          f"first: {self.known_bad[min(self.known_bad)]}")
+
+
+def chars_per_token(processor: Processor) -> int:
+    """No token holds more characters than its vocabulary string, so longer text cannot fit max_length."""
+    return max(map(len, processor.tokenizer.get_vocab()))
+
+
+def check_chars(chars: int, max_length: int | None, per_token: int) -> None:
+    """A SampleError when `chars` characters cannot fit `max_length` tokens (None: no limit): checked before
+    tokenising, so a runaway text costs nothing."""
+    if max_length is not None and chars > max_length * per_token:
+        raise SampleError(f"{chars} characters of text > max_length {max_length} tokens "
+                          f"of at most {per_token} characters each")
 
 
 @dataclass
@@ -299,7 +307,7 @@ class MMDataModule(L.LightningDataModule):
 
         if not self.predict:
             raise ValueError("no predict data: pass --data.predict items.jsonl")
-        items = ItemsDataset(self.predict, self.processor, self.prompt_template)
+        items = ItemsDataset(self.predict, self.processor, self.prompt_template, max_length=self.max_length)
         return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=PromptCollator(self.processor))
 
