@@ -18,6 +18,8 @@ from .predict import PredictionWriter
 
 # A run killed at any point loses at most this many steps (`--checkpoint.every_n_train_steps`).
 CHECKPOINT_EVERY = 100
+# Model settings that shape no weight: a value the user gives wins over a `--ckpt_path` checkpoint's.
+RUN_SETTINGS = ("max_new_tokens", "gradient_checkpointing")
 
 
 class MMLLMCLI(LightningCLI):
@@ -29,6 +31,19 @@ class MMLLMCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
         # `predict` writes predictions.jsonl + summary.json into `--predictions.dirpath` (default: the log folder).
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning writes a `--ckpt_path` checkpoint's hyper-parameters over the whole `model` config, which
+        keeps the architecture the weights need; a setting that shapes no weight (`RUN_SETTINGS`) the user
+        chose, on the command line or in a --config, wins back, so `predict --model.max_new_tokens 3` is obeyed."""
+        subcommand = self.config.get("subcommand")
+        chosen = self.config[subcommand].get("model") if subcommand else None
+        chosen = {key: chosen.get(key) for key in RUN_SETTINGS} if chosen is not None else {}
+        super()._parse_ckpt_path()
+        defaults = self._parser(subcommand).get_defaults().get("model") if chosen else None
+        for key, value in chosen.items():
+            if value != defaults.get(key):
+                self.config[subcommand]["model"][key] = value
 
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically unless the user chose their own checkpoint plugin."""
