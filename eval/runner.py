@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.metrics import corpus_cer, corpus_wer, ocrbench_aggregate, score
 from mmllm.jsonl import Record, dumps_line, read_jsonl, write_json, write_jsonl, write_text_atomic
-from mmllm.model import MMLLM
+from mmllm.model import MMLLM, check_finite_weights
 from mmllm.processor import SampleError
 from mmllm.train.data import DEFAULT_MAX_LENGTH, paths_of
 from mmllm.train.synth import PROMPT_TEMPLATES
@@ -71,6 +71,7 @@ def load_model(ckpt: str | Path) -> MMLLM:
         hparams["audio"] = dict(hparams["audio"], pretrained=False)
     module = MMLLMModule(**hparams)
     module.load_state_dict(state["state_dict"])
+    check_finite_weights(module.model, ckpt)
     return module.model.eval()
 
 
