@@ -1,15 +1,16 @@
 """`mmllm fit|validate|test|predict`: LightningCLI over MMLLMModule and MMDataModule."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from unittest import mock
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .checkpoint import AtomicCheckpointIO, RNGStates, find_resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoint, find_resume_checkpoint
 from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor
@@ -27,7 +28,7 @@ class MMLLMCLI(LightningCLI):
         # The data pipeline uses the model's own processor, so it follows --model.arch and the encoder.
         parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
         # Checkpoints are part of every run: `--checkpoint.*` (or `checkpoint:` in a config) sets them.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
         # `predict` writes predictions.jsonl + summary.json into `--predictions.dirpath` (default: the log folder).
         parser.add_lightning_class_args(PredictionWriter, "predictions")
@@ -70,13 +71,16 @@ class MMLLMCLI(LightningCLI):
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
     quiet_engine()
-    callbacks = [BadSampleMonitor(), RNGStates(), ProgressLines(), *(extra_callbacks or [])]
+    callbacks = [BadSampleMonitor(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
     # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
     with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
-        return MMLLMCLI(
-            MMLLMModule,
-            MMDataModule,
-            args=args,
-            trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
-            save_config_kwargs={"overwrite": True},
-        )
+        try:
+            return MMLLMCLI(
+                MMLLMModule,
+                MMDataModule,
+                args=args,
+                trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
+                save_config_kwargs={"overwrite": True},
+            )
+        except SIGTERMException:  # a SystemExit without a code, which would exit 0: the run did not finish
+            raise SystemExit(128 + signal.SIGTERM) from None

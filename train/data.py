@@ -9,6 +9,7 @@ from typing import Literal, Sequence, get_args
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -243,6 +244,16 @@ class MMDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
+        # A training sampler position to start from (set by `train.checkpoint.DataResume`).
+        self.resume_position: dict | None = None
+
+    def identity(self) -> dict:
+        """What a run reads, as a checkpoint keeps it to compare a resumed run with: the training files and
+        their record count, the batch size and the worker count."""
+        files = self.files["train"]
+        records = len(self.dataset("train")) if files else 0
+        return {"train": f"{files} ({records} records)", "batch_size": self.batch_size,
+                "num_workers": self.num_workers}
 
     def transfer_batch_to_device(self, batch: Batch, device, dataloader_idx: int) -> Batch:
         """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is (in place:
@@ -282,9 +293,16 @@ class MMDataModule(L.LightningDataModule):
             sampler = LengthGroupedSampler(dataset, dataset.lengths, self.batch_size, world, rank, seed=seed)
         else:
             sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+        if split == "train" and self.resume_position is not None:
+            sampler.load_state_dict(self.resume_position)
+            self.resume_position = None
+        # Its own generator: each iterator draws its worker and shared seeds when it is made, which would
+        # otherwise move the global torch generator (dropout's). A run resumed on an epoch's last batch makes
+        # its iterators at other points than the run it continues, so only then would the model's draws differ.
         return StatefulDataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=Collator(self.processor), persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def grouped(self, split: str) -> bool:
