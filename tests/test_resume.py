@@ -260,3 +260,19 @@ def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp
     assert (f"[mmllm] resuming with another training set: {tmp_path / 'other' / 'train.jsonl'} (30 records) now, "
             f"{data} (24 records) {then}") in out
     assert f"[mmllm] resuming with another --data.batch_size: 2 now, 4 {then}" in out
+
+
+@pytest.mark.parametrize("end,limit", [(16, ["--trainer.max_steps", "16"]), (12, ["--trainer.max_steps", "12"]),
+                                       (12, ["--trainer.max_epochs", "2", "--trainer.max_steps", "-1"])],
+                         ids=["mid_epoch", "epoch_end", "max_epochs"])
+def test_a_finished_run_continued_to_more_steps_from_its_final_checkpoint_matches_one_run(
+        data, tmp_path, end, limit):
+    """At lr 0, since the schedule follows max_steps: what is compared is the data order and the generators."""
+    whole, first = tmp_path / "whole", tmp_path / "first"
+    whole.mkdir(), first.mkdir()
+    args = [*fit_args(data, "out", 0, 1), "--model.lr", "0"]
+    drive(whole, args)
+    drive(first, [*args, *limit])
+    assert last_step(first / "out") == end  # written at the end, between two checkpoint intervals
+    drive(first, [*args, "--ckpt_path", "last"])
+    assert losses(first / "loss-rank0.tsv") == losses(whole / "loss-rank0.tsv")

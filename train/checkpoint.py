@@ -5,7 +5,7 @@ Five pieces, each doing one job:
   during a save leaves the previous file whole (Lightning's own save goes through a temporary directory
   that may sit on another filesystem, where the final move truncates the target and copies into it).
   It loads with `weights_only=True`: a `.ckpt` is a pickle, and only plain tensors and containers are read.
-- `RunCheckpoint` also writes `last.ckpt` where a run stops: at its end and at a SIGTERM.
+- `RunCheckpoint` also writes `last.ckpt` where a run stops: at its last step and at a SIGTERM.
 - `DataResume` names what a resumed run reads differently, and lets it run another number of workers.
 - `RNGStates` saves every process's Python, NumPy and torch generators and restores them just before the
   first batch after a resume (restoring earlier would be undone by what Lightning draws while it sets up).
@@ -109,12 +109,20 @@ def find_resume_checkpoint(folders: Iterable[str | Path]) -> Path | None:
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint (`--checkpoint.*`), with `last.ckpt` also written where a run stops:
 
-    - at its end: Lightning writes it then only when nothing was saved before, so a run ending between two
-      intervals (130 steps, every 100) left its last steps in no checkpoint;
+    - at its last step: Lightning writes it at the end only when nothing was saved before, so a run ending
+      between two intervals (130 steps, every 100) left its last steps in no checkpoint;
     - at a SIGTERM (what a cluster scheduler sends before it kills a job), at the step it arrived; the run
       then exits with code 143 (`train.cli.run`), not 0."""
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        """The run's last step is saved after its batch, where every other step is: saved at the end of the run
+        instead, a resume would skip a batch (max_steps) or a whole epoch (max_epochs)."""
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if ends_run(trainer):
+            self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """What other ends (max_time, early stopping) leave unsaved is saved here."""
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -164,6 +172,14 @@ class DataResume(L.Callback):
             print(f"[mmllm] resuming with --data.num_workers {now['num_workers']} where the checkpoint's run had "
                   f"{saved['num_workers']}: the loader restarts at sample {position['yielded']} of epoch "
                   f"{position['epoch']} with fresh workers")
+
+
+def ends_run(trainer: L.Trainer) -> bool:
+    """Whether the step just taken is the run's last: the `max_steps`-th, or the last batch of the last epoch."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+    return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 def rng_state() -> dict[str, Any]:
