@@ -82,19 +82,36 @@ def data(tmp_path_factory) -> Path:
     return out / "train.jsonl"
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """`uninterrupted(workers, devices, *args)`: every rank's per-step losses of a run never stopped, run once
+    for the module (checkpoint intervals change no loss, so the runs compared with it may set their own)."""
+    done: dict[tuple, list[dict[int, str]]] = {}
+
+    def run(workers: int, devices: int, *args: str) -> list[dict[int, str]]:
+        key = (workers, devices, *args)
+        if key not in done:
+            cwd = tmp_path_factory.mktemp("whole")
+            drive(cwd, [*fit_args(data, "out", workers, devices), *args])
+            done[key] = [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+        return done[key]
+
+    return run
+
+
+def resumed_losses(cwd: Path, devices: int = 1) -> list[dict[int, str]]:
+    return [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+
+
 @pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
-def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(data, tmp_path, workers, devices):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
-    assert drive(whole, fit_args(data, "out", workers, devices)).returncode == 0
-    assert drive(broken, fit_args(data, "out", workers, devices), kill_at=KILL).returncode == -signal.SIGKILL
-    killed = losses(broken / "loss-rank0.tsv")
+def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(data, tmp_path, uninterrupted, workers, devices):
+    assert drive(tmp_path, fit_args(data, "out", workers, devices), kill_at=KILL).returncode == -signal.SIGKILL
+    killed = losses(tmp_path / "loss-rank0.tsv")
     assert max(map(int, killed)) == KILL  # it really died mid-run
-    assert drive(broken, [*fit_args(data, "out", workers, devices), "--ckpt_path", "last"]).returncode == 0
-    for rank in range(devices):
-        expected, resumed = losses(whole / f"loss-rank{rank}.tsv"), losses(broken / f"loss-rank{rank}.tsv")
-        assert len(expected) == STEPS
-        assert resumed == expected  # steps 11..18 recomputed after the resume, bit for bit
+    assert drive(tmp_path, [*fit_args(data, "out", workers, devices), "--ckpt_path", "last"]).returncode == 0
+    expected = uninterrupted(workers, devices)
+    assert [len(e) for e in expected] == [STEPS] * devices
+    assert resumed_losses(tmp_path, devices) == expected  # steps 11..18 recomputed after the resume, bit for bit
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -146,33 +163,23 @@ def last_step(root: Path) -> int:
 
 @pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
 def test_a_run_resumed_from_a_checkpoint_on_an_epochs_last_batch_sees_the_next_epoch_in_the_same_order(
-        data, tmp_path, workers, devices):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
+        data, tmp_path, uninterrupted, workers, devices):
     every = ["--checkpoint.every_n_train_steps", "6"]  # 6 steps an epoch: every checkpoint on an epoch's end
-    drive(whole, [*fit_args(data, "out", workers, devices), *every])
-    drive(broken, [*fit_args(data, "out", workers, devices), *every], kill_at=8)
-    assert last_step(broken / "out") == 6
-    drive(broken, [*fit_args(data, "out", workers, devices), *every, "--ckpt_path", "last"])
-    for rank in range(devices):
-        assert losses(broken / f"loss-rank{rank}.tsv") == losses(whole / f"loss-rank{rank}.tsv")
+    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every], kill_at=8)
+    assert last_step(tmp_path / "out") == 6
+    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every, "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path, devices) == uninterrupted(workers, devices)
 
 
-def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes_exactly(data, tmp_path):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
-    drive(whole, fit_args(data, "out", 0, 1))
-    proc = drive(broken, fit_args(data, "out", 0, 1), kill_at=KILL, kill_signal="SIGTERM", expect=(143,))
-    (last,) = (broken / "out").rglob("last.ckpt")
-    assert last_step(broken / "out") == KILL  # not the step-10 checkpoint before it
-    assert f"[mmllm] SIGTERM at step {KILL}: saved {last.relative_to(broken)}; resume with --ckpt_path last" in proc.stdout
-    drive(broken, [*fit_args(data, "out", 0, 1), "--ckpt_path", "last"])
-    assert losses(broken / "loss-rank0.tsv") == losses(whole / "loss-rank0.tsv")
-
-
-def test_a_run_that_ends_between_two_checkpoint_intervals_writes_last_ckpt_at_its_last_step(data, tmp_path):
-    drive(tmp_path, fit_args(data, "out", 0, 1))  # 18 steps, a checkpoint every 5
-    assert last_step(tmp_path / "out") == STEPS
+def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes_exactly(
+        data, tmp_path, uninterrupted):
+    proc = drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL, kill_signal="SIGTERM", expect=(143,))
+    (last,) = (tmp_path / "out").rglob("last.ckpt")
+    assert last_step(tmp_path / "out") == KILL  # not the step-10 checkpoint before it
+    assert (f"[mmllm] SIGTERM at step {KILL}: saved {last.relative_to(tmp_path)}; resume with --ckpt_path last"
+            in proc.stdout)
+    drive(tmp_path, [*fit_args(data, "out", 0, 1), "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path) == uninterrupted(0, 1)
 
 
 def test_a_full_disk_during_a_save_says_so_with_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -238,15 +245,12 @@ def test_resume_passes_over_a_last_ckpt_symlink_to_no_file_for_the_intact_checkp
 
 @pytest.mark.parametrize("before,after", [(0, 2), (2, 0)])
 def test_a_run_resumed_with_another_worker_count_continues_at_the_same_sample_with_identical_losses(
-        data, tmp_path, before, after):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
-    drive(whole, fit_args(data, "out", before, 1))
-    drive(broken, fit_args(data, "out", before, 1), kill_at=KILL)
-    proc = drive(broken, [*fit_args(data, "out", after, 1), "--ckpt_path", "last"])
+        data, tmp_path, uninterrupted, before, after):
+    drive(tmp_path, fit_args(data, "out", before, 1), kill_at=KILL)
+    proc = drive(tmp_path, [*fit_args(data, "out", after, 1), "--ckpt_path", "last"])
     assert (f"[mmllm] resuming with --data.num_workers {after} where the checkpoint's run had {before}: the loader "
             "restarts at sample 16 of epoch 1 with fresh workers") in proc.stdout
-    assert losses(broken / "loss-rank0.tsv") == losses(whole / "loss-rank0.tsv")
+    assert resumed_losses(tmp_path) == uninterrupted(before, 1)
 
 
 def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp_path):
@@ -266,13 +270,10 @@ def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp
                                        (12, ["--trainer.max_epochs", "2", "--trainer.max_steps", "-1"])],
                          ids=["mid_epoch", "epoch_end", "max_epochs"])
 def test_a_finished_run_continued_to_more_steps_from_its_final_checkpoint_matches_one_run(
-        data, tmp_path, end, limit):
+        data, tmp_path, uninterrupted, end, limit):
     """At lr 0, since the schedule follows max_steps: what is compared is the data order and the generators."""
-    whole, first = tmp_path / "whole", tmp_path / "first"
-    whole.mkdir(), first.mkdir()
     args = [*fit_args(data, "out", 0, 1), "--model.lr", "0"]
-    drive(whole, args)
-    drive(first, [*args, *limit])
-    assert last_step(first / "out") == end  # written at the end, between two checkpoint intervals
-    drive(first, [*args, "--ckpt_path", "last"])
-    assert losses(first / "loss-rank0.tsv") == losses(whole / "loss-rank0.tsv")
+    drive(tmp_path, [*args, *limit])
+    assert last_step(tmp_path / "out") == end  # 16 and 12: between two checkpoint intervals (every 5)
+    drive(tmp_path, [*args, "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path) == uninterrupted(0, 1, "--model.lr", "0")

@@ -59,9 +59,11 @@ FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 def exc_errno(exc: BaseException | None) -> int | None:
     """The errno of the first OSError in an exception's chain (torch raises its own error over a failed write)."""
-    while exc is not None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # a chain can loop back on itself
         if isinstance(exc, OSError) and exc.errno is not None:
             return exc.errno
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
 
