@@ -176,8 +176,8 @@ def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes
     proc = drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL, kill_signal="SIGTERM", expect=(143,))
     (last,) = (tmp_path / "out").rglob("last.ckpt")
     assert last_step(tmp_path / "out") == KILL  # not the step-10 checkpoint before it
-    assert (f"[mmllm] SIGTERM at step {KILL}: saved {last.relative_to(tmp_path)}; resume with --ckpt_path last"
-            in proc.stdout)
+    assert (f"[mmllm] SIGTERM at step {KILL}: {last.relative_to(tmp_path)} holds step {KILL}; resume with "
+            "--ckpt_path last") in proc.stdout
     drive(tmp_path, [*fit_args(data, "out", 0, 1), "--ckpt_path", "last"])
     assert resumed_losses(tmp_path) == uninterrupted(0, 1)
 

@@ -129,12 +129,16 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """At a SIGTERM in one process. Under DDP the ranks get theirs at different points (a scheduler signals
+        each; Lightning forwards rank 0's and broadcasts inside the handler), so a save, which every rank
+        must join, could hang: there the last interval's checkpoint stands, and the console says so."""
         if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
-            if self._last_global_step_saved != trainer.global_step:
+            if trainer.world_size == 1 and self._last_global_step_saved != trainer.global_step:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            saved = self._last_global_step_saved
             if trainer.is_global_zero:
-                print(f"[mmllm] SIGTERM at step {trainer.global_step}: saved {self.last_model_path}; "
-                      "resume with --ckpt_path last")
+                print(f"[mmllm] SIGTERM at step {trainer.global_step}: {self.last_model_path or 'no checkpoint'} "
+                      f"holds step {saved}; resume with --ckpt_path last")
         super().on_exception(trainer, pl_module, exception)
 
 
