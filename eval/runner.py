@@ -50,7 +50,8 @@ RUN_FILE = "run.json"  # what an eval folder was started with (see `resume`)
 
 
 def load_model(ckpt: str | Path) -> MMLLM:
-    """A `save_pretrained` folder or a Lightning `.ckpt` (loaded with weights_only=True)."""
+    """A `save_pretrained` folder or a Lightning `.ckpt` (loaded with weights_only=True); weights holding NaN
+    or inf are refused, naming the tensor."""
     ckpt = Path(ckpt)
     if ckpt.is_dir():
         return MMLLM.from_pretrained(ckpt)

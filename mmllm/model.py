@@ -320,9 +320,9 @@ class MMLLM(PreTrainedModel, GenerationMixin):
 
 def check_finite_weights(model: nn.Module, source: str | os.PathLike) -> None:
     """A ValueError naming the first weight holding NaN or inf: such a model generates garbage (or nothing) and
-    would be scored as if it were a model."""
+    would be scored as if it were a model. Weights offloaded to the meta device are not there to check."""
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{source}: weight {name} holds {bad:,} NaN/inf value(s) of {tensor.numel():,}; "
                              "the weights are damaged (a diverged run or a corrupt file)")
