@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from unittest import mock
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
