@@ -7,23 +7,40 @@ conversations they share only the media loading and the `Batch` a loader yields.
 from __future__ import annotations
 
 from pathlib import Path
+from string import Formatter
 
 from torch.utils.data import Dataset
 
 from mmllm.jsonl import read_jsonl
 from mmllm.processor import Processor, SampleError
-from mmllm.train.data import Batch, Notes, load_media
+from mmllm.train.data import DEFAULT_MAX_LENGTH, Batch, Notes, check_chars, chars_per_token, load_media
+
+
+def check_template(template: str) -> None:
+    """A prompt template holds `{question}` and no other field, else the question never reaches the model or
+    every item fails to format: refused before anything runs."""
+    try:
+        fields = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"prompt template {template!r} is not a format string: {exc}") from None
+    if fields != {"question"}:
+        other = sorted(fields - {"question"})
+        raise ValueError(f"prompt template {template!r} must hold {{question}} and no other field"
+                         + (f"; it has {', '.join('{' + f + '}' for f in other)}" if other else ""))
 
 
 class ItemsDataset(Dataset):
     """Eval-format items encoded as generation prompts.
 
     A bad item is not replaced (scores must cover exactly the given items): it comes back with its
-    error, and the caller skips and counts it."""
+    error, and the caller skips and counts it. A prompt over `max_length` tokens (None: no limit) is such
+    an item, found from its character count before anything is tokenised or decoded where it can be."""
 
     def __init__(self, path: str | Path, processor: Processor, template: str = "{question}",
-                 capitalize: bool = False) -> None:
-        self.processor, self.template, self.capitalize = processor, template, capitalize
+                 capitalize: bool = False, max_length: int | None = DEFAULT_MAX_LENGTH) -> None:
+        check_template(template)
+        self.processor, self.template, self.capitalize, self.max_length = processor, template, capitalize, max_length
+        self.chars_per_token = chars_per_token(processor)
         self.records, self.bad_lines = read_jsonl(path, ("id", "question"))
 
     def __len__(self) -> int:
@@ -32,10 +49,13 @@ class ItemsDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            images, audio = load_media(self.processor, record)
             question = str(record.data["question"]).strip()
             prompt = self.template.format(question=question.capitalize() if self.capitalize else question)
+            check_chars(len(prompt), self.max_length, self.chars_per_token)
+            images, audio = load_media(self.processor, record)
             sample = self.processor.encode_prompt(prompt, images, audio)
+            if self.max_length is not None and len(sample["input_ids"]) > self.max_length:
+                raise SampleError(f"{len(sample['input_ids'])} tokens > max_length {self.max_length}")
             notes = [f"{record.where()}: {note}" for note in sample["truncated"]]
             return {"record": record, "sample": sample, "error": None, "truncated": notes}
         except (SampleError, KeyError, IndexError) as exc:

@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.metrics import corpus_cer, corpus_wer, ocrbench_aggregate, score
 from mmllm.jsonl import Record, dumps_line, read_jsonl, write_json, write_jsonl, write_text_atomic
-from mmllm.model import MMLLM
+from mmllm.model import MMLLM, check_finite_weights
+from mmllm.processor import SampleError
+from mmllm.train.data import DEFAULT_MAX_LENGTH, paths_of
 from mmllm.train.synth import PROMPT_TEMPLATES
 
 
@@ -49,7 +51,7 @@ RUN_FILE = "run.json"  # what an eval folder was started with (see `resume`)
 
 def load_model(ckpt: str | Path) -> MMLLM:
     """A `save_pretrained` folder or a Lightning checkpoint (a `.ckpt` or a sharded checkpoint's folder), loaded
-    weights-only."""
+    weights-only; weights holding NaN or inf are refused, naming the tensor."""
     from mmllm.train.checkpoint import is_sharded, read_checkpoint
     from mmllm.train.module import MMLLMModule
 
@@ -71,6 +73,7 @@ def load_model(ckpt: str | Path) -> MMLLM:
         hparams["audio"] = dict(hparams["audio"], pretrained=False)
     module = MMLLMModule(**hparams)
     module.load_state_dict(state["state_dict"])
+    check_finite_weights(module.model, ckpt)
     return module.model.eval()
 
 
@@ -160,6 +163,35 @@ def answers_digest(records: list[Record]) -> str:
     return digest.hexdigest()[:16]
 
 
+def inputs_digest(records: list[Record]) -> str:
+    """sha256 over what the model is shown of every item: its id, question and media fields, and the bytes of
+    the files those name, so an edited question or a replaced image under the same id makes another eval."""
+    digest = hashlib.sha256()
+    for record in records:
+        data = record.data
+        digest.update(dumps_line([record.id, data.get("question"), data.get("image"), data.get("audio")]).encode())
+        for key in ("image", "audio"):
+            try:
+                paths = paths_of(record, key)
+            except SampleError:  # the item is skipped; its field's text is in the digest
+                continue
+            for path in paths:
+                digest.update(file_digest(Path(path)))
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> bytes:
+    """sha256 of a file's bytes, read in chunks (b"missing" when it cannot be read: the item is skipped)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return b"missing"
+    return digest.digest()
+
+
 def resume(out: Path, fingerprint: dict, ids: set[str]) -> dict[str, dict]:
     """The prediction rows already in `out` for `ids`, once `out/run.json` shows the folder was started with
     this `fingerprint` (otherwise they may belong to another model, task, item set or answer key: refused).
@@ -199,10 +231,13 @@ def evaluate(
     max_new_tokens: int | None = None,
     extra: dict | None = None,
     progress: bool = False,
+    max_length: int | None = DEFAULT_MAX_LENGTH,
 ) -> dict:
     """Generate and score; `out/predictions.jsonl` is appended batch by batch, so a rerun into the
     same folder continues an interrupted run (items already there are not generated again) as long as
-    model, task, items, prompt and max_new_tokens are the ones the folder was started with (`resume`)."""
+    model, task, items (what the model is shown and the answers), prompt, max_new_tokens and max_length
+    are the ones the folder was started with (`resume`). A prompt over `max_length` tokens is a skipped
+    item. An eval that scores no item is a ValueError (after its summary.json is written)."""
     spec = task_spec(task)
     template = template or spec.template
     max_new_tokens = spec.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -210,11 +245,11 @@ def evaluate(
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     data, out = Path(data), Path(out)
     items_file = data / "items.jsonl" if data.is_dir() else data
-    items = ItemsDataset(items_file, model.processor, template, capitalize=spec.capitalize)
+    items = ItemsDataset(items_file, model.processor, template, capitalize=spec.capitalize, max_length=max_length)
     first, duplicates = first_by_id(items.records)
     fingerprint = {"checkpoint": weights_digest(model), "task": task, "data": str(items_file.resolve()),
-                   "prompt_template": template, "max_new_tokens": max_new_tokens,
-                   "answers": answers_digest(items.records)}
+                   "prompt_template": template, "max_new_tokens": max_new_tokens, "max_length": max_length,
+                   "answers": answers_digest(items.records), "inputs": inputs_digest(items.records)}
     out.mkdir(parents=True, exist_ok=True)
     pred_file = out / "predictions.jsonl"
     done = resume(out, fingerprint, set(first))
@@ -250,10 +285,18 @@ def evaluate(
     for t in truncated:
         print(f"[mmllm] {t}")
     meta = {"data": str(items_file), "prompt_template": template, "max_new_tokens": max_new_tokens,
-            "truncated": len(truncated), "truncated_items": truncated,
+            "max_length": max_length, "truncated": len(truncated), "truncated_items": truncated,
             "batch_size": batch_size, "generated": len(todo), "time_s": round(elapsed, 3),
             "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
-    return summarise(task, rows, skipped, meta, out)
+    return require_scored(summarise(task, rows, skipped, meta, out), out)
+
+
+def require_scored(summary: dict, out: Path) -> dict:
+    """The summary, unless it scored no item: then a score of 0 would stand for no measurement at all."""
+    if not summary["n"]:
+        first = f"; first: {summary['skipped_items'][0]}" if summary["skipped_items"] else ""
+        raise ValueError(f"no item was scored ({summary['skipped']} skipped{first}); see {out / 'summary.json'}")
+    return summary
 
 
 def score_predictions(task: str, predictions: str | Path, out: str | Path) -> dict:
@@ -274,7 +317,7 @@ def score_predictions(task: str, predictions: str | Path, out: str | Path) -> di
             skipped.append(f"{record.where()}: cannot score: {exc}")
     (out / RUN_FILE).unlink(missing_ok=True)  # these rows are no eval's: an eval may not resume from them
     write_jsonl(pred_file, rows)
-    return summarise(task, rows, skipped, {"predictions": str(predictions)}, out)
+    return require_scored(summarise(task, rows, skipped, {"predictions": str(predictions)}, out), out)
 
 
 def positive_int(text: str) -> int:
@@ -297,6 +340,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("--prompt", default=None, help="prompt template with {question} (default: the task's)")
     parser.add_argument("--max_new_tokens", type=positive_int, default=None, help="default: the task's")
+    parser.add_argument("--max_length", type=positive_int, default=DEFAULT_MAX_LENGTH,
+                        help="tokens a prompt may have; a longer one is a skipped item")
     args = parser.parse_args(argv)
     if args.predictions:
         summaries = {"predictions": score_predictions(args.task, args.predictions, args.out)}
@@ -308,7 +353,8 @@ def main(argv: list[str]) -> None:
         for name, ckpt in zip(names, args.ckpt):
             out = Path(args.out) / name if len(args.ckpt) > 1 else Path(args.out)
             summaries[name] = evaluate(load_model(ckpt), args.task, args.data, out, args.batch_size, args.prompt,
-                                       args.max_new_tokens, extra={"ckpt": str(ckpt)}, progress=True)
+                                       args.max_new_tokens, extra={"ckpt": str(ckpt)}, progress=True,
+                                       max_length=args.max_length)
     for name, summary in summaries.items():
         print(f"{name}: {args.task} {summary['metric']} = {summary['score']:.4f} on {summary['n']} items "
               f"({summary['skipped']} skipped)")

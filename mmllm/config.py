@@ -1,8 +1,9 @@
 """One config object describes a whole model; it round-trips through config.json."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
@@ -181,6 +182,8 @@ class MMLLMConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value, name))
+            elif not isinstance(value, (cls, type(None)) if name == "audio" else cls):
+                raise ConfigError(f"{name} must be a mapping of {cls.__name__} fields, got {type(value).__name__}")
         self.validate()
 
     @property
@@ -240,8 +243,10 @@ class MMLLMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MMLLMConfig":
-        return _from_dict(cls, data, "config")
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "MMLLMConfig":
+        """Built from plain data (config.json's): every field's value must have the field's type; `where`
+        names the data in errors."""
+        return _from_dict(cls, data, where)
 
 
 def check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -249,9 +254,54 @@ def check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str):
+def _from_dict(cls: type, data: Any, where: str):
+    """`cls` from a mapping of its fields; nested config mappings are built the same way, so an error names
+    the field by its dotted path (`mmllm.processor.max_tiles`) and says what type it must have."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
+    hints, values = get_type_hints(cls), {}
+    for name, value in data.items():
+        nested = [t for t in _members(hints[name]) if is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            value = _from_dict(nested[0], value, f"{where}.{name}")
+        elif not _fits(value, hints[name]):
+            raise ConfigError(f"{where}.{name} must be {_describe(hints[name])}, got {type(value).__name__} "
+                              f"{value!r:.60}")
+        values[name] = value
+    return cls(**values)
+
+
+def _members(hint: Any) -> tuple:
+    """The alternatives of a union type (`int | None`), or the type itself."""
+    return get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON has a field's type (a bool is no number; an int is a float)."""
+    if hint is Any:
+        return True
+    if get_origin(hint) in (Union, UnionType):
+        return any(_fits(value, member) for member in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, get_args(hint)[0]) for v in value)
+    if get_origin(hint) is dict:
+        return isinstance(value, dict)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(map(_describe, get_args(hint)))
+    if hint is type(None):
+        return "null"
+    if get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return f"a mapping of {hint.__name__} fields" if is_dataclass(hint) else hint.__name__

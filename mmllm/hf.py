@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .config import MMLLMConfig
+from .config import ConfigError, MMLLMConfig
 
 MMLLM_FIELDS = frozenset(f.name for f in fields(MMLLMConfig))
 
@@ -24,8 +24,10 @@ class MMLLMHFConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         if not isinstance(self.mmllm, MMLLMConfig):  # read from config.json
-            self.mmllm = MMLLMConfig.from_dict(self.mmllm or {})
-        self.llm_config = self.llm_config or {}
+            self.mmllm = MMLLMConfig.from_dict({} if self.mmllm is None else self.mmllm, where="mmllm")
+        self.llm_config = {} if self.llm_config is None else self.llm_config
+        if not isinstance(self.llm_config, dict):
+            raise ConfigError(f"llm_config must be a mapping (the LLM's own config), got {type(self.llm_config).__name__}")
         super().__post_init__(**kwargs)
 
     def __getattr__(self, name: str) -> Any:

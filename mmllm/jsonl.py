@@ -120,7 +120,7 @@ def record_problem(data: Any, required: Sequence[str]) -> str | None:
 
 
 def read_records(path: str | Path, required: Sequence[str]) -> tuple[list[Record], list[BadInput]]:
-    """Records of a JSONL file, or of a JSON array when the first non-blank byte is `[`.
+    """Records of a JSONL file, or of a JSON array when the file holds one (`is_json_array`).
 
     An array that is not valid JSON as a whole is a ValueError naming the file; its elements are
     checked one by one like lines."""
@@ -128,11 +128,25 @@ def read_records(path: str | Path, required: Sequence[str]) -> tuple[list[Record
 
 
 def is_json_array(path: str | Path) -> bool:
-    return _first_byte(_data_file(path)) == b"["
+    """Whether the file holds one JSON array: its first non-blank byte is `[`, and its first non-blank line
+    is not a whole JSON value with more lines after it (that is a JSONL whose first record is a list)."""
+    path = _data_file(path)
+    if _first_byte(path) != b"[":
+        return False
+    with path.open("rb") as fh:
+        lines = (raw for raw in fh if raw.strip() and raw.strip() != BOM)
+        first, more = next(lines), next(lines, None) is not None
+    if not more:  # the whole file is one line: an array however long
+        return True
+    try:
+        parse_line(first.removeprefix(BOM))
+    except ValueError:  # the start of a pretty-printed array (or a broken line: the array's error names it)
+        return True
+    return False
 
 
 def scan_records(path: str | Path, required: Sequence[str]) -> Iterator[Located | BadInput]:
-    """`scan_jsonl` or `scan_json_array`, as the file's first non-blank byte says."""
+    """`scan_jsonl` or `scan_json_array`, as `is_json_array` says."""
     return (scan_json_array if is_json_array(path) else scan_jsonl)(path, required)
 
 

@@ -21,7 +21,7 @@ from mmllm.connectors import AUDIO_DOWNSAMPLE, PROJECTORS, AudioConnector, Gated
 from mmllm.encoders import build_audio_encoder, build_encoder
 
 from .backbone import build_llm, decoder_layers, parameter_count
-from .config import MMLLMConfig, check_choice
+from .config import ConfigError, MMLLMConfig, check_choice
 from .hf import MMLLMHFConfig
 from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
 from .processor import IGNORE_INDEX, MediaLayout, MMLLMProcessor, ModelInputs
@@ -357,9 +357,20 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         unfilled = {k: sorted(map(str, v)) for k, v in info.items() if v}
         if unfilled:
             raise ValueError(f"{path}: the weights do not fill the model exactly: {unfilled}")
+        check_finite_weights(model, path)
         if cached_file(path, GENERATION_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub) is None:
             model.generation_config = default_generation_config(model.tokenizer)  # saved before the file existed
         return (model, info) if with_info else model
+
+
+def check_finite_weights(model: nn.Module, source: str | os.PathLike) -> None:
+    """A ValueError naming the first weight holding NaN or inf: such a model generates garbage (or nothing) and
+    would be scored as if it were a model. Weights offloaded to the meta device are not there to check."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{source}: weight {name} holds {bad:,} NaN/inf value(s) of {tensor.numel():,}; "
+                             "the weights are damaged (a diverged run or a corrupt file)")
 
 
 def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
@@ -387,7 +398,10 @@ def read_config(path: str, hub: dict[str, Any]) -> MMLLMHFConfig:
     file = cached_file(path, CONFIG_NAME, **hub)
     if os.path.getsize(file) > MAX_CONFIG_BYTES:
         raise ValueError(f"{file} is over {MAX_CONFIG_BYTES >> 20} MiB; not a saved mmllm config")
-    return MMLLMHFConfig.from_pretrained(path, **hub)
+    try:
+        return MMLLMHFConfig.from_pretrained(path, **hub)
+    except ConfigError as exc:  # a field of the wrong type or value: say which file holds it
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def stored_elements(path: str, hub: dict[str, Any]) -> tuple[int, list[str]]:

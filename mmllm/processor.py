@@ -5,15 +5,15 @@ import re
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
-from .tiling import tile_image, tile_tags
+from .tiling import choose_grid, tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
 if TYPE_CHECKING:
@@ -35,19 +35,32 @@ class SampleError(ValueError):
     """A sample that cannot be used; the message says what is wrong (the caller adds where)."""
 
 
-def load_image(path: str | Path, max_side: int) -> Image.Image:
-    """Open, fully decode and check an image, so a bad file fails here and not mid-batch."""
-    path = Path(path)
-    if not path.is_file():
-        raise SampleError(f"image not found: {path}")
+# Formats other than JPEG decode whole (3 bytes a pixel as RGB, more on the way there) however few pixels the
+# tiles need, so an image over this many pixels is refused from its header, before any pixel is decoded.
+MAX_DECODE_PIXELS = 50_000_000
+
+
+def open_image(source: str | Path | BinaryIO, label: str, max_side: int, tile_size: int, max_tiles: int
+               ) -> Image.Image:
+    """Decode and check an image (`label` names it in errors), so a bad one fails here and not mid-batch.
+
+    Its size is checked from the header first. A JPEG is decoded scaled down (by up to 8, in the decoder)
+    to no less than the tile grid it will be resized to; any other image over MAX_DECODE_PIXELS is
+    refused undecoded. Any error its decoder raises, of whatever type, is a SampleError naming it."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
+            check_image_size(im, max_side)
+            cols, rows = choose_grid(im.width, im.height, tile_size, max_tiles)
+            im.draft("RGB", (cols * tile_size, rows * tile_size))  # a no-op for formats other than JPEG
+            if im.width * im.height > MAX_DECODE_PIXELS:
+                raise SampleError(f"{label} of {im.width}x{im.height} pixels is over the {MAX_DECODE_PIXELS:,} "
+                                  f"pixels decoded whole (only a JPEG decodes scaled down); downscale it")
             im.load()
-            image = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise SampleError(f"cannot decode image {path}: {exc}") from None
-    check_image_size(image, max_side)
-    return image
+            return im.convert("RGB")
+    except SampleError:
+        raise
+    except Exception as exc:  # the decoders' own errors: OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise SampleError(f"cannot decode {label}: {type(exc).__name__}: {exc}") from None
 
 
 def check_image_size(image: Image.Image, max_side: int) -> None:
@@ -175,7 +188,14 @@ class MMLLMProcessor(ProcessorMixin):
 
     # -- images -------------------------------------------------------------------------------
     def load_image(self, path: str | Path) -> Image.Image:
-        return load_image(path, self.config.max_image_side)
+        """An image file, decoded as `open_image` decodes it."""
+        if not Path(path).is_file():
+            raise SampleError(f"image not found: {path}")
+        return self.open_image(path, f"image {path}")
+
+    def open_image(self, source: str | Path | BinaryIO, label: str) -> Image.Image:
+        """`open_image` at this processor's tile size, tile count and largest side."""
+        return open_image(source, label, self.config.max_image_side, self.tile_size, self.config.max_tiles)
 
     def tiles(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised tiles [n, 3, S, S] of one image and its (cols, rows) grid."""

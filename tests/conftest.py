@@ -28,3 +28,13 @@ def text_image(text: str, size=(128, 32)) -> Image.Image:
     img = Image.new("RGB", size, "white")
     ImageDraw.Draw(img).text((4, 8), text, fill="black")
     return img
+
+
+def text_bomb_png(path) -> None:
+    """A small PNG whose text chunk decompresses past Pillow's limit: its decoder refuses it with a ValueError
+    of its own (`Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK`)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    text_image("w").save(path, pnginfo=info)

@@ -4,15 +4,23 @@ import json
 import os
 from collections import Counter
 
+from pathlib import Path
+
 import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
+import torch
+from PIL import Image
 
 from mmllm.jsonl import BOM, read_records
 from mmllm.processor import IGNORE_INDEX
 from mmllm.train.data import Collator, ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor
+from mmllm.train.shards import write_shards
 from mmllm.train.synth import synthesize
-from conftest import text_image
+from conftest import text_bomb_png, text_image
 from test_data import tiny_module
 
 
@@ -266,3 +274,93 @@ def test_synth_writes_through_the_atomic_writer_so_a_failed_write_keeps_the_old_
         synthesize("ocr", tmp_path, 3, seed=0)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+# 10 --------------------------------------------------------------------------------------------------
+def test_a_png_whose_decoder_refuses_it_is_a_counted_bad_sample_also_in_a_worker(tmp_path, processor):
+    text_image("w").save(tmp_path / "0.png")
+    text_bomb_png(tmp_path / "1.png")
+    path = write(tmp_path / "train.jsonl", [chat(0, image="0.png"), chat(1, image="1.png")])
+    reason = (f"{path}:2 (id t1): cannot decode image {tmp_path / '1.png'}: "
+              "ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK")
+    assert ConversationDataset(path, processor)[1]["bad"] == [reason]
+    data = MMDataModule(train=path, batch_size=2, num_workers=1, max_bad_fraction=0.5, processor=processor)
+    assert next(iter(data.train_dataloader())).bad == [reason]
+
+
+def test_a_large_jpeg_is_decoded_scaled_down_to_no_less_than_the_tile_grid_it_needs(tmp_path, processor):
+    Image.new("RGB", (4000, 3000), "white").save(tmp_path / "big.jpg")
+    image = processor.load_image(tmp_path / "big.jpg")  # 32-px tiles, a 3x2 grid: 96x64 needed
+    assert image.size == (500, 375)  # decoded at 1/8 scale, the most the JPEG decoder reduces
+    assert len(processor.tiles(image)[0]) == 7
+
+
+def test_an_image_over_the_decode_cap_that_cannot_decode_scaled_down_is_refused_undecoded(
+        tmp_path, processor, monkeypatch):
+    Image.new("RGB", (200, 100), "white").save(tmp_path / "wide.png")
+    monkeypatch.setattr("mmllm.processor.MAX_DECODE_PIXELS", 10_000)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the image was decoded"))
+    path = write(tmp_path / "train.jsonl", [chat(0), chat(1, image="wide.png")])
+    assert ConversationDataset(path, processor)[1]["bad"] == [
+        f"{path}:2 (id t1): image {tmp_path / 'wide.png'} of 200x100 pixels is over the 10,000 pixels decoded "
+        "whole (only a JPEG decodes scaled down); downscale it"]
+
+
+def test_a_long_audio_file_is_read_only_up_to_the_window_and_its_note_gives_its_whole_length(tmp_path):
+    from mmllm.audio import AudioFrontEnd, load_audio
+
+    wave = (0.3 * np.sin(np.arange(60 * 44_100) / 10)).astype(np.float32)
+    sf.write(tmp_path / "long.wav", wave, 44_100)
+    front = AudioFrontEnd(80, 4, lambda frames: frames)
+    cut, whole = front.load(tmp_path / "long.wav"), load_audio(tmp_path / "long.wav")
+    assert (len(cut), len(whole)) == (65_600, 960_000)  # the 4 s window and 0.1 s more, of 60 s
+    assert np.array_equal(cut[:64_000], whole[:64_000])  # the window's samples are those of a whole decode
+    assert front.features(cut)[2] == front.features(whole)[2] == "audio clip of 60.0 s truncated to the 4 s window"
+    assert torch.equal(front.features(cut)[0], front.features(whole)[0])
+
+
+# 11 --------------------------------------------------------------------------------------------------
+def damaged_shards(tmp_path, processor) -> tuple[str, Path]:
+    """Six records sharded two a row group into one file (returned with the source)."""
+    for i in range(6):
+        text_image(f"w{i}").save(tmp_path / f"{i}.png")
+    src = write(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(6)])
+    write_shards(src, tmp_path / "shards", group_rows=2)
+    return src, tmp_path / "shards" / "shard-00000.parquet"
+
+
+def test_a_damaged_row_group_makes_its_rows_bad_samples_naming_file_and_row_group(tmp_path, processor):
+    src, shard = damaged_shards(tmp_path, processor)
+    column = pq.ParquetFile(shard).metadata.row_group(1).column(2)  # the JSON of rows 2 and 3
+    raw = bytearray(shard.read_bytes())
+    raw[column.data_page_offset:column.data_page_offset + 16] = b"\xff" * 16
+    shard.write_bytes(bytes(raw))
+    ds = ConversationDataset(str(tmp_path / "shards"), processor)
+    samples = [ds[i] for i in range(6)]
+    assert [s["id"] for s in samples] == ["t0", "t1", "t4", "t4", "t4", "t5"]
+    bad = [b for s in samples for b in s["bad"]]
+    assert [b.split(" (", 1)[0] for b in bad] == [f"{shard} row 2", f"{shard} row 3"]
+    assert all(b.startswith(f"{shard} row {r} (row group 1): cannot read the shard (") for r, b in zip((2, 3), bad))
+
+
+def test_a_truncated_shard_makes_its_rows_bad_samples_and_the_run_stops_naming_the_file(tmp_path, processor):
+    src, shard = damaged_shards(tmp_path, processor)
+    shard.write_bytes(shard.read_bytes()[:200])
+    data = MMDataModule(train=str(tmp_path / "shards"), batch_size=2, processor=processor)
+    with pytest.raises(ValueError) as err:
+        data.dataset("train")[0]
+    assert str(err.value).startswith(f"no usable sample in {tmp_path / 'shards'}: all 6 record(s) failed to load; "
+                                     f"first: {shard} row 0 (row group 0): cannot read the shard (ArrowInvalid: ")
+
+
+# 12 --------------------------------------------------------------------------------------------------
+def test_a_jsonl_whose_first_record_is_a_list_is_read_as_jsonl_not_as_an_array(tmp_path, processor):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'["not", "a record"]\n' + line(chat(1)) + line(chat(2)))
+    ds = ConversationDataset(str(path), processor)
+    assert [r.where() for r in ds.records] == [f"{path}:2 (id t1)", f"{path}:3 (id t2)"]
+    assert [str(b) for b in ds.bad_lines] == [f"{path}:1: expected a JSON object, got list"]
+    one_line = tmp_path / "one.json"
+    one_line.write_bytes(b"[" + json.dumps(chat(0)).encode() + b", " + json.dumps(chat(1)).encode() + b"]\n")
+    assert [r.where() for r in ConversationDataset(str(one_line), processor).records] == [
+        f"{one_line} item 1 (id t0)", f"{one_line} item 2 (id t1)"]

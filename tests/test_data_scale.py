@@ -268,9 +268,9 @@ def test_a_killed_grouped_run_on_shards_resumes_with_identical_per_step_losses(m
     args = [*fit_args(data, "out", 2, 2), "--data.group_by_length", "true"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir(), broken.mkdir()
-    assert drive(whole, args) == 0
-    assert drive(broken, args, kill_at=13) == -signal.SIGKILL
-    assert drive(broken, [*args, "--ckpt_path", "last"]) == 0
+    assert drive(whole, args).returncode == 0
+    assert drive(broken, args, kill_at=13).returncode == -signal.SIGKILL
+    assert drive(broken, [*args, "--ckpt_path", "last"]).returncode == 0
     for rank in range(2):
         assert losses(broken / f"loss-rank{rank}.tsv") == losses(whole / f"loss-rank{rank}.tsv")
     assert len(losses(whole / "loss-rank0.tsv")) == 18

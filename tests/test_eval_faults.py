@@ -5,9 +5,10 @@ import os
 import pytest
 import torch
 
-from conftest import text_image, tiny_config
+from conftest import text_bomb_png, text_image, tiny_config
 from mmllm.cli import main as cli
-from mmllm.eval.runner import evaluate, load_model, score_predictions
+from mmllm.eval.items import ItemsDataset
+from mmllm.eval.runner import TASKS, evaluate, load_model, score_predictions
 from mmllm.jsonl import read_jsonl
 
 
@@ -48,9 +49,10 @@ def another_model():
 def test_the_folder_records_what_it_was_started_with(tiny_model, eval_set, tmp_path):
     evaluate(tiny_model, "ocr", eval_set, tmp_path / "out")
     run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert set(run) == {"checkpoint", "task", "data", "prompt_template", "max_new_tokens", "answers"}
-    assert (run["task"], run["data"], run["prompt_template"], run["max_new_tokens"]) == (
-        "ocr", str((eval_set / "items.jsonl").resolve()), "{question}", 32)
+    assert set(run) == {"checkpoint", "task", "data", "prompt_template", "max_new_tokens", "max_length", "answers",
+                        "inputs"}
+    assert (run["task"], run["data"], run["prompt_template"], run["max_new_tokens"], run["max_length"]) == (
+        "ocr", str((eval_set / "items.jsonl").resolve()), "{question}", 32, 4096)
     tiny_model.save_pretrained(tmp_path / "saved")
     evaluate(load_model(tmp_path / "saved"), "ocr", eval_set, tmp_path / "copy")
     assert json.loads((tmp_path / "copy" / "run.json").read_text()) == run  # same weights, same identity
@@ -253,3 +255,96 @@ def test_a_crash_while_writing_the_outputs_leaves_the_previous_ones_whole(tmp_pa
     with pytest.raises(OSError, match="disk full"):
         score_predictions("ocr", src, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+# 9. What the model is shown, not only ids and answers
+
+
+@pytest.mark.parametrize("change", ["image", "question"])
+def test_a_rerun_with_a_replaced_image_or_an_edited_question_under_the_same_ids_is_refused(
+        tiny_model, eval_set, tmp_path, change):
+    evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
+    if change == "image":
+        text_image("other").save(eval_set / "images" / "3.png")
+    else:
+        items = items_of(eval_set)
+        items[3]["question"] = "What word is written?"
+        write_items(eval_set, items)
+    with pytest.raises(ValueError, match=r"started with a different inputs \('[0-9a-f]{16}' there, '[0-9a-f]{16}' now\)"):
+        evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
+
+
+# 10. Answers that are no list of strings
+
+
+def test_answers_given_as_an_object_are_a_counted_skip_never_scored_against_its_keys(tmp_path):
+    rows = [{"id": "a", "prediction": "w0", "answers": {"w0": "gold"}}, {"id": "b", "prediction": "w1", "answers": ["w1"]}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = score_predictions("ocr", tmp_path / "p.jsonl", tmp_path / "out")
+    assert (summary["n"], summary["skipped"], summary["score"]) == (1, 1, 1.0)
+    assert summary["skipped_items"] == [f"{tmp_path / 'p.jsonl'}:1 (id a): cannot score: gold answers must be a "
+                                        "string or a list of strings, got dict"]
+
+
+# 11. Nothing scored, a prompt that drops the question
+
+
+def test_an_eval_that_scores_no_item_exits_non_zero_with_one_line(tmp_path, capsys):
+    pretty = tmp_path / "pretty.jsonl"
+    pretty.write_text(json.dumps([{"id": "a", "prediction": "x", "answers": ["x"]}], indent=2) + "\n")
+    assert cli(["eval", "--task", "ocr", "--predictions", str(pretty), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        f"mmllm: error: ValueError: no item was scored (9 skipped; first: {pretty}:1: invalid JSON (Expecting value "
+        f"at column 2)); see {tmp_path / 'out' / 'summary.json'}\n")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n"] == 0
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("Read the image.", "prompt template 'Read the image.' must hold {question} and no other field"),
+    ("{question} in {language}", "prompt template '{question} in {language}' must hold {question} and no other "
+                                 "field; it has {language}"),
+])
+def test_a_prompt_without_its_question_or_with_another_field_is_refused_before_anything_runs(
+        tiny_model, eval_set, tmp_path, capsys, prompt, message):
+    with pytest.raises(ValueError) as err:
+        evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", template=prompt)
+    assert str(err.value) == message and not (tmp_path / "out").exists()
+    tiny_model.save_pretrained(tmp_path / "m")
+    args = ["eval", "--task", "ocr", "--ckpt", str(tmp_path / "m"), "--data", str(eval_set), "--out", str(tmp_path / "o")]
+    assert cli([*args, "--prompt", prompt]) == 1
+    assert capsys.readouterr().err == f"mmllm: error: ValueError: {message}\n"
+
+
+# 12. Inputs that kill an eval
+
+
+def test_an_image_its_decoder_refuses_is_a_counted_skip(tiny_model, eval_set, tmp_path):
+    text_bomb_png(eval_set / "images" / "4.png")
+    summary = evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
+    assert (summary["n"], summary["skipped"]) == (9, 1)
+    assert summary["skipped_items"] == [
+        f"{eval_set / 'items.jsonl'}:5 (id i4): cannot decode image {eval_set / 'images' / '4.png'}: "
+        "ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"]
+
+
+def test_a_100000_character_question_is_a_counted_skip_before_it_is_tokenised(tiny_model, eval_set, tmp_path,
+                                                                             monkeypatch):
+    items = items_of(eval_set)
+    items[2]["question"] = "x" * 100_000
+    write_items(eval_set, items)
+    encode, prompts = tiny_model.processor.encode_prompt, []
+    monkeypatch.setattr(tiny_model.processor, "encode_prompt",
+                        lambda prompt, *a: prompts.append(len(prompt)) or encode(prompt, *a))
+    summary = evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
+    template = TASKS["ocr"].template
+    chars, longest = (len(template.format(question=it["question"])) for it in (items[2], items[0]))
+    assert (summary["n"], summary["skipped"], max(prompts)) == (9, 1, longest)  # the long one never encoded
+    assert summary["skipped_items"] == [f"{eval_set / 'items.jsonl'}:3 (id i2): {chars} characters of text > "
+                                        "max_length 4096 tokens of at most 23 characters each"]
+
+
+def test_a_prompt_over_max_length_tokens_is_a_skipped_item_naming_its_count(tiny_model, eval_set):
+    full = ItemsDataset(eval_set / "items.jsonl", tiny_model.processor, max_length=None)[0]
+    n = len(full["sample"]["input_ids"])
+    item = ItemsDataset(eval_set / "items.jsonl", tiny_model.processor, max_length=n - 1)[0]
+    assert (item["sample"], item["error"]) == (None, f"{eval_set / 'items.jsonl'}:1 (id i0): {n} tokens > max_length {n - 1}")

@@ -118,6 +118,63 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path):
         MMLLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_path, value):
+    from mmllm.eval.runner import load_model
+    from mmllm.train.module import MMLLMModule
+
+    build().save_pretrained(tmp_path / "folder")
+    weights = load_file(tmp_path / "folder" / "model.safetensors")
+    weights["projector.0.weight"].view(-1)[:3] = value
+    save_file(weights, tmp_path / "folder" / "model.safetensors", metadata={"format": "pt"})
+    n = weights["projector.0.weight"].numel()
+    damaged = "the weights are damaged (a diverged run or a corrupt file)"
+    with pytest.raises(ValueError) as err:
+        MMLLM.from_pretrained(tmp_path / "folder")
+    assert str(err.value) == f"{tmp_path / 'folder'}: weight projector.0.weight holds 3 NaN/inf value(s) of {n}; {damaged}"
+    module = MMLLMModule(encoder=tiny_config().encoder, llm=tiny_config().llm)
+    state = module.state_dict()
+    state["model.projector.0.weight"].view(-1)[5] = value
+    torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams)}, tmp_path / "run.ckpt")
+    with pytest.raises(ValueError) as err:
+        load_model(tmp_path / "run.ckpt")
+    assert str(err.value) == f"{tmp_path / 'run.ckpt'}: weight projector.0.weight holds 1 NaN/inf value(s) of {n}; {damaged}"
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("mmllm", "processor"), "abc", "mmllm.processor must be a mapping of ProcessorConfig fields, got str 'abc'"),
+    (("mmllm", "processor", "max_tiles"), "6", "mmllm.processor.max_tiles must be int, got str '6'"),
+    (("mmllm", "encoder", "pretrained"), 3, "mmllm.encoder.pretrained must be bool or str, got int 3"),
+    (("mmllm", "audio"), [], "mmllm.audio must be a mapping of AudioConfig fields or null, got list []"),
+    (("llm_config",), "x", "llm_config must be a mapping (the LLM's own config), got str"),
+])
+def test_a_config_json_field_of_the_wrong_type_is_one_error_naming_the_file_and_the_field(
+        tmp_path, where, value, message):
+    build().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    parent = meta
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        MMLLM.from_pretrained(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'config.json'}: {message}"
+
+
+@pytest.mark.parametrize("file, text, reason", [
+    ("tokenizer.json", '{"version": ', "tokenizer.json is not valid JSON (Expecting value: line 1 column 13 (char 12))"),
+    ("tokenizer_config.json", "\xff", "tokenizer_config.json is not valid JSON ("),
+    ("tokenizer.json", '{"version": "1.0", "model": 5}', "tokenizer.json is not a tokenizer `tokenizers` can read ("),
+])
+def test_a_corrupt_tokenizer_file_is_one_error_naming_which_file_of_the_folder(tmp_path, file, text, reason):
+    build().save_pretrained(tmp_path)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(ValueError) as err:
+        MMLLM.from_pretrained(tmp_path)
+    assert str(err.value).startswith(f"cannot load the tokenizer of {tmp_path}: {reason}")
+
+
 def test_push_to_hub_is_transformers_own_and_uploads_the_processor_with_the_model(monkeypatch):
     import transformers.utils.hub as hub
 

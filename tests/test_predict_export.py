@@ -79,6 +79,18 @@ def test_two_ddp_processes_write_one_file_in_input_order_and_count_each_skip_onc
     assert (summary["n"], summary["skipped"], summary["skipped_items"]) == (16, 2, skipped)
 
 
+def test_predict_generates_the_max_new_tokens_given_not_the_checkpoints_and_the_summary_says_so(fitted):
+    root, ckpt = fitted
+    mmllm("predict", "--config", CONFIG, "--data.predict", "d/items.jsonl", "--data.batch_size", "4",
+          "--ckpt_path", str(ckpt), "--model.max_new_tokens", "3", "--predictions.dirpath", "short", cwd=root)
+    model = load_model(ckpt)
+    with torch.no_grad():
+        generated = model.generate(first_batch(model, root).inputs, max_new_tokens=3)
+    rows = read_rows(root / "short" / "predictions.jsonl")
+    assert [r["prediction"] for r in rows[:4]] == [model.processor.decode(ids) for ids in generated.tolist()]
+    assert json.loads((root / "short" / "summary.json").read_text())["max_new_tokens"] == 3
+
+
 def test_a_batch_of_items_survives_the_input_casts_of_half_precision_and_of_fsdp(fitted):
     """Lightning's precision plugins and FSDP's root rebuild the dataclasses they are handed before any hook;
     the frozen records once crashed both ("A frozen dataclass was passed to apply_to_collection"; "field

@@ -1,10 +1,12 @@
 """A run killed with SIGKILL mid-epoch and resumed with `--ckpt_path last` continues exactly: the same
 per-step losses as a run that was never interrupted (workers 0 and 2, one process and 2 DDP processes)."""
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from io import BufferedWriter, RawIOBase
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 # Runs `mmllm fit` (reading sys.argv, as the DDP launcher re-runs it for rank 1) with two observers: one appends every step's loss (exact repr) to a file
-# per rank, the other SIGKILLs the process right after step KILL_AT (no cleanup, no final checkpoint).
+# per rank, the other sends KILL_SIGNAL (SIGKILL: no cleanup, no final checkpoint) right after step KILL_AT.
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
@@ -32,7 +34,7 @@ DRIVER = textwrap.dedent("""
             self.step = step
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
 
     kill_at = int(os.environ.get("KILL_AT", "0"))
     run(None, extra_callbacks=[LossLog(), *([KillAt(kill_at)] if kill_at else [])])
@@ -54,15 +56,16 @@ def fit_args(data: Path, root: str, workers: int, devices: int) -> list[str]:
     ]
 
 
-def drive(cwd: Path, args: list[str], kill_at: int = 0) -> int:
-    env = {**os.environ, "KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1"}
+def drive(cwd: Path, args: list[str], kill_at: int = 0, kill_signal: str = "SIGKILL",
+          expect: tuple[int, ...] = (0, -signal.SIGKILL)) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_SIGNAL": kill_signal, "OMP_NUM_THREADS": "1"}
     env.pop("MMLLM_DEBUG", None)
     (cwd / "driver.py").write_text(DRIVER)
     proc = subprocess.run([sys.executable, "driver.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
-    if proc.returncode not in (0, -signal.SIGKILL):
+    if proc.returncode not in expect:
         raise AssertionError(f"fit exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.returncode
+    return proc
 
 
 def losses(path: Path) -> dict[int, str]:
@@ -79,19 +82,36 @@ def data(tmp_path_factory) -> Path:
     return out / "train.jsonl"
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """`uninterrupted(workers, devices, *args)`: every rank's per-step losses of a run never stopped, run once
+    for the module (checkpoint intervals change no loss, so the runs compared with it may set their own)."""
+    done: dict[tuple, list[dict[int, str]]] = {}
+
+    def run(workers: int, devices: int, *args: str) -> list[dict[int, str]]:
+        key = (workers, devices, *args)
+        if key not in done:
+            cwd = tmp_path_factory.mktemp("whole")
+            drive(cwd, [*fit_args(data, "out", workers, devices), *args])
+            done[key] = [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+        return done[key]
+
+    return run
+
+
+def resumed_losses(cwd: Path, devices: int = 1) -> list[dict[int, str]]:
+    return [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+
+
 @pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
-def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(data, tmp_path, workers, devices):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
-    assert drive(whole, fit_args(data, "out", workers, devices)) == 0
-    assert drive(broken, fit_args(data, "out", workers, devices), kill_at=KILL) == -signal.SIGKILL
-    killed = losses(broken / "loss-rank0.tsv")
+def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(data, tmp_path, uninterrupted, workers, devices):
+    assert drive(tmp_path, fit_args(data, "out", workers, devices), kill_at=KILL).returncode == -signal.SIGKILL
+    killed = losses(tmp_path / "loss-rank0.tsv")
     assert max(map(int, killed)) == KILL  # it really died mid-run
-    assert drive(broken, [*fit_args(data, "out", workers, devices), "--ckpt_path", "last"]) == 0
-    for rank in range(devices):
-        expected, resumed = losses(whole / f"loss-rank{rank}.tsv"), losses(broken / f"loss-rank{rank}.tsv")
-        assert len(expected) == STEPS
-        assert resumed == expected  # steps 11..18 recomputed after the resume, bit for bit
+    assert drive(tmp_path, [*fit_args(data, "out", workers, devices), "--ckpt_path", "last"]).returncode == 0
+    expected = uninterrupted(workers, devices)
+    assert [len(e) for e in expected] == [STEPS] * devices
+    assert resumed_losses(tmp_path, devices) == expected  # steps 11..18 recomputed after the resume, bit for bit
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -133,3 +153,127 @@ def test_resume_finds_the_checkpoint_under_a_logger_folder_outside_the_root(data
     drive(tmp_path, [*args, "--trainer.max_steps", "5", "--ckpt_path", "last"])
     steps = [line.split("\t")[0] for line in (tmp_path / "loss-rank0.tsv").read_text().splitlines()]
     assert steps == ["1", "2", "3", "4", "5"]  # the second run trained steps 4 and 5 only: it resumed
+
+
+def last_step(root: Path) -> int:
+    """The global step of the one last.ckpt below `root`."""
+    (last,) = root.rglob("last.ckpt")
+    return torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
+def test_a_run_resumed_from_a_checkpoint_on_an_epochs_last_batch_sees_the_next_epoch_in_the_same_order(
+        data, tmp_path, uninterrupted, workers, devices):
+    every = ["--checkpoint.every_n_train_steps", "6"]  # 6 steps an epoch: every checkpoint on an epoch's end
+    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every], kill_at=8)
+    assert last_step(tmp_path / "out") == 6
+    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every, "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path, devices) == uninterrupted(workers, devices)
+
+
+def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes_exactly(
+        data, tmp_path, uninterrupted):
+    proc = drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL, kill_signal="SIGTERM", expect=(143,))
+    (last,) = (tmp_path / "out").rglob("last.ckpt")
+    assert last_step(tmp_path / "out") == KILL  # not the step-10 checkpoint before it
+    assert (f"[mmllm] SIGTERM at step {KILL}: {last.relative_to(tmp_path)} holds step {KILL}; resume with "
+            "--ckpt_path last") in proc.stdout
+    drive(tmp_path, [*fit_args(data, "out", 0, 1), "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path) == uninterrupted(0, 1)
+
+
+def test_a_full_disk_during_a_save_says_so_with_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, target)
+    fdopen = os.fdopen
+
+    class FullDisk(RawIOBase):
+        """A file on a disk with 4 KiB left: the write past it fails as the OS fails it."""
+
+        def __init__(self, fd: int) -> None:
+            self.raw, self.left = fdopen(fd, "wb", buffering=0), 4096
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.raw.write(data)
+
+        def fileno(self) -> int:
+            return self.raw.fileno()
+
+        def close(self) -> None:
+            self.raw.close()
+            super().close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: BufferedWriter(FullDisk(fd)))
+    with pytest.raises(OSError) as err:
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(100_000)}, target)
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value).startswith(f"[Errno 28] disk full: no space left to save {target} (")
+    assert str(err.value).endswith(" bytes free there); the previous checkpoint is kept whole")
+    assert io.load_checkpoint(target)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_unfinished_files_of_killed_saves_are_removed_by_the_next_save(tmp_path, capsys):
+    left = [tmp_path / ".last.ckpt.k3j2h1ab.tmp", tmp_path / ".epoch=0-step=30.ckpt.zz9y8x7w.tmp"]
+    for path in left:
+        path.write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # what a kill mid-save leaves
+    (tmp_path / "notes.tmp").write_text("mine")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
+    assert capsys.readouterr().out == (f"[mmllm] removed 2 unfinished checkpoint file(s) that killed saves left in "
+                                       f"{tmp_path}: {left[1].name}, {left[0].name}\n")
+
+
+@pytest.mark.parametrize("link", ["dangling", "looping"])
+def test_resume_passes_over_a_last_ckpt_symlink_to_no_file_for_the_intact_checkpoint_beside_it(tmp_path, link):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    AtomicCheckpointIO().save_checkpoint({"global_step": 7}, folder / "last-v1.ckpt")
+    os.utime(folder / "last-v1.ckpt", (1, 1))
+    (folder / "last.ckpt").symlink_to("epoch=0-step=9.ckpt" if link == "dangling" else "last.ckpt")
+    with pytest.warns(UserWarning, match="last.ckpt is a symlink to no file \\(dangling or looping\\); passed over"):
+        assert find_resume_checkpoint([tmp_path]) == (folder / "last-v1.ckpt").resolve()
+
+
+@pytest.mark.parametrize("before,after", [(0, 2), (2, 0)])
+def test_a_run_resumed_with_another_worker_count_continues_at_the_same_sample_with_identical_losses(
+        data, tmp_path, uninterrupted, before, after):
+    drive(tmp_path, fit_args(data, "out", before, 1), kill_at=KILL)
+    proc = drive(tmp_path, [*fit_args(data, "out", after, 1), "--ckpt_path", "last"])
+    assert (f"[mmllm] resuming with --data.num_workers {after} where the checkpoint's run had {before}: the loader "
+            "restarts at sample 16 of epoch 1 with fresh workers") in proc.stdout
+    assert resumed_losses(tmp_path) == uninterrupted(before, 1)
+
+
+def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp_path):
+    from mmllm.train.synth import synthesize
+
+    synthesize("ocr", tmp_path / "other", 30, seed=1, level="easy")
+    drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL)
+    args = [*fit_args(tmp_path / "other" / "train.jsonl", "out", 0, 1), "--data.batch_size", "2", "--ckpt_path", "last"]
+    out = drive(tmp_path, args).stdout
+    then = "in the checkpoint's run; the epoch goes on at its sample position, in the order of this run's data"
+    assert (f"[mmllm] resuming with another training set: {tmp_path / 'other' / 'train.jsonl'} (30 records) now, "
+            f"{data} (24 records) {then}") in out
+    assert f"[mmllm] resuming with another --data.batch_size: 2 now, 4 {then}" in out
+
+
+@pytest.mark.parametrize("end,limit", [(16, ["--trainer.max_steps", "16"]), (12, ["--trainer.max_steps", "12"]),
+                                       (12, ["--trainer.max_epochs", "2", "--trainer.max_steps", "-1"])],
+                         ids=["mid_epoch", "epoch_end", "max_epochs"])
+def test_a_finished_run_continued_to_more_steps_from_its_final_checkpoint_matches_one_run(
+        data, tmp_path, uninterrupted, end, limit):
+    """At lr 0, since the schedule follows max_steps: what is compared is the data order and the generators."""
+    args = [*fit_args(data, "out", 0, 1), "--model.lr", "0"]
+    drive(tmp_path, [*args, *limit])
+    assert last_step(tmp_path / "out") == end  # 16 and 12: between two checkpoint intervals (every 5)
+    drive(tmp_path, [*args, "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path) == uninterrupted(0, 1, "--model.lr", "0")

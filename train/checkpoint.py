@@ -1,10 +1,12 @@
 """Checkpoints that survive being killed, and resumes that continue the run exactly.
 
-Three pieces, each doing one job:
+Five pieces, each doing one job:
 - `AtomicCheckpointIO` writes a checkpoint beside its target and renames it over the target, so a kill
   during a save leaves the previous file whole (Lightning's own save goes through a temporary directory
   that may sit on another filesystem, where the final move truncates the target and copies into it).
   It loads with `weights_only=True`: a `.ckpt` is a pickle, and only plain tensors and containers are read.
+- `RunCheckpoint` also writes `last.ckpt` where a run stops: at its last step and at a SIGTERM.
+- `DataResume` names what a resumed run reads differently, and lets it run another number of workers.
 - `RNGStates` saves every process's Python, NumPy and torch generators and restores them just before the
   first batch after a resume (restoring earlier would be undone by what Lightning draws while it sets up).
   The data loader's position and its sampler's and workers' seeds are saved by the loader itself
@@ -15,7 +17,9 @@ Three pieces, each doing one job:
 """
 from __future__ import annotations
 
+import errno
 import random
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,13 +29,25 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mmllm.jsonl import replace_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
-        replace_atomically(path, lambda fh: torch.save(checkpoint, fh))
+        """Atomic; unfinished files earlier saves left in the folder (a kill mid-save) are removed first, and a
+        full disk is said to be one (torch reports it as an `unexpected pos` RuntimeError)."""
+        remove_unfinished(Path(path).parent)
+        try:
+            replace_atomically(path, lambda fh: torch.save(checkpoint, fh))
+        except (OSError, RuntimeError) as exc:
+            if not disk_full(exc):
+                raise
+            free = shutil.disk_usage(Path(path).parent).free
+            raise OSError(exc_errno(exc), f"disk full: no space left to save {path} ({free:,} bytes free there); "
+                                          "the previous checkpoint is kept whole") from None
 
     def load_checkpoint(self, path, map_location: Callable | None = None, weights_only: bool | None = None) -> dict:
         return read_checkpoint(path)
@@ -44,6 +60,34 @@ SHARDED_META = "meta.pt"
 
 def is_sharded(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file() and (Path(path) / ".metadata").is_file()
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def exc_errno(exc: BaseException | None) -> int | None:
+    """The errno of the first OSError in an exception's chain (torch raises its own error over a failed write)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # a chain can loop back on itself
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full(exc: BaseException) -> bool:
+    return exc_errno(exc) in FULL_DISK
+
+
+def remove_unfinished(folder: Path) -> None:
+    """Removes the temporary files (`.NAME.ckpt.XXXX.tmp`) that saves killed mid-write left in `folder`."""
+    left = sorted(folder.glob(".*.ckpt.*.tmp"))
+    for path in left:
+        path.unlink(missing_ok=True)
+    if left:
+        print(f"[mmllm] removed {len(left)} unfinished checkpoint file(s) that killed saves left in {folder}: "
+              f"{', '.join(p.name for p in left)}")
 
 
 def is_intact(path: str | Path) -> bool:
@@ -83,13 +127,99 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def find_resume_checkpoint(folders: Iterable[str | Path]) -> Path | None:
-    """The newest intact `last*.ckpt` below any of `folders`; unreadable ones are named and passed over."""
-    found = {p.resolve() for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob("last*.ckpt")}
+    """The newest intact `last*.ckpt` below any of `folders`; unreadable ones, and symlinks that lead nowhere
+    or round in a loop, are named and passed over."""
+    found = set()
+    for path in (p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob("last*.ckpt")):
+        try:
+            found.add(path.resolve(strict=True))
+        except (OSError, RuntimeError):  # a dangling link (FileNotFoundError), a loop (RuntimeError or ELOOP)
+            warnings.warn(f"[mmllm] {path} is a symlink to no file (dangling or looping); passed over", stacklevel=2)
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         if is_intact(path):
             return path
         warnings.warn(f"[mmllm] {path} is unreadable (a kill during a save?); trying the next newest", stacklevel=2)
     return None
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (`--checkpoint.*`), with `last.ckpt` also written where a run stops:
+
+    - at its last step: Lightning writes it at the end only when nothing was saved before, so a run ending
+      between two intervals (130 steps, every 100) left its last steps in no checkpoint;
+    - at a SIGTERM (what a cluster scheduler sends before it kills a job), at the step it arrived; the run
+      then exits with code 143 (`train.cli.run`), not 0."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        """The run's last step is saved after its batch, where every other step is: saved at the end of the run
+        instead, a resume would skip a batch (max_steps) or a whole epoch (max_epochs)."""
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if ends_run(trainer):
+            self.on_train_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """What other ends (max_time, early stopping) leave unsaved is saved here."""
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """At a SIGTERM in one process. Under DDP the ranks get theirs at different points (a scheduler signals
+        each; Lightning forwards rank 0's and broadcasts inside the handler), so a save, which every rank
+        must join, could hang: there the last interval's checkpoint stands, and the console says so."""
+        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
+            if trainer.world_size == 1 and self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            saved = self._last_global_step_saved
+            if trainer.is_global_zero:
+                print(f"[mmllm] SIGTERM at step {trainer.global_step}: {self.last_model_path or 'no checkpoint'} "
+                      f"holds step {saved}; resume with --ckpt_path last")
+        super().on_exception(trainer, pl_module, exception)
+
+
+class DataResume(L.Callback):
+    """What a resumed run reads, against what the checkpoint's run read (`MMDataModule.identity`, saved in the
+    checkpoint): another training set or batch size is named on the console, and the run goes on.
+
+    Another `--data.num_workers` works too: the loader's saved state holds its workers' snapshots, which a
+    loader with another count cannot take, so it is dropped and the sampler's own position (epoch and samples
+    yielded, the same in both forms) is put back instead: the run continues at the same sample."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if hasattr(trainer.datamodule, "identity"):
+            checkpoint["data"] = trainer.datamodule.identity()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        data, saved = trainer.datamodule, checkpoint.get("data")
+        if saved is None or not hasattr(data, "identity") or trainer.state.fn != "fit":
+            return
+        now = data.identity()
+        for key, what in (("train", "training set"), ("batch_size", "--data.batch_size")):
+            if saved[key] != now[key] and trainer.is_global_zero:
+                print(f"[mmllm] resuming with another {what}: {now[key]} now, {saved[key]} in the checkpoint's "
+                      "run; the epoch goes on at its sample position, in the order of this run's data")
+        loaders = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        if saved["num_workers"] == now["num_workers"] or not loaders:
+            return
+        main = loaders[0].get("_snapshot", {}).get("_main_snapshot", loaders[0])
+        position = (main.get("_sampler_iter_state") or {}).get("sampler_state")
+        if position is None:
+            raise ValueError(f"the checkpoint's loader ran {saved['num_workers']} workers and keeps no sampler "
+                             f"position to continue from with {now['num_workers']}; resume with "
+                             f"--data.num_workers {saved['num_workers']}")
+        loaders[0] = {}  # the loader starts afresh; its sampler starts at the saved position
+        data.resume_position = position
+        if trainer.is_global_zero:
+            print(f"[mmllm] resuming with --data.num_workers {now['num_workers']} where the checkpoint's run had "
+                  f"{saved['num_workers']}: the loader restarts at sample {position['yielded']} of epoch "
+                  f"{position['epoch']} with fresh workers")
+
+
+def ends_run(trainer: L.Trainer) -> bool:
+    """Whether the step just taken is the run's last: the `max_steps`-th, or the last batch of the last epoch."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+    return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,15 +1,15 @@
 """`mmllm fit|validate|test|predict`: LightningCLI over MMLLMModule and MMDataModule."""
 from __future__ import annotations
 
+import signal
 import sys
-from pathlib import Path
 from unittest import mock
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .checkpoint import AtomicCheckpointIO, RNGStates, find_resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoint, find_resume_checkpoint
 from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor
@@ -18,6 +18,8 @@ from .predict import PredictionWriter
 
 # A run killed at any point loses at most this many steps (`--checkpoint.every_n_train_steps`).
 CHECKPOINT_EVERY = 100
+# Model settings that shape no weight: a value the user gives wins over a `--ckpt_path` checkpoint's.
+RUN_SETTINGS = ("max_new_tokens", "gradient_checkpointing")
 
 
 class MMLLMCLI(LightningCLI):
@@ -25,10 +27,23 @@ class MMLLMCLI(LightningCLI):
         # The data pipeline uses the model's own processor, so it follows --model.arch and the encoder.
         parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
         # Checkpoints are part of every run: `--checkpoint.*` (or `checkpoint:` in a config) sets them.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
         # `predict` writes predictions.jsonl + summary.json into `--predictions.dirpath` (default: the log folder).
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning writes a `--ckpt_path` checkpoint's hyper-parameters over the whole `model` config, which
+        keeps the architecture the weights need; a setting that shapes no weight (`RUN_SETTINGS`) the user
+        chose, on the command line or in a --config, wins back, so `predict --model.max_new_tokens 3` is obeyed."""
+        subcommand = self.config.get("subcommand")
+        chosen = self.config[subcommand].get("model") if subcommand else None
+        chosen = {key: chosen.get(key) for key in RUN_SETTINGS} if chosen is not None else {}
+        super()._parse_ckpt_path()
+        defaults = self._parser(subcommand).get_defaults().get("model") if chosen else None
+        for key, value in chosen.items():
+            if value != defaults.get(key):
+                self.config[subcommand]["model"][key] = value
 
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically unless the user chose their own checkpoint plugin."""
@@ -55,13 +70,16 @@ class MMLLMCLI(LightningCLI):
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
     """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
     quiet_engine()
-    callbacks = [BadSampleMonitor(), RNGStates(), ProgressLines(), *(extra_callbacks or [])]
+    callbacks = [BadSampleMonitor(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
     # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
     with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
-        return MMLLMCLI(
-            MMLLMModule,
-            MMDataModule,
-            args=args,
-            trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
-            save_config_kwargs={"overwrite": True},
-        )
+        try:
+            return MMLLMCLI(
+                MMLLMModule,
+                MMDataModule,
+                args=args,
+                trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
+                save_config_kwargs={"overwrite": True},
+            )
+        except SIGTERMException:  # a SystemExit without a code, which would exit 0: the run did not finish
+            raise SystemExit(128 + signal.SIGTERM) from None

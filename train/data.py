@@ -9,6 +9,7 @@ from typing import Literal, Sequence, get_args
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -49,8 +50,7 @@ class ConversationDataset(Dataset):
                  length_policy: LengthPolicy = "skip", measure_images: bool = False) -> None:
         self.files, self.processor, self.substitute, self.image_folder = files, processor, substitute, image_folder
         self.max_length, self.length_policy = max_length, length_policy
-        # No token holds more characters than its vocabulary string, so longer text cannot fit max_length.
-        self.chars_per_token = max(map(len, processor.tokenizer.get_vocab()))
+        self.chars_per_token = chars_per_token(processor)
         self.known_bad: dict[int, str] = {}
         self.records = Catalog([open_source(f, image_folder, measure_images)
                                 for f in ([files] if isinstance(files, str) else files)])
@@ -92,12 +92,8 @@ class ConversationDataset(Dataset):
     def check_text_length(self, turns: Sequence[dict]) -> None:
         """Under "skip", text that cannot fit is rejected before it is tokenised or its media decoded,
         so a runaway answer costs nothing."""
-        if self.max_length is None or self.length_policy != "skip":
-            return
-        chars = sum(len(turn["value"]) for turn in turns)
-        if chars > self.max_length * self.chars_per_token:
-            raise SampleError(f"{chars} characters of text > max_length {self.max_length} tokens "
-                              f"of at most {self.chars_per_token} characters each")
+        if self.length_policy == "skip":
+            check_chars(sum(len(turn["value"]) for turn in turns), self.max_length, self.chars_per_token)
 
     def fit_length(self, sample: dict) -> dict:
         """The sample within `max_length` tokens as `length_policy` says, or a SampleError."""
@@ -152,6 +148,19 @@ class ConversationDataset(Dataset):
                          f"first: {self.known_bad[min(self.known_bad)]}")
 
 
+def chars_per_token(processor: Processor) -> int:
+    """No token holds more characters than its vocabulary string, so longer text cannot fit max_length."""
+    return max(map(len, processor.tokenizer.get_vocab()))
+
+
+def check_chars(chars: int, max_length: int | None, per_token: int) -> None:
+    """A SampleError when `chars` characters cannot fit `max_length` tokens (None: no limit): checked before
+    tokenising, so a runaway text costs nothing."""
+    if max_length is not None and chars > max_length * per_token:
+        raise SampleError(f"{chars} characters of text > max_length {max_length} tokens "
+                          f"of at most {per_token} characters each")
+
+
 class Notes:
     """A batch's bookkeeping, reported and never computed on: sample ids, bad samples, truncation notes, and for
     eval items the records and the items skipped.
@@ -166,7 +175,8 @@ class Notes:
         self.skipped, self.records = list(skipped), list(records)
 
     def __repr__(self) -> str:
-        return f"Notes(ids={self.ids}, bad={len(self.bad)}, truncated={len(self.truncated)}, skipped={len(self.skipped)})"
+        counts = f"bad={len(self.bad)}, truncated={len(self.truncated)}, skipped={len(self.skipped)}"
+        return f"Notes(ids={self.ids}, {counts})"
 
 
 @dataclass
@@ -259,6 +269,16 @@ class MMDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
+        # A training sampler position to start from (set by `train.checkpoint.DataResume`).
+        self.resume_position: dict | None = None
+
+    def identity(self) -> dict:
+        """What a run reads, as a checkpoint keeps it to compare a resumed run with: the training files and
+        their record count, the batch size and the worker count."""
+        files = self.files["train"]
+        records = len(self.dataset("train")) if files else 0
+        return {"train": f"{files} ({records} records)", "batch_size": self.batch_size,
+                "num_workers": self.num_workers}
 
     def transfer_batch_to_device(self, batch: Batch, device, dataloader_idx: int) -> Batch:
         """Only the model inputs move; the bookkeeping (records, ids, reports) stays as it is."""
@@ -297,9 +317,16 @@ class MMDataModule(L.LightningDataModule):
             sampler = LengthGroupedSampler(dataset, dataset.lengths, self.batch_size, world, rank, seed=seed)
         else:
             sampler = EpochSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+        if split == "train" and self.resume_position is not None:
+            sampler.load_state_dict(self.resume_position)
+            self.resume_position = None
+        # Its own generator: each iterator draws its worker and shared seeds when it is made, which would
+        # otherwise move the global torch generator (dropout's). A run resumed on an epoch's last batch makes
+        # its iterators at other points than the run it continues, so only then would the model's draws differ.
         return StatefulDataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=Collator(self.processor, self.pack_to), persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def grouped(self, split: str) -> bool:
@@ -322,7 +349,7 @@ class MMDataModule(L.LightningDataModule):
 
         if not self.predict:
             raise ValueError("no predict data: pass --data.predict items.jsonl")
-        items = ItemsDataset(self.predict, self.processor, self.prompt_template)
+        items = ItemsDataset(self.predict, self.processor, self.prompt_template, max_length=self.max_length)
         return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=PromptCollator(self.processor))
 

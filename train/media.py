@@ -6,12 +6,11 @@ import io
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mmllm.jsonl import Record
-from mmllm.processor import Processor, SampleError, check_image_size
+from mmllm.processor import Processor, SampleError
 
-DECODE_ERRORS = (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError)
 UNKNOWN_SIZE = (-1, -1)
 
 
@@ -35,17 +34,10 @@ def load_media(processor: Processor, record: Record, folder: str | None = None) 
     return images, [processor.load_audio(p) for p in paths_of(record, "audio", folder)]
 
 
-def open_image(data: bytes, name: str, max_side: int) -> Image.Image:
-    """An image embedded as bytes (a shard's), fully decoded and checked as `Processor.load_image` checks a
-    file, so a corrupt one fails here, as a SampleError naming it, and not mid-batch."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            image = im.convert("RGB")
-    except DECODE_ERRORS as exc:
-        raise SampleError(f"cannot decode embedded image {name}: {exc}") from None
-    check_image_size(image, max_side)
-    return image
+def open_image(data: bytes, name: str, processor: Processor) -> Image.Image:
+    """An image embedded as bytes (a shard's), decoded and checked as `Processor.load_image` decodes a file,
+    so a corrupt one fails here, as a SampleError naming it, and not mid-batch."""
+    return processor.open_image(io.BytesIO(data), f"embedded image {name}")
 
 
 def image_size(source: str | BinaryIO) -> tuple[int, int]:
@@ -54,5 +46,5 @@ def image_size(source: str | BinaryIO) -> tuple[int, int]:
     try:
         with Image.open(source) as im:
             return im.size
-    except (*DECODE_ERRORS, ValueError):
+    except Exception:  # whatever the decoder raises: loading the sample names it
         return UNKNOWN_SIZE

@@ -23,8 +23,15 @@ class EpochSampler(StatefulDistributedSampler):
         return {**super().state_dict(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.set_epoch(state["epoch"])
+        """Resumes mid-epoch at the saved position. A state saved on an epoch's last batch has yielded the
+        whole epoch: what comes next is the next epoch from its start. torchdata would skip that whole epoch
+        too (it leaves the count in this sampler, which every iterator shares), and a loader with workers
+        starts drawing indices before Lightning sets the epoch."""
+        if state[self._YIELDED] < self.num_samples:
+            super().load_state_dict(state)
+            self.set_epoch(state["epoch"])
+        else:
+            self.set_epoch(state["epoch"] + 1)
 
 
 def grouped_order(lengths: np.ndarray, batch_size: int, world: int, rank: int, seed: int,

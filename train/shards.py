@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmllm.jsonl import BadInput, Record, is_json_array, place, scan_records
+from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, scan_records
 from mmllm.processor import Processor, SampleError
 
 from .lengths import FeatureBuilder, LengthFeatures
@@ -176,20 +176,30 @@ class ShardReader:
         return shard, index - int(self.starts[shard])
 
     def row(self, index: int) -> dict:
+        """One row as a dict; a shard that cannot be read (cut short, a damaged row group) is a SampleError
+        naming the file, row and row group, so its rows are counted bad samples like any other."""
         shard, row = self.locate(index)
         group, at = divmod(row, self.group_rows)
         if self._group is None or self._group[0] != (shard, group):
-            if shard not in self._files:
-                self._files[shard] = pq.ParquetFile(self.files[shard], memory_map=True)
-            self._group = ((shard, group), self._files[shard].read_row_group(group))
+            try:
+                if shard not in self._files:
+                    self._files[shard] = pq.ParquetFile(self.files[shard], memory_map=True)
+                self._group = ((shard, group), self._files[shard].read_row_group(group))
+            except (pa.ArrowException, OSError) as exc:
+                raise SampleError(f"{self.files[shard]} row {row} (row group {group}): cannot read the shard "
+                                  f"({type(exc).__name__}: {exc})") from None
         return self._group[1].slice(at, 1).to_pylist()[0]
 
     def __getitem__(self, index: int) -> ShardRecord:
         (shard, at), row = self.locate(index), self.row(index)
-        return ShardRecord(self.files[shard], at, json.loads(row["json"]), sample_id=row["id"], origin=row["origin"])
+        try:
+            data = parse_line(row["json"].encode())
+        except (ValueError, AttributeError) as exc:  # a damaged page that still decoded: not the JSON written
+            raise SampleError(f"{self.files[shard]} row {at}: damaged record JSON ({exc})") from None
+        return ShardRecord(self.files[shard], at, data, sample_id=row["id"], origin=row["origin"])
 
     def media(self, index: int, record: Record, processor: Processor) -> tuple[list, list]:
         """The record's embedded images, decoded (named by their path in the source); shards hold no audio."""
         names = paths_of(record, "image", "")
         blobs = self.row(index)["images"]
-        return [open_image(blob, name, processor.config.max_image_side) for blob, name in zip(blobs, names)], []
+        return [open_image(blob, name, processor) for blob, name in zip(blobs, names)], []

@@ -15,6 +15,8 @@ def strip_generation(prediction: str | None) -> str:
 
 def gold_list(answers: str | Sequence[str]) -> list[str]:
     """Golds as a non-empty list of strings (a single string is a list of one); golds are never stripped here."""
+    if not isinstance(answers, (str, list, tuple)):  # a dict would be scored against its keys, a set in any order
+        raise TypeError(f"gold answers must be a string or a list of strings, got {type(answers).__name__}")
     golds = [answers] if isinstance(answers, str) else list(answers)
     if not golds:
         raise ValueError("at least one gold answer is required")
