@@ -12,7 +12,6 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors import safe_open
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import (CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME,
                                 cached_file)
@@ -157,12 +156,6 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         size = self.processor.tile_size
         return torch.zeros(1, 3, size, size, device=device)
 
-    def tag_ids(self, layout: MediaLayout) -> list[int]:
-        """The distinct tile-tag tokens the cross-attention memory uses (none with a learned tile identity)."""
-        if not self.config.mmllm.knobs.tile_identity.startswith("tag"):
-            return []
-        return sorted({t for entries in layout.kv for seg in entries for t in seg.tag})
-
     def splice(self, embeds: torch.Tensor, input_ids: torch.Tensor, segments: Sequence[torch.Tensor],
                slots: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments."""
@@ -182,53 +175,43 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         return embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(chosen).to(embeds.dtype))
 
     def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout, unseen: Sequence[torch.Tensor] = (),
-               tags: dict[int, torch.Tensor] | None = None) -> MediaMemory:
+               tag_vectors: torch.Tensor | None = None) -> MediaMemory:
         """Per-sample key/value inputs and the mask: a token sees the tokens of its most recent media item
         (a tag token kept in the sequence only its own tile); a token before any media sees nothing.
 
         Each tile carries its identity (`config.mmllm.knobs.tile_identity`): a learned slot embedding, its tag's
-        mean embedding added to every token, or its tag embeddings as separate entries before it.
-        `segments[i]` is segment i's tokens [n_i, d] (a [tiles, tokens, d] tensor works as well). `unseen`
-        tokens [n, d] are keys of every sample that no token sees: a batch's stand-ins for media it lacks. `tags`
-        maps `tag_ids(layout)` to their embeddings (looked up here when not given)."""
+        mean embedding added to every token, or its tag embeddings as separate entries before it. The keys are
+        gathered as the collator laid them out (`KeyLayout`). `segments[i]` is segment i's tokens [n_i, d] (a
+        [tiles, tokens, d] tensor works as well). `unseen` tokens [n, d] are keys of every sample that no token
+        sees: a batch's stand-ins for media it lacks. `tag_vectors` are the embeddings of `layout.keys.tag_ids`
+        (looked up here when not given)."""
+        keys = layout.keys
         ref = segments[0] if len(segments) else unseen[0]
-        identity = self.config.mmllm.knobs.tile_identity
-        if tags is None:
-            ids = self.tag_ids(layout)
-            table = self.llm.get_input_embeddings()
-            tags = dict(zip(ids, table(torch.tensor(ids, dtype=torch.long, device=ref.device))))
-        seqs, key_media, key_tile, key_pos = [], [], [], []
-        for entries in layout.kv:
-            parts, item, tile, pos, seen = [], [], [], [], {}
-            for seg in entries:
-                tokens = segments[seg.index]
-                tag = torch.stack([tags[t] for t in seg.tag]).to(ref.dtype) if seg.tag and tags else None
-                if identity == "learned" and seg.slot >= 0:
-                    tokens = tokens + self.tile_embedding[seg.slot].to(ref.dtype)
-                elif identity == "tag" and tag is not None:
-                    tokens = tokens + tag.mean(0)
-                elif identity == "tag_entries" and tag is not None:
-                    tokens = torch.cat([tag, tokens])
-                parts.append(tokens.to(ref.dtype))
-                item += [seg.media] * len(tokens)
-                tile += [seg.tile] * len(tokens)
-                first = seen.get(seg.media, 0)  # keys count on from the media item's place in the sequence
-                pos += range(seg.start + first, seg.start + first + len(tokens))
-                seen[seg.media] = first + len(tokens)
-            seqs.append(torch.cat(parts) if parts else ref.new_zeros(0, ref.shape[-1]))
-            key_media.append(torch.tensor(item, dtype=torch.long))
-            key_tile.append(torch.tensor(tile, dtype=torch.long))
-            key_pos.append(torch.tensor(pos, dtype=torch.long))
+        d, identity = ref.shape[-1], self.config.mmllm.knobs.tile_identity
+        flat = torch.cat([seg.reshape(-1, d) for seg in segments]) if len(segments) else ref.new_zeros(1, d)
+        values = flat[keys.row.clamp(min=0)] * (keys.row >= 0).unsqueeze(-1)
+        if identity == "learned" and self.tile_embedding is not None:
+            tiled = keys.slot >= 0  # a clip's keys have no slot
+            learned = self.tile_embedding[keys.slot.where(tiled, 0), keys.index.where(tiled, 0)]
+            values = values + learned.to(ref.dtype) * tiled.unsqueeze(-1)
+        elif keys.tag_ids:
+            if tag_vectors is None:
+                ids = torch.tensor(keys.tag_ids, dtype=torch.long, device=ref.device)
+                tag_vectors = self.llm.get_input_embeddings()(ids)
+            tag_vectors = tag_vectors.to(ref.dtype)
+            if identity == "tag":
+                means = torch.stack([tag_vectors[g].mean(0) for g in keys.groups])
+                values = values + means[keys.group.clamp(min=0)] * (keys.group >= 0).unsqueeze(-1)
+            else:  # "tag_entries": the tag's own embeddings are keys
+                values = values + tag_vectors[keys.tag.clamp(min=0)] * (keys.tag >= 0).unsqueeze(-1)
+        key_media, key_tile, key_pos = keys.media, keys.tile, keys.position
         if unseen:  # after every sample's own keys, as media item -2, which no token follows
-            extra = torch.cat([u.reshape(-1, ref.shape[-1]) for u in unseen]).to(ref.dtype)
-            seqs = [torch.cat([seq, extra]) for seq in seqs]
-            key_media = [torch.cat([m, torch.full((len(extra),), -2)]) for m in key_media]
-            key_tile = [torch.cat([t, torch.full((len(extra),), -2)]) for t in key_tile]
-            key_pos = [torch.cat([q, torch.zeros(len(extra), dtype=torch.long)]) for q in key_pos]
-        values = pad_sequence(seqs, batch_first=True, padding_value=0.0)
-        key_media = pad_sequence(key_media, batch_first=True, padding_value=-2).to(ref.device)  # -2: padding
-        key_tile = pad_sequence(key_tile, batch_first=True, padding_value=-2).to(ref.device)
-        key_pos = pad_sequence(key_pos, batch_first=True, padding_value=0).to(ref.device)
+            batch = values.shape[0]
+            extra = torch.cat([u.reshape(-1, d) for u in unseen]).to(ref.dtype)
+            values = torch.cat([values, extra.expand(batch, -1, -1)], 1)
+            unseen_ids = key_media.new_full((batch, len(extra)), -2)
+            key_media, key_tile = torch.cat([key_media, unseen_ids], 1), torch.cat([key_tile, unseen_ids], 1)
+            key_pos = torch.cat([key_pos, torch.zeros_like(unseen_ids)], 1)
         tok_media, tok_tile = layout.token_media, layout.token_tile
         prompt = (
             (tok_media.unsqueeze(-1) >= 0)
@@ -268,7 +251,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
                 clip = self.audio_features(*self.blank_clip(device))
                 (unseen if self.config.mmllm.cross_attends else spliced).extend(clip)
         # One call of the embedding table per forward, the memory's tile tags included, whatever the batch holds.
-        ids, n = self.tag_ids(layout), inputs.input_ids.numel()
+        ids, n = layout.keys.tag_ids, inputs.input_ids.numel()
         flat = torch.cat([inputs.input_ids.flatten(), torch.tensor(ids, dtype=torch.long, device=device)])
         vectors = self.llm.get_input_embeddings()(flat)
         embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, segments, layout.slots)
@@ -277,7 +260,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         layers = self.cross_layers().values()
         memory = None
         if layers:
-            memory = self.memory(segments, layout, unseen, dict(zip(ids, vectors[n:]))).repeat(copies)
+            memory = self.memory(segments, layout, unseen, vectors[n:]).repeat(copies)
         for layer in layers:
             layer.condition(memory)
         try:

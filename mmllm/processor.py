@@ -82,6 +82,30 @@ class KVSegment(NamedTuple):
 
 
 @dataclass
+class KeyLayout:
+    """Every sample's cross-attention keys, laid out by the collator so that the model gathers them in one go
+    (no per-sample work on the training path). Per sample row [B, N], padded: -1 / -2 / 0 as noted."""
+
+    row: torch.Tensor  # which row of the batch's segment tokens (every segment's tokens end to end) it is; -1: none
+    index: torch.Tensor  # its token's index within its segment; -1: none
+    tag: torch.Tensor  # a tag entry (tile_identity "tag_entries"): its token, as an index into `tag_ids`; -1: none
+    slot: torch.Tensor  # its learned tile-embedding row (tile_identity "learned"); -1: none
+    group: torch.Tensor  # its tile's tag, as an index into `groups` (tile_identity "tag": their mean); -1: none
+    media: torch.Tensor  # the media item of the sample it belongs to (what the mask follows); -2: padding
+    tile: torch.Tensor  # its tile within the image; -2: padding
+    position: torch.Tensor  # its media item's place in the sequence + its index within the item
+    tag_ids: list[int]  # the distinct tile-tag tokens the keys use (tile_identity "tag" and "tag_entries")
+    groups: list[list[int]]  # the distinct tile tags (indices into `tag_ids`) whose means "tag" keys add
+
+    def to(self, device: torch.device) -> "KeyLayout":
+        return replace(self, **{f: getattr(self, f).to(device) for f in KEY_FIELDS})
+
+
+KEY_FIELDS = ("row", "index", "tag", "slot", "group", "media", "tile", "position")
+KEY_FILL = {"row": -1, "index": -1, "tag": -1, "slot": -1, "group": -1, "media": -2, "tile": -2, "position": 0}
+
+
+@dataclass
 class MediaLayout:
     """Where a batch's image tiles and audio clips go; built by `Processor.collate`, read by the model.
 
@@ -95,10 +119,12 @@ class MediaLayout:
     token_tile: torch.Tensor  # [B, T] -1: every tile of that image; k: only tile k (NVLM-X tile tags)
     kv: list[list[KVSegment]]  # per sample: the segments its cross-attention keys/values are built from
     audio_frames: torch.Tensor  # [clips] real length of each clip in mel frames; the rest of its window is padding
+    keys: KeyLayout
 
     def to(self, device: torch.device) -> "MediaLayout":
         return replace(self, slots=self.slots.to(device), token_media=self.token_media.to(device),
-                       token_tile=self.token_tile.to(device), audio_frames=self.audio_frames.to(device))
+                       token_tile=self.token_tile.to(device), audio_frames=self.audio_frames.to(device),
+                       keys=self.keys.to(device))
 
 
 @dataclass
@@ -416,10 +442,46 @@ class MMLLMProcessor(ProcessorMixin):
             tiles += len(s["pixel_values"])
             clips += len(s["audio_frames"])
         frames = torch.tensor([f for s in samples for f in s["audio_frames"]], dtype=torch.long)
-        layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv, frames)
+        layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv, frames,
+                             self.key_layout(kv, n_tiles, frames.tolist()))
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
+
+    def key_layout(self, kv: list[list[KVSegment]], n_tiles: int, frames: list[int]) -> KeyLayout:
+        """Each sample's keys, in its segments' order: a segment's tokens (a tag's entries first, with
+        tile_identity "tag_entries"), numbered on from its media item's place in the sequence."""
+        lengths = [self.tokens_per_tile] * n_tiles + [self.audio_front_end.tokens_for_frames(f) for f in frames]
+        offsets = [0]
+        for n in lengths:
+            offsets.append(offsets[-1] + n)
+        identity = self.knobs.tile_identity
+        used = sorted({t for entries in kv for seg in entries for t in seg.tag}) if identity.startswith("tag") else []
+        tag_index = {t: i for i, t in enumerate(used)}
+        groups: dict[tuple[int, ...], int] = {}
+        rows = []
+        for entries in kv:
+            keys = {f: [] for f in KEY_FIELDS}
+            seen: dict[int, int] = {}
+            for seg in entries:
+                tags = [tag_index[t] for t in seg.tag] if identity == "tag_entries" else []
+                n, m = lengths[seg.index], len(tags)
+                group = groups.setdefault(seg.tag, len(groups)) if identity == "tag" and seg.tag else -1
+                keys["row"] += [-1] * m + list(range(offsets[seg.index], offsets[seg.index] + n))
+                keys["index"] += [-1] * m + list(range(n))
+                keys["tag"] += tags + [-1] * n
+                keys["slot"] += [-1] * m + [seg.slot if identity == "learned" else -1] * n
+                keys["group"] += [-1] * m + [group] * n
+                keys["media"] += [seg.media] * (m + n)
+                keys["tile"] += [seg.tile] * (m + n)
+                first = seen.get(seg.media, 0)  # keys count on from the media item's place in the sequence
+                keys["position"] += range(seg.start + first, seg.start + first + m + n)
+                seen[seg.media] = first + m + n
+            rows.append(keys)
+        width = max([len(k["row"]) for k in rows], default=0)
+        padded = {f: torch.tensor([k[f] + [KEY_FILL[f]] * (width - len(k[f])) for k in rows], dtype=torch.long)
+                  .reshape(len(rows), width) for f in KEY_FIELDS}
+        return KeyLayout(**padded, tag_ids=used, groups=[[tag_index[t] for t in g] for g in groups])
 
     def pack(self, samples: Sequence[dict], length: int) -> ModelInputs:
         """Samples concatenated into as few rows of at most `length` tokens as first-fit finds (in their order; a
