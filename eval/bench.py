@@ -415,7 +415,8 @@ def write_report(result: dict, out: Path) -> list[Path]:
         "# mmllm bench: NVLM-D, -X, -H and their Hugging Face peers\n\n"
         f"Settings: {settings}. Total {result['total_s']:.0f} s in one process.\n\n"
         f"## Models\n\n{t['models']}\n\n## Measurements\n\n{t['rows']}\n\n## Ratios (time: first / second)\n\n"
-        f"{t['ratios']}\n\n## Packing ({PACKING_SAMPLES} mixed-length samples)\n\n{t['packing']}\n\n" + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
+        f"{t['ratios']}\n\n## Packing ({PACKING_SAMPLES} mixed-length samples)\n\n{t['packing']}\n\n"
+        + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
     return [out / "bench.json", out / "bench.md", *pictures]
 
 

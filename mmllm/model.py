@@ -157,22 +157,23 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         return torch.zeros(1, 3, size, size, device=device)
 
     def splice(self, embeds: torch.Tensor, input_ids: torch.Tensor, segments: Sequence[torch.Tensor],
-               slots: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the placeholders replaced, in order, by the tokens of the `slots` segments."""
-        placeholders = input_ids == self.image_token_id
-        n_slots = int(placeholders.sum())
-        if n_slots and not len(segments):
-            raise ValueError(f"{n_slots} placeholder tokens but no pixel_values or audio_values")
-        chosen = [segments[i] for i in slots.tolist() if i < len(segments)]
-        n_embeds = sum(len(c) for c in chosen)
-        if n_embeds != n_slots or len(chosen) != len(slots):
+               layout: MediaLayout) -> torch.Tensor:
+        """Token embeddings with the placeholders replaced, in order, by the segment tokens the collator assigned
+        them (`layout.splice_rows`); checked against what the tiles and clips gave, without reading the device."""
+        given = sum(len(seg) for seg in segments)
+        if given != layout.segment_tokens:
+            n_slots = len(layout.splice_rows)
+            if not given:
+                raise ValueError(f"{n_slots} placeholder tokens but no pixel_values or audio_values")
             raise ValueError(
-                f"{n_slots} placeholder tokens but the tiles and clips give {n_embeds} embeddings "
-                f"(tiles of {self.processor.tokens_per_tile} tokens each); build inputs with model.processor"
+                f"{n_slots} placeholder tokens but the tiles and clips give {given - layout.segment_tokens + n_slots} "
+                f"embeddings (tiles of {self.processor.tokens_per_tile} tokens each); build inputs with model.processor"
             )
-        if not n_slots:
+        if not len(layout.splice_rows):
             return embeds
-        return embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(chosen).to(embeds.dtype))
+        placeholders = (input_ids == self.image_token_id).unsqueeze(-1)
+        flat = torch.cat([seg.reshape(-1, embeds.shape[-1]) for seg in segments])
+        return embeds.masked_scatter(placeholders, flat[layout.splice_rows].to(embeds.dtype))
 
     def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout, unseen: Sequence[torch.Tensor] = (),
                tag_vectors: torch.Tensor | None = None) -> MediaMemory:
@@ -254,7 +255,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         ids, n = layout.keys.tag_ids, inputs.input_ids.numel()
         flat = torch.cat([inputs.input_ids.flatten(), torch.tensor(ids, dtype=torch.long, device=device)])
         vectors = self.llm.get_input_embeddings()(flat)
-        embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, segments, layout.slots)
+        embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, segments, layout)
         if spliced:
             embeds = embeds + sum(t.sum() for t in spliced) * 0.0
         layers = self.cross_layers().values()

@@ -120,11 +120,13 @@ class MediaLayout:
     kv: list[list[KVSegment]]  # per sample: the segments its cross-attention keys/values are built from
     audio_frames: torch.Tensor  # [clips] real length of each clip in mel frames; the rest of its window is padding
     keys: KeyLayout
+    splice_rows: torch.Tensor  # [placeholders] the segment-token row each placeholder takes, in sequence order
+    segment_tokens: int  # how many tokens the batch's segments give, end to end (what the rows index)
 
     def to(self, device: torch.device) -> "MediaLayout":
         return replace(self, slots=self.slots.to(device), token_media=self.token_media.to(device),
                        token_tile=self.token_tile.to(device), audio_frames=self.audio_frames.to(device),
-                       keys=self.keys.to(device))
+                       keys=self.keys.to(device), splice_rows=self.splice_rows.to(device))
 
 
 @dataclass
@@ -441,20 +443,23 @@ class MMLLMProcessor(ProcessorMixin):
             kv.append([seg._replace(index=first[seg.kind] + seg.index) for seg in s["kv"]])
             tiles += len(s["pixel_values"])
             clips += len(s["audio_frames"])
-        frames = torch.tensor([f for s in samples for f in s["audio_frames"]], dtype=torch.long)
-        layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv, frames,
-                             self.key_layout(kv, n_tiles, frames.tolist()))
-        return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                           torch.cat([s["pixel_values"] for s in samples]),
-                           torch.cat([s["audio_values"] for s in samples]), layout)
-
-    def key_layout(self, kv: list[list[KVSegment]], n_tiles: int, frames: list[int]) -> KeyLayout:
-        """Each sample's keys, in its segments' order: a segment's tokens (a tag's entries first, with
-        tile_identity "tag_entries"), numbered on from its media item's place in the sequence."""
+        frames = [f for s in samples for f in s["audio_frames"]]
         lengths = [self.tokens_per_tile] * n_tiles + [self.audio_front_end.tokens_for_frames(f) for f in frames]
         offsets = [0]
         for n in lengths:
             offsets.append(offsets[-1] + n)
+        splice = [r for i in slots for r in range(offsets[i], offsets[i + 1])]
+        layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv,
+                             torch.tensor(frames, dtype=torch.long), self.key_layout(kv, lengths, offsets),
+                             torch.tensor(splice, dtype=torch.long), offsets[-1])
+        return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                           torch.cat([s["pixel_values"] for s in samples]),
+                           torch.cat([s["audio_values"] for s in samples]), layout)
+
+    def key_layout(self, kv: list[list[KVSegment]], lengths: list[int], offsets: list[int]) -> KeyLayout:
+        """Each sample's keys, in its segments' order: a segment's tokens (a tag's entries first, with
+        tile_identity "tag_entries"), numbered on from its media item's place in the sequence. Segment i gives
+        `lengths[i]` tokens, rows `offsets[i]` on of the batch's segment tokens."""
         identity = self.knobs.tile_identity
         used = sorted({t for entries in kv for seg in entries for t in seg.tag}) if identity.startswith("tag") else []
         tag_index = {t: i for i, t in enumerate(used)}
