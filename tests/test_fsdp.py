@@ -269,3 +269,34 @@ def test_a_config_names_the_strategy_by_class_path(tmp_path, monkeypatch):
     strategy = cli.trainer.strategy
     assert isinstance(strategy, NamedUnitsFSDP) and strategy.checkpoint_units
     assert strategy.sharding_strategy.name == "SHARD_GRAD_OP"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_training_forward_reads_nothing_back_from_the_device_in_our_code(arch, monkeypatch):
+    """Every such read waits for the device (a GPU stalls on each): the collator lays out what the model
+    would otherwise read per step (placeholder counts, slots, cross-attention keys)."""
+    from mmllm.train.module import MMLLMModule
+
+    from conftest import text_image
+
+    ours = tuple(str(REPO / folder) for folder in ("mmllm", "connectors", "encoders"))
+    reads = []
+    for name in ("item", "tolist", "__int__", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, original=original, name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(ours):
+                reads.append(f"{name} in {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    module = MMLLMModule(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage="sft").train()
+    proc = module.processor
+    conv = [{"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "hello"}]
+    batch = proc.collate([proc.encode(conv, [text_image("hello", (64, 32))]) for _ in range(2)])
+    reads.clear()  # building the model and the batch may read; the step must not
+    module.model(batch).loss.backward()
+    assert reads == []
