@@ -156,11 +156,12 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         size = self.processor.tile_size
         return torch.zeros(1, 3, size, size, device=device)
 
-    def splice(self, embeds: torch.Tensor, input_ids: torch.Tensor, segments: Sequence[torch.Tensor],
+    def splice(self, embeds: torch.Tensor, input_ids: torch.Tensor, tokens: torch.Tensor,
                layout: MediaLayout) -> torch.Tensor:
-        """Token embeddings with the placeholders replaced, in order, by the segment tokens the collator assigned
-        them (`layout.splice_rows`); checked against what the tiles and clips gave, without reading the device."""
-        given = sum(len(seg) for seg in segments)
+        """Token embeddings with the placeholders replaced, in order, by the segment tokens [n, d] the collator
+        assigned them (`layout.splice_rows`); checked against what the tiles and clips gave, without reading the
+        device."""
+        given = len(tokens)
         if given != layout.segment_tokens:
             n_slots = len(layout.splice_rows)
             if not given:
@@ -172,8 +173,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         if not len(layout.splice_rows):
             return embeds
         placeholders = (input_ids == self.image_token_id).unsqueeze(-1)
-        flat = torch.cat([seg.reshape(-1, embeds.shape[-1]) for seg in segments])
-        return embeds.masked_scatter(placeholders, flat[layout.splice_rows].to(embeds.dtype))
+        return embeds.masked_scatter(placeholders, tokens[layout.splice_rows].to(embeds.dtype))
 
     def memory(self, segments: Sequence[torch.Tensor], layout: MediaLayout, unseen: Sequence[torch.Tensor] = (),
                tag_vectors: torch.Tensor | None = None) -> MediaMemory:
@@ -189,7 +189,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         keys = layout.keys
         ref = segments[0] if len(segments) else unseen[0]
         d, identity = ref.shape[-1], self.config.mmllm.knobs.tile_identity
-        flat = torch.cat([seg.reshape(-1, d) for seg in segments]) if len(segments) else ref.new_zeros(1, d)
+        flat = segment_tokens(segments, d) if len(segments) else ref.new_zeros(1, d)
         values = flat[keys.row.clamp(min=0)] * (keys.row >= 0).unsqueeze(-1)
         if identity == "learned" and self.tile_embedding is not None:
             tiled = keys.slot >= 0  # a clip's keys have no slot
@@ -255,13 +255,15 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         ids, n = layout.keys.tag_ids, inputs.input_ids.numel()
         flat = torch.cat([inputs.input_ids.flatten(), torch.tensor(ids, dtype=torch.long, device=device)])
         vectors = self.llm.get_input_embeddings()(flat)
-        embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, segments, layout)
+        d = vectors.shape[-1]
+        tokens = segment_tokens(segments, d) if segments else vectors.new_zeros(0, d)  # every segment's, end to end
+        embeds = self.splice(vectors[:n].view(*inputs.input_ids.shape, -1), inputs.input_ids, tokens, layout)
         if spliced:
             embeds = embeds + sum(t.sum() for t in spliced) * 0.0
         layers = self.cross_layers().values()
         memory = None
         if layers:
-            memory = self.memory(segments, layout, unseen, vectors[n:]).repeat(copies)
+            memory = self.memory(tokens if segments else [], layout, unseen, vectors[n:]).repeat(copies)
         for layer in layers:
             layer.condition(memory)
         try:
@@ -355,6 +357,13 @@ def check_finite_weights(model: nn.Module, source: str | os.PathLike) -> None:
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{source}: weight {name} holds {bad:,} NaN/inf value(s) of {tensor.numel():,}; "
                              "the weights are damaged (a diverged run or a corrupt file)")
+
+
+def segment_tokens(segments: Sequence[torch.Tensor] | torch.Tensor, dim: int) -> torch.Tensor:
+    """Every segment's tokens end to end [n, dim], from a list of [n_i, dim] or one tensor of any leading shape."""
+    if isinstance(segments, torch.Tensor):
+        return segments.reshape(-1, dim)
+    return torch.cat([seg.reshape(-1, dim) for seg in segments])
 
 
 def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
