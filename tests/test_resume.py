@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 # Runs `mmllm fit` (reading sys.argv, as the DDP launcher re-runs it for rank 1) with two observers: one appends every step's loss (exact repr) to a file
-# per rank, the other sends KILL_SIGNAL (SIGKILL: no cleanup, no final checkpoint) right after step KILL_AT.
+# per rank, the other sends KILL_SIGNAL (SIGKILL: no cleanup, no final checkpoint) right after step KILL_AT
+# to the ranks in KILL_RANKS (default: all).
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
@@ -33,7 +34,7 @@ DRIVER = textwrap.dedent("""
         def __init__(self, step):
             self.step = step
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.global_step == self.step:
+            if trainer.global_step == self.step and str(trainer.global_rank) in os.environ.get("KILL_RANKS", "0 1"):
                 os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
 
     kill_at = int(os.environ.get("KILL_AT", "0"))
@@ -57,8 +58,9 @@ def fit_args(data: Path, root: str, workers: int, devices: int) -> list[str]:
 
 
 def drive(cwd: Path, args: list[str], kill_at: int = 0, kill_signal: str = "SIGKILL",
-          expect: tuple[int, ...] = (0, -signal.SIGKILL)) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_SIGNAL": kill_signal, "OMP_NUM_THREADS": "1"}
+          expect: tuple[int, ...] = (0, -signal.SIGKILL), kill_ranks: str = "0 1") -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_SIGNAL": kill_signal, "KILL_RANKS": kill_ranks,
+           "OMP_NUM_THREADS": "1"}
     env.pop("MMLLM_DEBUG", None)
     (cwd / "driver.py").write_text(DRIVER)
     proc = subprocess.run([sys.executable, "driver.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -171,15 +173,20 @@ def test_a_run_resumed_from_a_checkpoint_on_an_epochs_last_batch_sees_the_next_e
     assert resumed_losses(tmp_path, devices) == uninterrupted(workers, devices)
 
 
+@pytest.mark.parametrize("devices,ranks", [(1, "0"), (2, "1")], ids=["one-process", "ddp2-rank1-only"])
 def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes_exactly(
-        data, tmp_path, uninterrupted):
-    proc = drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL, kill_signal="SIGTERM", expect=(143,))
+        data, tmp_path, uninterrupted, devices, ranks):
+    """Under DDP a scheduler signals each rank at its own moment: here only rank 1 hears it, and both stop
+    after that step with one checkpoint of it."""
+    proc = drive(tmp_path, fit_args(data, "out", 0, devices), kill_at=KILL, kill_signal="SIGTERM", kill_ranks=ranks,
+                 expect=(143,))
     (last,) = (tmp_path / "out").rglob("last.ckpt")
     assert last_step(tmp_path / "out") == KILL  # not the step-10 checkpoint before it
     assert (f"[mmllm] SIGTERM at step {KILL}: {last.relative_to(tmp_path)} holds step {KILL}; resume with "
             "--ckpt_path last") in proc.stdout
-    drive(tmp_path, [*fit_args(data, "out", 0, 1), "--ckpt_path", "last"])
-    assert resumed_losses(tmp_path) == uninterrupted(0, 1)
+    assert all(max(steps) == KILL for steps in (map(int, log) for log in resumed_losses(tmp_path, devices)))
+    drive(tmp_path, [*fit_args(data, "out", 0, devices), "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path, devices) == uninterrupted(0, devices)
 
 
 def test_a_full_disk_during_a_save_says_so_with_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

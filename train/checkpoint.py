@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import random
 import shutil
+import signal
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -147,8 +149,33 @@ class RunCheckpoint(ModelCheckpoint):
 
     - at its last step: Lightning writes it at the end only when nothing was saved before, so a run ending
       between two intervals (130 steps, every 100) left its last steps in no checkpoint;
-    - at a SIGTERM (what a cluster scheduler sends before it kills a job), at the step it arrived; the run
-      then exits with code 143 (`train.cli.run`), not 0."""
+    - at a SIGTERM (what a cluster scheduler sends before it kills a job), after the step it arrived in, by
+      every rank together; the run then exits with code 143 (`train.cli.run`), not 0.
+
+    Lightning's own SIGTERM handler broadcasts from inside the handler, so under DDP a rank signalled in the
+    middle of another collective (a scheduler signals each rank at its own moment) hangs or mismatches, and
+    no save can be joined. Ours only raises a flag; after every batch the ranks agree on it with one
+    all-reduce (the cost of the broadcast Lightning already makes per step), then save and stop as one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signalled = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning installs its handler just before training; ours replaces it, keeping a handler the user's
+        code had installed before the run."""
+        super().on_train_start(trainer, pl_module)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only
+        earlier = getattr(trainer._signal_connector, "_original_handlers", {}).get(signal.SIGTERM)
+
+        def note(signum: int, frame: Any) -> None:
+            self.signalled = True
+            if callable(earlier):
+                earlier(signum, frame)
+
+        self.signalled = False
+        signal.signal(signal.SIGTERM, note)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         """The run's last step is saved after its batch, where every other step is: saved at the end of the run
@@ -156,6 +183,16 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         if ends_run(trainer):
             self.on_train_end(trainer, pl_module)
+        elif self.any_rank_signalled(trainer):
+            if self.save_last and self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            raise SIGTERMException()
+
+    def any_rank_signalled(self, trainer: L.Trainer) -> bool:
+        if trainer.world_size == 1:
+            return self.signalled
+        flag = torch.tensor([float(self.signalled)], device=trainer.strategy.root_device)
+        return bool(trainer.strategy.reduce(flag, reduce_op="max").item())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """What other ends (max_time, early stopping) leave unsaved is saved here."""
@@ -163,16 +200,9 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        """At a SIGTERM in one process. Under DDP the ranks get theirs at different points (a scheduler signals
-        each; Lightning forwards rank 0's and broadcasts inside the handler), so a save, which every rank
-        must join, could hang: there the last interval's checkpoint stands, and the console says so."""
-        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
-            if trainer.world_size == 1 and self._last_global_step_saved != trainer.global_step:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            saved = self._last_global_step_saved
-            if trainer.is_global_zero:
-                print(f"[mmllm] SIGTERM at step {trainer.global_step}: {self.last_model_path or 'no checkpoint'} "
-                      f"holds step {saved}; resume with --ckpt_path last")
+        if isinstance(exception, SIGTERMException) and trainer.is_global_zero and not trainer.sanity_checking:
+            print(f"[mmllm] SIGTERM at step {trainer.global_step}: {self.last_model_path or 'no checkpoint'} "
+                  f"holds step {self._last_global_step_saved}; resume with --ckpt_path last", flush=True)
         super().on_exception(trainer, pl_module, exception)
 
 
