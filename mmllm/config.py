@@ -19,6 +19,9 @@ TILE_IDENTITIES = ("learned", "tag", "tag_entries", "none")
 # Positions inside the cross-attention: none (a set of keys, as Flamingo/Mllama) or rope (queries at their
 # sequence position, keys at their media item's position + their index, rotated as the LLM's RoPE does).
 CROSS_ATTENTION_POSITIONS = ("none", "rope")
+# Tokens per training sample and eval prompt: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens
+# each is 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
+DEFAULT_MAX_LENGTH = 4096
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from mmllm.config import DEFAULT_MAX_LENGTH
 from mmllm.jsonl import BadInput, Record
 from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
 
@@ -22,9 +23,6 @@ from .media import load_media, paths_of  # noqa: F401 (where eval imports them f
 from .sampling import EpochSampler, LengthGroupedSampler
 
 LengthPolicy = Literal["skip", "truncate"]
-# Tokens per training sample: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens each is
-# 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
-DEFAULT_MAX_LENGTH = 4096
 
 
 class ConversationDataset(Dataset):
