@@ -82,3 +82,32 @@ def test_no_production_module_imports_unittest():
     offenders = [str(path.relative_to(REPO)) for folder in PRODUCTION for path in (REPO / folder).rglob("*.py")
                  if pattern.search(path.read_text())]
     assert offenders == []
+
+
+def described_options(help_text: str) -> dict[str, str]:
+    """`--name` -> its description in an argparse help: the text after the metavar (on the option's line or
+    the lines below it) and before jsonargparse's `(type: ...)`."""
+    options = {}
+    for name, rest in re.findall(r"^  (--[\w.]+)(.*?)(?=^  --|^\S|\Z)", help_text, re.MULTILINE | re.DOTALL):
+        first, _, below = rest.partition("\n")
+        inline = re.split(r" {2,}", first.strip(), maxsplit=1)[1:]
+        options[name] = " ".join(" ".join([*inline, below]).split("(type:")[0].split())
+    return options
+
+
+def test_fit_help_describes_every_model_and_data_option_the_tiny_config_sets(capsys):
+    import yaml
+
+    from mmllm.train.cli import run
+
+    config = yaml.safe_load((REPO / "configs" / "nvlm_d_tiny.yaml").read_text())
+    nested = {"encoder": "EncoderConfig", "llm": "LLMConfig", "processor": "ProcessorConfig"}
+    helps = [["fit", "--help"]] + [["fit", f"--model.{key}.help", name] for key, name in nested.items()]
+    options: dict[str, str] = {}
+    for args in helps:
+        with pytest.raises(SystemExit):
+            run(args)
+        options.update(described_options(capsys.readouterr().out))
+    used = [f"--{part}.{key}" for part in ("model", "data") for key in config[part]]
+    used += [f"--model.{key}.{field}" for key in nested for field in config["model"][key]]
+    assert {name: options.get(name) for name in used if not options.get(name)} == {}
