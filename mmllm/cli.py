@@ -98,11 +98,13 @@ def export_command(argv: list[str]) -> None:
 
 def quiet_weight_progress() -> None:
     """Weight loading and saving are ours to report (an error stays one line): no per-file progress bars
-    from transformers or the hub library, also where they were imported before this command ran."""
+    from transformers or the hub library. Both read the variable when they load; one loaded before this
+    command ran is switched off directly (importing transformers here would cost every command seconds)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as transformers_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

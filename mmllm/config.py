@@ -19,6 +19,9 @@ TILE_IDENTITIES = ("learned", "tag", "tag_entries", "none")
 # Positions inside the cross-attention: none (a set of keys, as Flamingo/Mllama) or rope (queries at their
 # sequence position, keys at their media item's position + their index, rotated as the LLM's RoPE does).
 CROSS_ATTENTION_POSITIONS = ("none", "rope")
+# Tokens per training sample and eval prompt: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens
+# each is 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
+DEFAULT_MAX_LENGTH = 4096
 
 
 class ConfigError(ValueError):
@@ -27,23 +30,31 @@ class ConfigError(ValueError):
 
 @dataclass
 class EncoderConfig:
-    """Which encoder family (registry name) builds which model.
+    """The vision encoder: which family (registry name) builds which model.
 
-    `options` go to the library constructor (e.g. timm's depth/embed_dim/patch_size), so a tiny
-    random tower and a real one differ only in config. `pretrained` is False (random), True
-    (the library's own weights, needs a hub) or a local weights path.
+    A tiny random tower and a real one differ only in config.
+
+    Attributes:
+        family: encoder registry name (timm, open_clip, hf, ...).
+        model: the family's model name, e.g. timm's vit_tiny_patch16_224.
+        image_size: side in pixels of every tile the encoder sees.
+        pretrained: False (random), True (the library's own weights, needs a hub) or a local weights path.
+        feature_layer: which block's output; negative counts from the end (LLaVA-style penultimate).
+        mean: pixel normalisation mean; None takes the library's config for this model. An hf tower loaded
+            from a directory records its image processor's values here, so the saved model keeps them.
+        std: pixel normalisation std; None as for `mean`.
+        options: keyword arguments of the library constructor (e.g. timm's depth, embed_dim, patch_size).
+            The default is a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on
+            a CPU.
     """
 
     family: str = "timm"
     model: str = "vit_tiny_patch16_224"
     image_size: int = 32
     pretrained: bool | str = False
-    feature_layer: int = -2  # which block's output; negative counts from the end (LLaVA-style penultimate)
-    # Pixel normalisation; None takes the library's config for this model. An hf tower loaded from a
-    # directory records its image processor's values here, so the saved model keeps them.
+    feature_layer: int = -2
     mean: list[float] | None = None
     std: list[float] | None = None
-    # Default: a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on a CPU.
     options: dict[str, Any] = field(
         default_factory=lambda: {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": [16, 4]}
     )
@@ -51,7 +62,20 @@ class EncoderConfig:
 
 @dataclass
 class LLMConfig:
-    """A causal LM: a local path / hub name (`from_pretrained`), else built from `options`."""
+    """The causal LM: a local path or hub name (`from_pretrained`), else built from `options`.
+
+    Attributes:
+        name_or_path: local folder or hub name of a pretrained LM; None builds a random one from `options`.
+        model_type: transformers model type of an LM built from `options` (llama, qwen2, ...).
+        options: that LM's config values (hidden_size, num_hidden_layers, ...).
+        attn_implementation: the attention kernel: "sdpa" (PyTorch's fused attention), "eager", or
+            "flash_attention_2" where the flash-attn package is installed.
+        lora_rank: > 0 adds LoRA adapters (needs the `lora` extra, peft); the LLM's own weights then stay
+            frozen and only the adapters train when the LLM does (SFT).
+        lora_alpha: LoRA scaling.
+        lora_dropout: LoRA dropout.
+        lora_targets: the layers that get adapters; "all-linear" is every linear layer but the output head.
+    """
 
     name_or_path: str | None = None
     model_type: str = "llama"
@@ -65,12 +89,7 @@ class LLMConfig:
             "max_position_embeddings": 1024,
         }
     )
-    # The attention kernel: "sdpa" (PyTorch's fused attention, the default), "eager", or
-    # "flash_attention_2" where the flash-attn package is installed.
     attn_implementation: str = "sdpa"
-    # LoRA (needs the `lora` extra, peft): rank > 0 adds low-rank adapters to `lora_targets` ("all-linear":
-    # every linear layer but the output head); the LLM's own weights then stay frozen and only the
-    # adapters train when the LLM does (SFT).
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -79,12 +98,22 @@ class LLMConfig:
 
 @dataclass
 class ProcessorConfig:
-    """Dynamic tiling, tile tags and prompt layout (docs/paper.md)."""
+    """Dynamic tiling, tile tags and prompt layout (docs/paper.md).
+
+    Attributes:
+        max_tiles: most tiles an image is cut into (its aspect ratio picks the grid).
+        use_thumbnail: add a downscaled whole image after the tiles (NVLM's global view).
+        tile_tag: text tag before each tile: none, 1d (<tile_1>...), 2d_grid or 2d_bbox.
+        tokenizer: local path or hub name; None is the offline byte tokenizer.
+        max_image_side: larger images are refused (a decompression bomb guard).
+        user_prefix: text before each user turn.
+        assistant_prefix: text before each assistant turn.
+    """
 
     max_tiles: int = 6
     use_thumbnail: bool = True
     tile_tag: str = "1d"
-    tokenizer: str | None = None  # local path / hub name; None = the offline byte tokenizer
+    tokenizer: str | None = None
     max_image_side: int = 16384
     user_prefix: str = "User: "
     assistant_prefix: str = "\nAssistant: "
@@ -94,13 +123,18 @@ class ProcessorConfig:
 class AudioConfig:
     """A speech encoder on log-mel features and the connector that turns its states into LLM tokens.
 
-    `pretrained` False builds a random Whisper encoder from `options` (WhisperConfig kwargs); True
-    loads `model` (hub name) and a path loads that local directory, never with remote code.
-    `max_seconds` is the window every clip is padded or truncated to (Whisper's 30 s by default;
-    the position table is cut to match, so a tiny CPU model can use a few seconds). The connector
-    groups `factor` encoder states (`downsample` stack: concatenated, pool: averaged) into one
-    token, then an MLP maps it to the LLM width: Whisper gives 50 states/s, so the default turns a
-    30 s clip into 300 tokens.
+    Attributes:
+        family: audio encoder registry name.
+        model: hub name loaded when `pretrained` is True.
+        pretrained: False builds a random Whisper encoder from `options`; True loads `model`; a path
+            loads that local directory, never with remote code.
+        n_mels: log-mel bins of the features.
+        max_seconds: the window every clip is padded or truncated to (Whisper's 30 s by default; the
+            position table is cut to match, so a tiny CPU model can use a few seconds).
+        downsample: how `factor` encoder states become one token: stack (concatenated) or pool (averaged).
+        factor: encoder states per LLM token; Whisper gives 50 states/s, so the default turns a 30 s clip
+            into 300 tokens.
+        options: WhisperConfig values of a random encoder.
     """
 
     family: str = "whisper"

@@ -100,3 +100,16 @@ def test_the_command_makes_openmp_threads_wait_passively_before_torch_loads(tmp_
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"False {expected}"
+
+
+def test_help_data_commands_and_scoring_predictions_start_without_torch_transformers_or_lightning(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prediction": "x", "answers": ["x"]}) + "\n")
+    script = ("import sys, mmllm.cli\n"
+              "heavy = lambda: sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'lightning'})\n"
+              "for argv in (['--help'], ['data', 'synth', '--task', 'ocr', '--n', '2', '--out', 'd'],\n"
+              "             ['eval', '--task', 'ocr', '--predictions', 'p.jsonl', '--out', 'o']):\n"
+              "    assert mmllm.cli.main(argv) == 0\n"
+              "    print(argv[0], heavy())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.endswith("]")] == ["--help []", "data []", "eval []"]

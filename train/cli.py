@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import signal
-import sys
-from unittest import mock
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
@@ -68,18 +66,18 @@ class MMLLMCLI(LightningCLI):
 
 
 def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI:
-    """Parse and run one subcommand; `extra_callbacks` lets Python callers (the demo) observe the run."""
+    """Parse and run one subcommand: `args`, or with None the process's own command line (what Lightning's
+    DDP launcher starts the other ranks with). `extra_callbacks` lets Python callers (the demo) observe the
+    run."""
     quiet_engine()
     callbacks = [BadSampleMonitor(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
-    # Called from Python (compare, tests) the process's own argv is not ours: hide it from LightningCLI.
-    with mock.patch.object(sys, "argv", sys.argv if args is None else sys.argv[:1]):
-        try:
-            return MMLLMCLI(
-                MMLLMModule,
-                MMDataModule,
-                args=args,
-                trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
-                save_config_kwargs={"overwrite": True},
-            )
-        except SIGTERMException:  # a SystemExit without a code, which would exit 0: the run did not finish
-            raise SystemExit(128 + signal.SIGTERM) from None
+    try:
+        return MMLLMCLI(
+            MMLLMModule,
+            MMDataModule,
+            args=args,
+            trainer_defaults={"callbacks": callbacks, "enable_progress_bar": on_terminal()},
+            save_config_kwargs={"overwrite": True},
+        )
+    except SIGTERMException:  # a SystemExit without a code, which would exit 0: the run did not finish
+        raise SystemExit(128 + signal.SIGTERM) from None

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from mmllm.config import DEFAULT_MAX_LENGTH
 from mmllm.jsonl import BadInput, Record
 from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
 
@@ -22,9 +23,6 @@ from .media import load_media, paths_of  # noqa: F401 (where eval imports them f
 from .sampling import EpochSampler, LengthGroupedSampler
 
 LengthPolicy = Literal["skip", "truncate"]
-# Tokens per training sample: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens each is
-# 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
-DEFAULT_MAX_LENGTH = 4096
 
 
 class ConversationDataset(Dataset):
@@ -211,8 +209,9 @@ class Collator:
 
 
 class MMDataModule(L.LightningDataModule):
-    """Train/val/test files (JSONL, JSON arrays or shard folders; one path or a list). The processor comes
-    from the model (linked in the CLI), so the data layout always follows `--model.arch`."""
+    """The run's data: train/val/test files (JSONL, JSON arrays or shard folders) and their batches.
+
+    The processor comes from the model (linked in the CLI), so the data layout always follows `--model.arch`."""
 
     def __init__(
         self,
@@ -235,17 +234,36 @@ class MMDataModule(L.LightningDataModule):
         pack_to: int = 0,
         processor: Processor | None = None,
     ) -> None:
-        """With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val)
-        into `synth_dir`, so a config runs on a fresh machine with nothing downloaded.
+        """Which files a run reads and how they become batches.
 
-        `max_bad_fraction` (0..1) of the training samples may be bad before the run stops. Relative image
-        and audio paths resolve against `image_folder` (LLaVA's layout) or else the data file's folder.
-        `max_length` tokens per sample (default 4096; None: no cap) with `length_policy` "skip" (the
-        default: an over-long sample is a counted bad sample) or "truncate" (its end is cut off and noted);
-        see `ConversationDataset`. `group_by_length` makes training batches of samples of similar estimated
-        length (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load.
-        `pack_to` N > 0 packs each batch's samples into rows of at most N tokens, with no attention and no media
-        shared across samples (`MMLLMProcessor.pack`): the same loss, fewer pad tokens."""
+        With no `train` files and a `synth_task`, the data is synthesised (seed 0 train, seed 1 val) into
+        `synth_dir`, so a config runs on a fresh machine with nothing downloaded.
+
+        Args:
+            train: training data: LLaVA-format JSONL, a JSON array or a shard folder (`mmllm data shard`);
+                one path or a list.
+            val: validation data, as `train`; its loss is `val_loss`.
+            test: test data, as `train`.
+            predict: items to predict (an items.jsonl) with `mmllm predict`.
+            prompt_template: the question's prompt in predict, with {question}.
+            batch_size: samples per batch (per device).
+            num_workers: data loader worker processes.
+            max_bad_fraction: the fraction (0..1) of training samples that may be bad before the run stops.
+            synth_task: with no `train`: synthesise this task (ocr, chart, asr).
+            synth_n: training samples to synthesise (the val set gets a tenth, at least 8).
+            synth_level: difficulty of the synthesised set (easy, hard).
+            synth_dir: folder the synthesised sets are written to and reused from.
+            image_folder: where relative image and audio paths resolve (LLaVA's layout); null: each data
+                file's folder.
+            max_length: tokens per sample (null: no cap); see `length_policy`.
+            length_policy: skip (an over-long sample is a counted bad sample) or truncate (its end is cut off
+                and noted; see `ConversationDataset`).
+            group_by_length: make training batches of samples of similar estimated length
+                (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load.
+            pack_to: N > 0 packs each batch's samples into rows of at most N tokens, with no attention and no
+                media shared across samples (`MMLLMProcessor.pack`): the same loss, fewer pad tokens.
+            processor: set by the CLI from the model (--model.arch and the encoder decide the data layout).
+        """
         super().__init__()
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")

@@ -64,7 +64,7 @@ class BadSampleMonitor(L.Callback):
         n_bad = len(self.bad["train"]) + (len(ds.bad_lines) if ds is not None else 0)
         limit = trainer.datamodule.max_bad_fraction if ds is not None else 1.0
         if size and n_bad > limit * size:
-            self.report(trainer, "train")
+            self.report(trainer, "train", gather=False)
             raise TrainingAborted(
                 f"{n_bad} bad samples out of {size} exceed max_bad_fraction={limit}; "
                 f"first: {(ds.bad_lines and str(ds.bad_lines[0])) or self.bad['train'][0]}"
@@ -110,10 +110,19 @@ class BadSampleMonitor(L.Callback):
             print(f"[mmllm] padding_fraction {self.run_padding / self.run_tokens:.4f} over the run "
                   f"({int(self.run_padding):,} pad of {int(self.run_tokens):,} batch tokens)")
 
-    def report(self, trainer: L.Trainer, split: str = "train") -> None:
+    def report(self, trainer: L.Trainer, split: str = "train", gather: bool = True) -> None:
+        """Printed once, by rank 0, with every rank's samples: ranks printing their own lists would interleave
+        mid-line. `gather` False (a rank stopping the run alone, where no other rank would join the
+        gathering) prints this rank's lists only."""
         ds = self._dataset(trainer, split)
-        lines = list(map(str, ds.bad_lines)) if ds is not None else []
+        lines = list(map(str, ds.bad_lines)) if ds is not None else []  # every rank indexes the same files
         bad, truncated = self.bad[split], self.truncated[split]
+        if gather and trainer.world_size > 1:
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, (bad, truncated))
+            if not trainer.is_global_zero:
+                return
+            bad, truncated = [b for g in gathered for b in g[0]], [t for g in gathered for t in g[1]]
         items = lines + bad + truncated
         if not items:
             return

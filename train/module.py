@@ -77,14 +77,48 @@ class MMLLMModule(L.LightningModule):
         max_new_tokens: int = 32,
         init_from: str | None = None,
     ) -> None:
-        """Model fields mirror `MMLLMConfig` (knobs left None take the arch's preset); the rest describe
-        how it trains. `init_from` starts from an earlier stage's weights (a `save_pretrained` folder or a
-        `.ckpt`, e.g. pretrain's before SFT) with a fresh optimizer and schedule; `--ckpt_path` instead
-        resumes one interrupted run.
+        """The model (the fields of `MMLLMConfig`) and how it trains.
 
-        The LR warms up linearly for `warmup_steps`, then decays by a cosine to 10 %: over the whole
-        run, or with `decay_steps` over only the last that many steps after holding the peak
-        (warmup-stable-decay), so a from-scratch model's late learning transition is not starved of LR.
+        Knobs left None take the arch's preset (`ARCH_PRESETS`). The LR warms up linearly for
+        `warmup_steps`, then decays by a cosine to 10 %: over the whole run, or with `decay_steps` over only
+        the last that many steps after holding the peak (warmup-stable-decay), so a from-scratch model's late
+        learning transition is not starved of LR.
+
+        Args:
+            arch: nvlm_d (every tile in the decoder sequence), nvlm_x (tiles through gated cross-attention)
+                or nvlm_h (the thumbnail in the sequence, the tiles through cross-attention).
+            encoder: the vision encoder (EncoderConfig fields; see --model.encoder.help EncoderConfig).
+            llm: the causal LM (LLMConfig fields; see --model.llm.help LLMConfig).
+            processor: tiling, tile tags and prompt layout (ProcessorConfig fields).
+            audio: a speech encoder and its connector (AudioConfig fields); null: a vision-only model.
+            pixel_shuffle: factor by which pixel shuffle merges neighbouring patch tokens per side (1: none).
+            connector_hidden: hidden width of the MLP projector; null: the LLM's FFN width, as NVLM-D does.
+            tiles_in_sequence: override of the arch's preset: which tiles become decoder tokens (all, thumbnail,
+                none); the others are reached through cross-attention.
+            tags_own_tile: override: tile-tag tokens stay in the sequence and cross-attend only their own tile.
+            projector: override: the connector's projector (`connectors.PROJECTORS` name, e.g. mlp, linear).
+            cross_attention_every: override: one cross-attention block every k decoder layers.
+            cross_attention_layers: the decoder layers that get a cross-attention block; wins over
+                cross_attention_every.
+            tile_identity: override: how a cross-attended token knows its tile (learned, tag, tag_entries,
+                none).
+            cross_attention_positions: override: positions inside the cross-attention (none, or rope at the
+                queries' and media items' sequence positions).
+            input_positions: size of a learned absolute position table added to the LLM's input (0: none).
+            gradient_checkpointing: recompute activations in the backward pass: less memory, about a third
+                more compute.
+            stage: pretrain (the connector trains) or sft (the connector and the LLM train).
+            freeze_llm_in_sft: keep the LLM frozen in SFT too (paper Table 9).
+            train_encoder: train the vision/audio encoder as well (NVLM keeps it frozen).
+            lr: peak learning rate (AdamW).
+            weight_decay: AdamW weight decay.
+            warmup_steps: steps of linear LR warm-up.
+            decay_steps: cosine-decay only the last this many steps after holding the peak; null: decay over
+                the whole run.
+            max_new_tokens: tokens generated per item in predict.
+            init_from: start from an earlier stage's weights (a save_pretrained folder or a .ckpt, e.g.
+                pretrain's before SFT) with a fresh optimizer and schedule; --ckpt_path instead resumes one
+                interrupted run.
         """
         super().__init__()
         self.config = MMLLMConfig(

@@ -15,7 +15,9 @@ from .data import Batch
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Collects each rank's rows, skipped items and truncation notes batch by batch; when `predict` ends,
+    """Where `predict` writes predictions.jsonl and summary.json (`--predictions.*`).
+
+    Collects each rank's rows, skipped items and truncation notes batch by batch; when `predict` ends,
     global rank 0 gathers them and writes `dirpath`/predictions.jsonl and summary.json atomically.
 
     One file, not one per rank: under DDP Lightning gives each rank a disjoint share of the items, while

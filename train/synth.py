@@ -25,8 +25,6 @@ import matplotlib
 import matplotlib.style
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
@@ -380,6 +378,9 @@ def _espeak(text: str) -> np.ndarray:
         raise RuntimeError("--voice espeak needs espeak-ng, which is not installed: `apt-get install espeak-ng` "
                            "(Debian/Ubuntu) or use the offline default --voice tones")
     wav = subprocess.run([exe, "-v", "en-us", "-s", "150", "--stdout", text], capture_output=True, check=True).stdout
+    import torch  # here: `mmllm data synth` starts without torch (seconds on a loaded machine)
+    import torchaudio.functional as AF
+
     data, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
     return AF.resample(torch.from_numpy(data.mean(axis=1)), rate, ASR_RATE).numpy()
 
