@@ -145,11 +145,11 @@ def find_resume_checkpoint(folders: Iterable[str | Path]) -> Path | None:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (`--checkpoint.*`), with `last.ckpt` also written where a run stops:
+    """Lightning's ModelCheckpoint (`--checkpoint.*`) that also writes `last.ckpt` where a run stops.
 
-    - at its last step: Lightning writes it at the end only when nothing was saved before, so a run ending
+    - At its last step: Lightning writes it at the end only when nothing was saved before, so a run ending
       between two intervals (130 steps, every 100) left its last steps in no checkpoint;
-    - at a SIGTERM (what a cluster scheduler sends before it kills a job), after the step it arrived in, by
+    - At a SIGTERM (what a cluster scheduler sends before it kills a job), after the step it arrived in, by
       every rank together; the run then exits with code 143 (`train.cli.run`), not 0.
 
     Lightning's own SIGTERM handler broadcasts from inside the handler, so under DDP a rank signalled in the
