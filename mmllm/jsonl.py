@@ -231,6 +231,7 @@ def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -239,6 +240,14 @@ def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_mode() -> int:
+    """The mode a plainly created file gets here (0644 under the usual umask): a temporary file is made
+    owner-only (0600), and renamed into place it would keep that, unreadable to the team sharing a run."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -22,8 +22,9 @@ from mmllm.encoders import build_audio_encoder, build_encoder
 from .backbone import build_llm, decoder_layers, parameter_count
 from .config import ConfigError, MMLLMConfig, check_choice
 from .hf import MMLLMHFConfig
+from .jsonl import file_mode
 from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
-from .processor import IGNORE_INDEX, MediaLayout, MMLLMProcessor, ModelInputs
+from .processor import IGNORE_INDEX, MODEL_KEYWORDS, MediaLayout, MMLLMProcessor, ModelInputs, per_sample
 from .tokenizer import load_tokenizer
 
 WEIGHTS_FILE = SAFE_WEIGHTS_NAME  # "model.safetensors": transformers shards only past 50 GB
@@ -273,27 +274,67 @@ class MMLLM(PreTrainedModel, GenerationMixin):
                 layer.condition(None)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, inputs: ModelInputs, **kwargs):
-        """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`)."""
+    def forward(self, inputs: ModelInputs | None = None, **kwargs: Any):
+        """The LLM's output on one batch; the loss covers the answer tokens (`inputs.labels`), and is None when
+        no token is one (a prompt alone: nothing to score).
+
+        `inputs` is a `ModelInputs`, or its fields as keywords (`model(**processor(text=..., images=...))`)."""
+        inputs, kwargs = self.model_inputs(inputs, kwargs)
         labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
         kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it)
         packed = inputs.position_ids is not None  # the LLM masks packed samples apart from their positions alone
         with self.conditioned(inputs) as embeds:
             return self.llm(
                 inputs_embeds=embeds, attention_mask=None if packed else inputs.attention_mask,
-                position_ids=inputs.position_ids if packed else positions(inputs.attention_mask), labels=labels,
-                **kwargs,
+                position_ids=inputs.position_ids if packed else positions(inputs.attention_mask),
+                labels=labels if (labels != IGNORE_INDEX).any() else None, **kwargs,
             )
 
+    def model_inputs(self, inputs: ModelInputs | torch.Tensor | None,
+                     kwargs: dict[str, Any]) -> tuple[ModelInputs, dict[str, Any]]:
+        """A `ModelInputs` from the keywords transformers' callers pass (the processor's `__call__` output, or
+        bare `input_ids` of text), and the keywords left for the LLM."""
+        if isinstance(inputs, ModelInputs):
+            return inputs, kwargs
+        given = {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
+        if isinstance(inputs, torch.Tensor):
+            given["input_ids"] = inputs
+        if given.get("input_ids") is None:
+            raise TypeError("MMLLM takes a ModelInputs or the processor's keywords (input_ids, attention_mask, "
+                            "pixel_values, media_layout, ...): `model(**processor(text=..., images=...))`")
+        ids = given["input_ids"]
+        layout = given.get("media_layout")
+        media = [given.get(k) for k in ("pixel_values", "audio_values")]
+        if layout is None:
+            if any(m is not None and len(m) for m in media):
+                raise TypeError("pixel_values/audio_values without media_layout: build the inputs with the processor "
+                                "(processor(text=..., images=...)), which says where the media go")
+            layout = self.processor.text_layout(ids.shape)
+        mask = given.get("attention_mask")
+        labels = given.get("labels")
+        pixels, clips = media
+        front = self.processor.audio_front_end
+        return ModelInputs(
+            ids, torch.ones_like(ids) if mask is None else mask,
+            torch.full_like(ids, IGNORE_INDEX) if labels is None else labels,
+            ids.new_zeros(0, 3, self.processor.tile_size, self.processor.tile_size, dtype=torch.float32)
+            if pixels is None else pixels,
+            ids.new_zeros(0, *((front.n_mels, front.n_frames) if front else (0, 0)), dtype=torch.float32)
+            if clips is None else clips,
+            layout, given.get("position_ids"),
+        ), kwargs
+
     @torch.no_grad()
-    def generate(self, inputs: ModelInputs, generation_config: GenerationConfig | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+    def generate(self, inputs: ModelInputs | torch.Tensor | None = None,
+                 generation_config: GenerationConfig | None = None, **kwargs: Any) -> torch.Tensor:
         """New tokens only, [batch, <= max_new_tokens], eos-padded; HF `generate` on the LLM drives the KV cache.
 
         `generation_config` (else the model's own, saved as generation_config.json) decides the length and
         the decoding; its unset fields take the model's values and keyword arguments (`max_new_tokens=8`)
         override both, as in HF `generate`. The placeholder token is never generated: it stands for media
-        embeddings, so an answer that contained it could not be fed back as text."""
+        embeddings, so an answer that contained it could not be fed back as text. `inputs` as `forward` takes them."""
+        inputs, kwargs = self.model_inputs(inputs, kwargs)
+        kwargs.pop("labels", None)
         config = copy.deepcopy(generation_config or self.generation_config)
         config.update(**self.generation_config.to_dict(), defaults_only=True)
         kwargs = config.update(**kwargs)
@@ -304,22 +345,49 @@ class MMLLM(PreTrainedModel, GenerationMixin):
                 inputs_embeds=embeds, attention_mask=inputs.attention_mask, generation_config=config, **kwargs
             )
 
-    def answer(self, questions: list[str], images: list[list], audio: list[list] | None = None, **kwargs) -> list[str]:
+    def answer(self, questions: str | list[str], images: Sequence = (), audio: Sequence | None = None,
+               **kwargs: Any) -> list[str]:
         """Questions with their images (and 16 kHz mono waveforms) -> decoded answers, in one left-padded batch;
+        `images` is a list per question, one image per question, or a question's flat list (`per_sample`);
         `kwargs` go to `generate`."""
-        audio = audio or [[] for _ in questions]
-        inputs = self.processor.collate(
-            [self.processor.encode_prompt(q, ims, clips) for q, ims, clips in zip(questions, images, audio)]
-        )
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        per_image, per_clip = (per_sample(m, len(questions), noun) for m, noun in ((images or None, "images"),
+                                                                               (audio, "audio")))
+        inputs = self.processor.collate([self.processor.encode_prompt(q, ims, clips)
+                                         for q, ims, clips in zip(questions, per_image, per_clip)])
         out = self.generate(inputs.to(next(self.parameters()).device), **kwargs)
         return [self.processor.decode(row) for row in out.tolist()]
+
+    # -- the LLM's embeddings, as transformers' token tools reach them -------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.llm.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """The LLM's resize (after adding tokens to `model.tokenizer`), recorded in the saved config's
+        `llm_config` so the folder rebuilds at the new size."""
+        embeddings = self.llm.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.llm_config = self.llm.config.to_dict()
+        return embeddings
 
     # -- save / load --------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """transformers' save (model.safetensors, config.json, generation_config.json), then the processor
-        (tokenizer files, processor_config.json, chat template). `push_to_hub` saves through this too."""
+        (tokenizer files, processor_config.json, chat template), every file as readable as any other the user
+        creates. `push_to_hub` saves through this too."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
+        for weights in Path(save_directory).glob("*.safetensors"):  # transformers writes them owner-only
+            os.chmod(weights, file_mode())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> "MMLLM":

@@ -1,6 +1,7 @@
 """Turns conversations, images and audio clips into model inputs: tiling, tile tags, prompt layout, tokens."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from functools import partial
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
 from .tiling import choose_grid, tile_image, tile_tags
@@ -24,6 +25,10 @@ AUDIO_MARKER = "<audio>"
 MARKERS = re.compile(f"({re.escape(IMAGE_MARKER)}|{re.escape(AUDIO_MARKER)})")
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# What the model takes as keywords (`model(**processor(text=..., images=...))`): the fields of `ModelInputs`,
+# the layout under a name of its own.
+MODEL_KEYWORDS = ("input_ids", "attention_mask", "labels", "pixel_values", "audio_values", "media_layout",
+                  "position_ids")
 
 
 def audio_tokens(frames: int, frames_per_token: int) -> int:
@@ -144,6 +149,16 @@ class ModelInputs:
     # across samples (the LLM builds its mask from them). None: one sample per row.
     position_ids: torch.Tensor | None = None
 
+    def keywords(self) -> dict[str, Any]:
+        """The batch as `model(**inputs)` takes it (what the processor's `__call__` returns); `labels` only
+        where some token is an answer, `position_ids` only for packed rows."""
+        given = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels,
+                 "pixel_values": self.pixel_values, "audio_values": self.audio_values, "media_layout": self.layout,
+                 "position_ids": self.position_ids}
+        if not (self.labels != IGNORE_INDEX).any():
+            del given["labels"]
+        return {k: v for k, v in given.items() if v is not None}
+
     def to(self, device: torch.device | str) -> "ModelInputs":
         return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
                            self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device),
@@ -175,8 +190,11 @@ class MMLLMProcessor(ProcessorMixin):
         audio: dict | None = None,
         chat_template: str | None = None,
     ) -> None:
-        super().__init__(tokenizer, chat_template=chat_template)
         self.config = config if isinstance(config, ProcessorConfig) else ProcessorConfig(**config)
+        # Every processor carries a template, so `apply_chat_template` and a pipeline's chat messages work: the
+        # one given, else the tokenizer's, else the plain form written as a template (`plain_template`).
+        chat_template = chat_template or tokenizer.chat_template or plain_template(tokenizer, self.config)
+        super().__init__(tokenizer, chat_template=chat_template)
         self.knobs = knobs if isinstance(knobs, ArchKnobs) else ArchKnobs(**knobs)
         self.tile_size, self.tokens_per_tile, self.audio = tile_size, tokens_per_tile, audio
         self.image_mean, self.image_std = list(image_mean), list(image_std)
@@ -292,8 +310,8 @@ class MMLLMProcessor(ProcessorMixin):
     def chunks(self, conversations: Sequence[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
         """The conversation as text chunks, each tokenized on its own, True on the assistant's (the labels).
 
-        With a chat template (the processor's, else the tokenizer's), the text is the template's, as the
-        LLM saw it in instruction tuning; otherwise the plain `User: ...\nAssistant: ...</s>` form.
+        With a chat template of its own (the processor's, else the tokenizer's), the text is the template's, as
+        the LLM saw it in instruction tuning; otherwise the plain `User: ...\nAssistant: ...</s>` form.
         Media markers stay in the text: the template passes them through and `encode` expands them.
         """
         turns = []
@@ -301,10 +319,9 @@ class MMLLMProcessor(ProcessorMixin):
             if turn.get("from") not in ROLES:
                 raise SampleError(f"unknown conversation role {turn.get('from')!r} (expected human/gpt)")
             turns.append({"role": ROLES[turn["from"]], "content": turn.get("value")})
-        template = self.chat_template or self.tokenizer.chat_template
-        if template is None:
+        if self.chat_template == plain_template(self.tokenizer, self.config):  # the same text, in its own chunks
             return self.plain_chunks(turns, add_generation_prompt)
-        return self.template_chunks(turns, add_generation_prompt, template)
+        return self.template_chunks(turns, add_generation_prompt, self.chat_template)
 
     def plain_chunks(self, turns: list[dict], add_generation_prompt: bool) -> list[tuple[str, bool]]:
         """Prefixes and contents as separate chunks, as models trained on this form tokenized them."""
@@ -358,10 +375,15 @@ class MMLLMProcessor(ProcessorMixin):
         `media_end` is where the last image or clip's tokens end: a sequence cut there or later keeps
         every media item whole (what a length limit may cut, `ConversationDataset`).
         """
+        return self.encode_chunks(self.chunks(conversations, add_generation_prompt), images, audio)
+
+    def encode_chunks(self, chunks: Sequence[tuple[str, bool]], images: Sequence[Image.Image],
+                      audio: Sequence[np.ndarray] = ()) -> dict:
+        """`encode` of text chunks (True: an answer, which the labels cover), markers expanded in the others."""
         tiled = [self.tiles(im) for im in images]
         clips = [self.front_end().features(wave) for wave in audio]
         for marker, given in ((IMAGE_MARKER, len(images)), (AUDIO_MARKER, len(audio))):
-            n_markers = sum(turn["value"].count(marker) for turn in conversations)
+            n_markers = sum(text.count(marker) for text, _ in chunks)
             if n_markers != given:
                 noun = "image" if marker == IMAGE_MARKER else "audio clip"
                 raise SampleError(f"{n_markers} {marker} marker(s) in the text but {given} {noun}(s)")
@@ -374,7 +396,7 @@ class MMLLMProcessor(ProcessorMixin):
             token_media.extend([media] * len(new_ids))
             token_tile.extend(tiles or [-1] * len(new_ids))
 
-        for text, is_answer in self.chunks(conversations, add_generation_prompt):
+        for text, is_answer in chunks:
             if is_answer:
                 answer = self.text_ids(text)
                 add(answer, answer)
@@ -425,6 +447,98 @@ class MMLLMProcessor(ProcessorMixin):
             question = "".join(AUDIO_MARKER + "\n" for _ in audio) + question
         return question
 
+    # -- transformers' calls ------------------------------------------------------------------
+    def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, audio: Any = None,
+                 return_tensors: str | None = "pt", padding: bool | str = True, **kwargs: Any) -> BatchFeature:
+        """Model-ready inputs, as every transformers processor gives them: `model(**inputs)`,
+        `model.generate(**inputs)` and `pipeline("image-text-to-text")` take them.
+
+        `text` is one prompt or a batch. A prompt that opens as the chat template opens a conversation (what
+        `apply_chat_template` returned) is taken as it stands; any other is the user's question, framed as
+        `answer` frames it. `<image>` / `<audio>` markers place the media; missing ones go first. `images`: one
+        image or a list per prompt (with one prompt, a flat list is its images); `audio` likewise, as 16 kHz
+        waveforms. Rows are left-padded to the longest (the only padding there is)."""
+        unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in ("truncation", "add_special_tokens"))
+        if unknown or return_tensors not in ("pt", None) or padding not in (True, "longest"):
+            raise ValueError(f"MMLLMProcessor takes text, images, audio and return_tensors='pt' (padded to the "
+                             f"longest); not {unknown or f'return_tensors={return_tensors!r}, padding={padding!r}'}")
+        if text is None:
+            raise ValueError("MMLLMProcessor needs text: the prompt (its images are placed by <image> markers)")
+        prompts = [text] if isinstance(text, str) else list(text)
+        per_prompt = [per_sample(images, len(prompts), "images"), per_sample(audio, len(prompts), "audio")]
+        opening = self.conversation_opening()
+        samples = []
+        for prompt, ims, clips in zip(prompts, *per_prompt):
+            ims = [im if isinstance(im, Image.Image) else self.load_image(im) for im in ims]
+            if opening and prompt.startswith(opening):
+                samples.append(self.encode_chunks([(self.prompt_text(prompt, ims, clips), False)], ims, clips))
+            else:
+                samples.append(self.encode_prompt(prompt, ims, clips))
+        return BatchFeature(self.collate(samples).keywords())
+
+    def conversation_opening(self) -> str:
+        """What the chat template writes before the first user turn's content (a rendered prompt starts so)."""
+        mark = "\x00question\x00"
+        rendered = "".join(text for text, _ in self.chunks([{"from": "human", "value": mark}]))
+        return rendered.split(mark)[0]
+
+    def apply_chat_template(self, conversation: Sequence[dict] | Sequence[Sequence[dict]],
+                            chat_template: str | None = None, add_generation_prompt: bool = False,
+                            tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
+                            continue_final_message: bool = False, processor_kwargs: dict | None = None,
+                            **kwargs: Any) -> str | list[str] | BatchFeature | torch.Tensor:
+        """transformers' chat call on messages in its format (`content` a string, or parts `{"type": "text",
+        "text"}` / `{"type": "image", "image" | "url" | "path"}` / `{"type": "audio", "audio"}`): the text of
+        the prompt (`tokenize=False`), or the model's inputs, encoded exactly as a training conversation is (the
+        labels cover the assistant turns)."""
+        unsupported = sorted(k for k, v in kwargs.items() if v)  # tools, documents, assistant masks, ...
+        if unsupported or continue_final_message or (chat_template and chat_template != self.chat_template):
+            raise ValueError(f"MMLLMProcessor.apply_chat_template renders its own template; not "
+                             f"{unsupported or ('continue_final_message' if continue_final_message else 'chat_template')}")
+        batched = bool(conversation) and not isinstance(conversation[0], dict)
+        conversations = list(conversation) if batched else [conversation]
+        samples, texts = [], []
+        for messages in conversations:
+            turns, images, clips = self.from_messages(messages)
+            chunks = self.chunks(turns, add_generation_prompt)
+            texts.append("".join(text for text, _ in chunks))
+            if tokenize:
+                samples.append(self.encode_chunks(chunks, images, clips))
+        if not tokenize:
+            return texts if batched else texts[0]
+        inputs = BatchFeature(self.collate(samples).keywords())
+        return inputs if return_dict else inputs["input_ids"]
+
+    def from_messages(self, messages: Sequence[dict]) -> tuple[list[dict], list[Image.Image], list[np.ndarray]]:
+        """transformers' chat messages as our conversation (markers where the media were) and the media."""
+        turns, images, clips = [], [], []
+        for i, message in enumerate(messages):
+            content, text = message.get("content"), []
+            for part in [{"type": "text", "text": content}] if isinstance(content, str) else content or []:
+                kind = part.get("type")
+                if kind == "text":
+                    text.append(part.get("text", ""))
+                elif kind == "image":
+                    source = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
+                    images.append(source if isinstance(source, Image.Image) else self.local_image(source, i))
+                    text.append(IMAGE_MARKER)
+                elif kind == "audio":
+                    clips.append(np.asarray(part["audio"], dtype=np.float32) if not isinstance(part.get("audio"), str)
+                                 else self.load_audio(part["audio"]))
+                    text.append(AUDIO_MARKER)
+                else:
+                    raise SampleError(f"message {i}: content part of type {kind!r} (expected text, image or audio)")
+            value = "".join(t + "\n" if t in (IMAGE_MARKER, AUDIO_MARKER) else t for t in text)
+            turns.append({"from": message.get("role"), "value": value})
+        return turns, images, clips
+
+    def local_image(self, source: Any, message: int) -> Image.Image:
+        """An image a message names: a local file (nothing is fetched at run time)."""
+        if not isinstance(source, (str, Path)) or str(source).startswith(("http://", "https://")):
+            raise SampleError(f"message {message}: image {str(source)[:80]!r} is not a local file or a PIL image "
+                              "(mmllm fetches nothing over the network)")
+        return self.load_image(str(source).removeprefix("file://"))
+
     def collate(self, samples: Sequence[dict]) -> ModelInputs:
         """Left-pad to the longest sample; tiles of all samples are stacked in sample order, then clips."""
         width = max(len(s["input_ids"]) for s in samples)
@@ -455,6 +569,14 @@ class MMLLMProcessor(ProcessorMixin):
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
+
+    def text_layout(self, shape: torch.Size | tuple[int, int]) -> MediaLayout:
+        """The layout of a batch of text alone (bare `input_ids`): no media anywhere."""
+        rows, width = shape
+        nothing = torch.full((rows, width), -1, dtype=torch.long)
+        kv: list[list[KVSegment]] = [[] for _ in range(rows)]
+        empty = torch.zeros(0, dtype=torch.long)
+        return MediaLayout(empty, nothing, nothing.clone(), kv, empty, self.key_layout(kv, [], [0]), empty, 0)
 
     def key_layout(self, kv: list[list[KVSegment]], lengths: list[int], offsets: list[int]) -> KeyLayout:
         """Each sample's keys, in its segments' order: a segment's tokens (a tag's entries first, with
@@ -511,6 +633,31 @@ class MMLLMProcessor(ProcessorMixin):
             lengths = [width - sum(len(s["input_ids"]) for s in row)] + [len(s["input_ids"]) for s in row]
             positions[r] = torch.cat([torch.arange(n) for n in lengths])
         return replace(inputs, position_ids=positions)
+
+
+def per_sample(media: Any, n: int, noun: str) -> list[list]:
+    """`images=` / `audio=` as transformers' callers give them, as one list per prompt: None, one item, a flat
+    list (of one prompt's items, or one item per prompt), or a list per prompt."""
+    if media is None:
+        return [[] for _ in range(n)]
+    if not isinstance(media, (list, tuple)):
+        media = [media]
+    if all(isinstance(m, (list, tuple)) for m in media) and len(media) == n:
+        return [list(m) for m in media]
+    if n == 1:
+        return [list(media)]
+    if len(media) == n:
+        return [[m] for m in media]
+    raise ValueError(f"{len(media)} {noun} for {n} prompts: give one per prompt or a list per prompt")
+
+
+def plain_template(tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig) -> str:
+    """The plain `User: ...\nAssistant: ...</s>` form (`plain_chunks`) as a chat template."""
+    bos = json.dumps(tokenizer.bos_token or "")
+    user, assistant, eos = (json.dumps(t) for t in (config.user_prefix, config.assistant_prefix, tokenizer.eos_token))
+    return (f"{{{{ {bos} }}}}{{% for m in messages %}}{{% if m['role'] == 'user' %}}{{{{ {user} + m['content'] }}}}"
+            f"{{% else %}}{{{{ {assistant} + m['content'] + {eos} }}}}{{% endif %}}{{% endfor %}}"
+            f"{{% if add_generation_prompt %}}{{{{ {assistant} }}}}{{% endif %}}")
 
 
 def concatenated(samples: Sequence[dict]) -> dict:

@@ -319,3 +319,118 @@ def test_the_saved_generation_config_round_trips_and_is_what_the_loaded_model_ge
     out = loaded.generate(batch)
     assert out.shape == (1, 3) and torch.equal(out, model.generate(batch))
     assert loaded.generate(batch, max_new_tokens=5).shape == (1, 5)  # a keyword still wins
+
+
+# -- 5. transformers' calls: processor(...), model(**inputs), the pipeline, added tokens --------------------
+
+QUESTIONS = ["What text?", "Read it"]
+
+
+def images():
+    return [text_image("ab12"), text_image("zz")]
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
+def test_the_processor_call_gives_keywords_the_model_generates_from_exactly_as_answer_does(arch):
+    model = build(arch=arch)
+    inputs = model.processor(text=QUESTIONS, images=images(), return_tensors="pt")
+    assert {"input_ids", "attention_mask", "pixel_values", "media_layout"} <= set(inputs)
+    asked = model.generate(**inputs, max_new_tokens=4)
+    assert [model.processor.decode(row) for row in asked.tolist()] == model.answer(QUESTIONS, images(),
+                                                                                   max_new_tokens=4)
+    direct = model.processor.collate([model.processor.encode_prompt(q, [im]) for q, im in zip(QUESTIONS, images())])
+    assert torch.equal(model(**inputs).logits, model(direct).logits)
+
+
+def test_a_prompt_the_chat_template_rendered_is_taken_as_it_stands_and_a_bare_question_is_framed():
+    processor = build().processor
+    messages = [{"role": "user", "content": [{"type": "image", "image": images()[0]},
+                                             {"type": "text", "text": "What text?"}]}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert rendered == f"{processor.tokenizer.bos_token}User: <image>\nWhat text?\nAssistant: "
+    from_text = processor(text=rendered, images=images()[:1])["input_ids"]
+    assert torch.equal(from_text, processor(text="What text?", images=images()[:1])["input_ids"])
+    assert torch.equal(from_text, processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def test_apply_chat_template_tokenized_is_the_training_encoding_with_labels_on_the_answers():
+    processor = build(chatml_tokenizer()).processor
+    messages = [{"role": "user", "content": [{"type": "image", "image": images()[0]},
+                                             {"type": "text", "text": "What text?"}]},
+                {"role": "assistant", "content": "abc"}]
+    got = processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    want = processor.collate([processor.encode(CONVERSATION[:2], images()[:1])])
+    assert torch.equal(got["input_ids"], want.input_ids) and torch.equal(got["labels"], want.labels)
+
+
+def test_a_message_image_by_url_is_refused_naming_the_message_since_nothing_is_fetched():
+    processor = build().processor
+    messages = [{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}]
+    with pytest.raises(SampleError, match="message 0: image 'https://example.com/a.png' is not a local file"):
+        processor.apply_chat_template(messages, tokenize=True)
+
+
+def test_a_saved_processor_carries_the_plain_form_as_its_chat_template(tmp_path):
+    build().save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").is_file()
+    text = loaded.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert text == "".join(chunk for chunk, _ in loaded.plain_chunks(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], False))
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x"])
+def test_the_image_text_to_text_pipeline_answers_plain_prompts_batches_and_chat_messages_as_answer_does(
+        tmp_path, arch):
+    from transformers import pipeline
+
+    model = build(arch=arch)
+    model.save_pretrained(tmp_path)
+    pipe = pipeline("image-text-to-text", model=str(tmp_path))
+    expected = model.answer(QUESTIONS, images(), max_new_tokens=4)
+    one = pipe(images=images()[0], text=QUESTIONS[0], max_new_tokens=4, return_full_text=False)
+    assert one[0]["generated_text"] == expected[0]
+    batch = pipe(images=images(), text=QUESTIONS, max_new_tokens=4, return_full_text=False)
+    assert [row["generated_text"] for row in batch] == expected
+    chat = [{"role": "user", "content": [{"type": "image", "image": images()[1]}, {"type": "text", "text": "Read it"}]}]
+    assert pipe(text=chat, max_new_tokens=4, return_full_text=False)[0]["generated_text"] == expected[1]
+
+
+def test_answer_takes_one_image_per_question_as_a_flat_list_or_a_question_alone():
+    model = build(arch="nvlm_h")
+    nested = model.answer(QUESTIONS, [[im] for im in images()], max_new_tokens=4)
+    assert model.answer(QUESTIONS, images(), max_new_tokens=4) == nested
+    assert model.answer(QUESTIONS[0], images()[:1], max_new_tokens=4) == nested[:1]
+
+
+def test_a_prompt_only_forward_has_no_loss_and_bare_input_ids_run_as_text():
+    model = build(arch="nvlm_x")
+    assert model(**model.processor(text="What text?", images=images()[0])).loss is None
+    ids = torch.tensor([text_ids(model.tokenizer, "hello there")])
+    out = model(input_ids=ids, labels=ids)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    with pytest.raises(TypeError, match="without media_layout"):
+        model(input_ids=ids, pixel_values=torch.zeros(1, 3, 32, 32))
+
+
+def test_added_tokens_resize_the_embeddings_and_the_saved_folder_reloads_at_the_new_size(tmp_path):
+    model = build(arch="nvlm_d")
+    before = model.get_input_embeddings().num_embeddings
+    model.tokenizer.add_tokens(["<cell>", "<row>"])
+    model.resize_token_embeddings(len(model.tokenizer))
+    assert model.get_input_embeddings().num_embeddings == len(model.tokenizer) > before
+    model.save_pretrained(tmp_path)
+    loaded = MMLLM.from_pretrained(tmp_path)
+    inputs = model.processor(text="<cell> What text?", images=images()[0])
+    assert loaded.get_input_embeddings().num_embeddings == len(model.tokenizer)
+    assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_saved_weights_and_atomically_written_reports_are_as_readable_as_any_file_the_user_creates(tmp_path):
+    from mmllm.jsonl import write_text_atomic
+
+    build().save_pretrained(tmp_path / "model")
+    write_text_atomic(tmp_path / "report.md", "# report\n")
+    (tmp_path / "plain.txt").write_text("x")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == modes["report.md"] == modes["plain.txt"] == modes["config.json"]
