@@ -24,6 +24,15 @@ def tiny_model():
     return MMLLM(tiny_config()).eval()
 
 
+def tiny_module(**kw):
+    """The tiny model as the Lightning module that `mmllm fit` trains (SFT, encoder trainable)."""
+    from mmllm.train.module import MMLLMModule
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    return MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True, **kw)
+
+
 def text_image(text: str, size=(128, 32)) -> Image.Image:
     img = Image.new("RGB", size, "white")
     ImageDraw.Draw(img).text((4, 8), text, fill="black")
