@@ -38,6 +38,8 @@ def data_command(argv: list[str]) -> None:
     synth.add_argument("--level", choices=list(LEVELS), default="easy")
     synth.add_argument("--voice", choices=list(VOICES), default="tones",
                        help="asr only: offline tone words (default) or real speech via espeak-ng")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace the synthetic set in a non-empty --out (its stale files are removed)")
     conv = sub.add_parser("convert", help="convert a public benchmark folder into items.jsonl + images/")
     conv.add_argument("--format", required=True, choices=sorted(READERS))
     conv.add_argument("--src", required=True,
@@ -60,7 +62,8 @@ def data_command(argv: list[str]) -> None:
         for bad in summary.bad:
             print(f"  skipped {bad}")
     elif args.action == "synth":
-        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice)
+        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice,
+                             overwrite=args.overwrite)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
         summary = convert(args.format, args.src, args.out, images=args.images)

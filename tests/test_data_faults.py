@@ -270,7 +270,7 @@ def test_synth_writes_through_the_atomic_writer_so_a_failed_write_keeps_the_old_
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
-        synthesize("ocr", tmp_path, 3, seed=0)
+        synthesize("ocr", tmp_path, 3, seed=0, overwrite=True)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 

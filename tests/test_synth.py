@@ -138,3 +138,37 @@ def test_synthesize_once_reuses_only_the_same_dataset(tmp_path, monkeypatch):
     assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first
     (out / synth.STAMP).unlink()  # as an interrupted run leaves the folder
     assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first
+
+
+def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    from mmllm.cli import main
+
+    synthesize("ocr", tmp_path, 4)
+    before = tree(tmp_path)
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"mmllm: error: FileExistsError: {tmp_path} is not empty (4 entries); "
+                                       "pass --overwrite to replace the synthetic set it holds\n")
+    assert tree(tmp_path) == before
+
+
+def test_synth_overwrite_leaves_only_the_new_set_and_no_stale_sample(tmp_path):
+    from mmllm.cli import main
+
+    synthesize("asr", tmp_path / "a", 3)
+    synthesize("ocr", tmp_path / "x", 40)
+    (tmp_path / "x" / ".train.jsonl.abc123.tmp").write_text("cut short")  # a killed write's leftover
+    assert main(["data", "synth", "--task", "ocr", "--n", "5", "--out", str(tmp_path / "x"), "--overwrite"]) == 0
+    assert sorted(tree(tmp_path / "x")) == sorted(
+        ["train.jsonl", "items.jsonl", "synth.json", *(f"images/ocr-{i:06d}.png" for i in range(5))])
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path / "a"), "--overwrite"]) == 0
+    assert not (tmp_path / "a" / "audio").exists() and len(read_jsonl(tmp_path / "a" / "train.jsonl")) == 2
+
+
+def test_synth_overwrite_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    from mmllm.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path), "--overwrite"]) == 1
+    assert capsys.readouterr().err == (f"mmllm: error: FileExistsError: {tmp_path} holds files that `data synth` "
+                                       "does not write (notes.txt); --overwrite replaces a synthetic set only\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
