@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -399,3 +400,24 @@ def test_a_val_or_test_split_whose_samples_are_all_bad_stops_the_run_naming_spli
         (trainer().validate if split == "val" else trainer().test)(module, data)
     assert str(err.value) == (f"all 3 {split} samples are bad, so there is no {split}_loss (--data.{split} {path}); "
                               f"first: {path}:1 (id t0): image not found: {tmp_path / 'missing.png'}")
+
+
+# 14 --------------------------------------------------------------------------------------------------
+def test_one_shard_file_given_as_training_data_is_read_as_that_shard(tmp_path, processor):
+    for i in range(5):
+        text_image(f"w{i}").save(tmp_path / f"{i}.png")
+    src = write(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(5)] + [chat(9, image="gone.png")])
+    write_shards(src, tmp_path / "shards", rows=3, group_rows=2)
+    ds = ConversationDataset(str(tmp_path / "shards" / "shard-00001.parquet"), processor, measure_images=True)
+    assert [ds[i]["id"] for i in range(len(ds))] == ["t3", "t4"] and ds.bad_lines == []
+    assert all(ds[i]["bad"] == [] for i in range(2))
+    whole = ConversationDataset(str(tmp_path / "shards"), processor)
+    assert list(ds.lengths) == list(whole.lengths[3:]) and len(whole.bad_lines) == 1
+
+
+def test_a_parquet_file_without_a_shard_index_beside_it_is_one_clear_error(tmp_path, processor):
+    pq.write_table(pa.table({"json": ["{}"]}), tmp_path / "other.parquet")
+    with pytest.raises(FileNotFoundError) as err:
+        ConversationDataset(str(tmp_path / "other.parquet"), processor)
+    assert str(err.value) == (f"{tmp_path / 'other.parquet'} is a parquet file without the index.npz of "
+                              "`mmllm data shard` beside it; shard the training set with `mmllm data shard`")
