@@ -25,7 +25,7 @@ Run `mmllm COMMAND --help` for the options of one command."""
 
 
 def data_command(argv: list[str]) -> None:
-    from mmllm.eval.readers import READERS, convert
+    from mmllm.eval.readers import MAX_SKIPPED, READERS, SKIP_FILE, convert
     from mmllm.train.synth import LEVELS, TASKS, VOICES, synthesize
 
     parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
@@ -46,6 +46,9 @@ def data_command(argv: list[str]) -> None:
                       help="the benchmark's local folder: its own release or a Hugging Face parquet snapshot")
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--images", help="look up the release's images in this folder instead of where it keeps them")
+    conv.add_argument("--max_skipped", type=float, default=MAX_SKIPPED,
+                      help="the fraction of records that may be skipped (missing images, bad records) before the "
+                           f"conversion fails (default {MAX_SKIPPED}); the skips are listed in OUT/{SKIP_FILE}")
     shard = sub.add_parser("shard", help="write a training set as self-contained parquet shards (JSON + image bytes) "
                                          "that `--data.train DIR` reads")
     shard.add_argument("--src", required=True, help="training data: LLaVA-format JSONL or JSON array")
@@ -66,11 +69,10 @@ def data_command(argv: list[str]) -> None:
                              overwrite=args.overwrite)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
-        summary = convert(args.format, args.src, args.out, images=args.images)
-        print(f"wrote {summary['n']} {args.format} items to {args.out} from {', '.join(summary['files'])}; "
-              f"skipped {summary['skipped']}")
-        for item in summary["skipped_items"]:
-            print(f"  skipped {item}")
+        done = convert(args.format, args.src, args.out, images=args.images, max_skipped=args.max_skipped)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in done.reasons().most_common())
+        print(f"wrote {done.n} {args.format} items to {args.out} from {', '.join(done.files)}; skipped "
+              + (f"{len(done.skipped)} ({kinds}; listed in {done.skip_file})" if done.skipped else "none"))
 
 
 def export(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
