@@ -44,6 +44,7 @@ from typing import IO, Any
 from PIL import Image
 
 from mmllm.jsonl import write_jsonl
+from mmllm.progress import progress
 
 from .metrics import OCRBENCH_CATEGORIES
 
@@ -379,7 +380,7 @@ def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | 
     positions: Counter[str] = Counter()  # per tag, across the shards of one split
     names = [path.relative_to(src).as_posix() for path, _ in files]
     for (path, tag), name in zip(files, names):
-        for index, record in enumerate(layout.read(path)):
+        for index, record in enumerate(progress(layout.read(path), f"convert {name}", "record")):
             # Until the record's own id is known, it is named by its place in the source file.
             label = f"{name}[{index}]" if layout.id_fields else _position_id(fmt, tag, positions[tag])
             positions[tag] += 1

@@ -7,11 +7,13 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import HalfPrecision
 
-from mmllm.cli import export
+from mmllm.cli import export, main
 from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.runner import load_model
 from mmllm.model import MMLLM
 from mmllm.train.data import MMDataModule
+from mmllm.train.synth import synthesize
+from conftest import tiny_config
 from test_cli import CONFIG, mmllm
 
 pytestmark = pytest.mark.slow
@@ -139,10 +141,6 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_
 
 def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_path, monkeypatch):
     """In-process: the config names a 2000-sample synthetic training set that predict never reads."""
-    from mmllm.cli import main
-    from mmllm.train.synth import synthesize
-    from conftest import tiny_config
-
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(1)  # not the run's seed: predictions equal the folder's only if its weights are loaded
     exported = MMLLM(tiny_config()).eval()
@@ -159,9 +157,6 @@ def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_pa
 
 
 def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(tmp_path, monkeypatch, capsys):
-    from mmllm.cli import main
-    from conftest import tiny_config
-
     monkeypatch.chdir(tmp_path)
     MMLLM(tiny_config()).save_pretrained("export")
     assert main(["fit", "--config", CONFIG, "--ckpt_path", "export", "--trainer.default_root_dir", "fit"]) == 1

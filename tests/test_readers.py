@@ -14,6 +14,7 @@ from PIL import Image
 from mmllm.cli import main
 from mmllm.eval.metrics import score
 from mmllm.eval.readers import READERS, Conversion, convert
+from conftest import as_terminal
 
 
 def image(path: Path, colour: str = "white") -> None:
@@ -594,3 +595,9 @@ def test_ocrbench_ids_are_its_own_with_the_dataset_name_and_a_repeated_one_is_a_
 def test_max_skipped_must_be_a_fraction(tmp_path):
     with pytest.raises(ValueError, match=r"max_skipped must be a fraction in \[0, 1\], got 5"):
         convert("ocrbench", tmp_path, tmp_path / "out", max_skipped=5)
+
+
+def test_convert_draws_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    terminal = as_terminal(monkeypatch)
+    convert("ocrbench", missing_most_images(tmp_path / "src", n=2), tmp_path / "out")
+    assert "convert OCRBench.json: " in terminal.getvalue()

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, scan_records
 from mmllm.processor import Processor, SampleError
+from mmllm.progress import progress
 
 from .lengths import FeatureBuilder, LengthFeatures
 from .media import UNKNOWN_SIZE, image_size, open_image, paths_of
@@ -72,7 +73,7 @@ def write_shards(src: str | Path, out: str | Path, image_folder: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     in_array, summary, features, counts = is_json_array(src), ShardSummary(), FeatureBuilder(), []
     writer, group = None, []
-    for found in scan_records(src, ("conversations",)):
+    for found in progress(scan_records(src, ("conversations",)), f"shard {Path(src).name}", "record"):
         if isinstance(found, BadInput):
             summary.bad.append(found)
             continue

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from mmllm.jsonl import write_json, write_jsonl
+from mmllm.progress import progress
 
 LEVELS = ("easy", "hard")
 VOICES = ("tones", "espeak")
@@ -120,7 +121,7 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
     out.mkdir(parents=True, exist_ok=True)
     (out / STAMP).unlink(missing_ok=True)  # the folder is unfinished until the new stamp is written
     train, items, counts = [], [], {}
-    for i in range(n):
+    for i in progress(range(n), f"synth {task}", "sample"):
         sample = TASKS[task](random.Random(f"{task}/{level}/{seed}/{i}"), level, i)
         if voice == "espeak":
             sample = replace(sample, audio=_espeak(sample.answer))
