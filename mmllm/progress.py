@@ -13,9 +13,8 @@ T = TypeVar("T")
 DELAY = 2.0
 
 
-def progress(items: Iterable[T], desc: str, unit: str, total: int | None = None) -> Iterator[T]:
-    """`items` as they come, with a tqdm bar on stderr when stderr is a terminal; the bar clears when done
-    (the command prints its own summary)."""
-    total = total if total is not None else len(items) if hasattr(items, "__len__") else None
-    yield from tqdm(items, desc=desc, unit=unit, total=total, file=sys.stderr, disable=not sys.stderr.isatty(),
-                    delay=DELAY, leave=False, dynamic_ncols=True)
+def progress(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:
+    """`items` as they come, with a tqdm bar on stderr when stderr is a terminal (a count and a rate when `items`
+    has no length); the bar clears when done (the command prints its own summary)."""
+    yield from tqdm(items, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), delay=DELAY,
+                    leave=False, dynamic_ncols=True)

@@ -150,7 +150,7 @@ def _save_index(out: Path, summary: ShardSummary, counts: list[int], group_rows:
 
 
 def is_shard_file(path: str | Path) -> bool:
-    """A parquet file (its magic bytes), which a training path names only as one shard of a shard folder."""
+    """A parquet file (by its magic bytes): as training data it can only be one shard of a shard folder."""
     try:
         with open(path, "rb") as fh:
             return fh.read(4) == b"PAR1"
@@ -168,25 +168,25 @@ class ShardReader:
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
-        folder = path.parent if path.is_file() else path
+        one = path.name if path.is_file() else None  # one shard of the folder, or all of them
+        folder = path.parent if one else path
         if not is_shard_folder(folder):
             raise FileNotFoundError(f"{path} is a parquet file without the {SHARD_INDEX} of `mmllm data shard` "
                                     "beside it; shard the training set with `mmllm data shard`")
         with np.load(folder / SHARD_INDEX, allow_pickle=False) as index:
-            names, rows = index["shards"].tolist(), index["rows"]
-            records = np.concatenate([[0], np.cumsum(rows)])
-            images = np.concatenate([[0], np.cumsum(index["image_counts"])])
-            if path.is_file() and path.name not in names:
+            names = index["shards"].tolist()
+            if one and one not in names:
                 raise FileNotFoundError(f"{path} is not one of the shards that {folder / SHARD_INDEX} lists")
-            k = names.index(path.name) if path.is_file() else None
-            first, last = (0, len(names)) if k is None else (k, k + 1)
-            self.files = [str(folder / name) for name in names[first:last]]
-            self.starts = records[first:last + 1] - records[first]
+            first, last = (names.index(one), names.index(one) + 1) if one else (0, len(names))
+            records = np.concatenate([[0], np.cumsum(index["rows"])])
+            images = np.concatenate([[0], np.cumsum(index["image_counts"])])
             a, b = records[first], records[last]
+            self.files = [str(folder / name) for name in names[first:last]]
+            self.starts = records[first:last + 1] - a
+            self.group_rows = int(index["group_rows"])
             self.features = LengthFeatures(index["chars"][a:b], index["image_counts"][a:b],
                                            index["image_sizes"][images[a]:images[b]])
-            self.group_rows = int(index["group_rows"])
-            self.bad_lines = [] if k is not None else [
+            self.bad_lines = [] if one else [
                 BadInput(w, r) for w, r in zip(index["bad_where"].tolist(), index["bad_reason"].tolist())]
         self._files: dict[int, pq.ParquetFile] = {}
         self._group: tuple[tuple[int, int], pa.Table] | None = None
