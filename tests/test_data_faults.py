@@ -421,3 +421,10 @@ def test_a_parquet_file_without_a_shard_index_beside_it_is_one_clear_error(tmp_p
         ConversationDataset(str(tmp_path / "other.parquet"), processor)
     assert str(err.value) == (f"{tmp_path / 'other.parquet'} is a parquet file without the index.npz of "
                               "`mmllm data shard` beside it; shard the training set with `mmllm data shard`")
+
+
+def test_validate_synthesises_the_val_set_and_not_the_training_set(tmp_path):
+    module = tiny_module()
+    data = MMDataModule(synth_task="ocr", synth_n=8, synth_dir=str(tmp_path), processor=module.processor)
+    trainer().validate(module, data)
+    assert sorted(p.name for p in (tmp_path / "ocr-easy-n8").iterdir()) == ["val"]
