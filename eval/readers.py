@@ -15,7 +15,12 @@ either; the first layout of the benchmark found in SRC is used:
 
 A format only declares where its files are and which of its fields feed ours (a `Layout`); checking
 records and images, reporting bad ones and writing are shared by all. A bad record or image is a counted
-skip; a broken annotation file, or a run that yields no item at all, is an error.
+skip, listed with its reason in `out/skipped.jsonl`; a broken annotation file, a run that yields no item at
+all, or one that skips more than `max_skipped` of the records (5 % by default), is an error.
+
+Items keep the benchmark's own question ids where it has them (TextVQA, DocVQA; OCRBench's release: its
+dataset name and id), so results join with other tools' by id; ChartQA and OCRBench's hub snapshot have
+none, and their ids are split and position in the source (the order lmms-eval numbers its docs in).
 
 Images are hard-linked, and copied with `shutil.copy2` only where the filesystem refuses a link
 (another device, no link support). Not symlinked: a hard link costs no disk, yet OUT stays whole when
@@ -31,7 +36,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -39,12 +44,47 @@ from typing import IO, Any
 from PIL import Image
 
 from mmllm.jsonl import write_jsonl
+from mmllm.progress import progress
 
 from .metrics import OCRBENCH_CATEGORIES
 
 
+SKIP_FILE = "skipped.jsonl"
+MAX_SKIPPED = 0.05  # the fraction of a benchmark's records that may be skipped before a conversion fails
+
+
 class Malformed(ValueError):
     """A record or its image that cannot become an item: reported with its id and skipped."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A record that became no item: its id (or source file[index] when it has none usable) and why."""
+
+    id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.id}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What `convert` wrote: `n` items from `files` (relative to SRC) into `out`, and the records skipped."""
+
+    format: str
+    n: int
+    skipped: list[Skip]
+    out: Path
+    files: list[str]
+
+    @property
+    def skip_file(self) -> Path:
+        return self.out / SKIP_FILE
+
+    def reasons(self) -> Counter[str]:
+        """Skips per kind of reason (the reason up to its first colon: `image not found`)."""
+        return Counter(skip.reason.split(":", 1)[0] for skip in self.skipped)
 
 
 @dataclass(frozen=True)
@@ -63,7 +103,7 @@ class Layout:
 
     files: dict[str, str]  # annotation file name or glob -> tag passed to `parse` (a split); one must exist
     read: Callable[[Path], Iterable[Any]]  # the records of one annotation file, in order
-    id_field: str | None  # the dataset's own unique question id; None: ids from tag and position
+    id_fields: tuple[str, ...]  # the fields that together are the dataset's own unique question id; (): positions
     image_dirs: tuple[str, ...]  # below the annotation folder, tried in order; (): images are embedded
     parse: Callable[[dict[str, Any], str], Fields]  # raises Malformed
     folders: tuple[str, ...] = (".",)  # the annotation folder: SRC or below it, the first holding a file
@@ -187,28 +227,30 @@ _DATA = partial(_json_records, key="data")
 # after the config: data/ for most, DocVQA/ beside InfographicVQA/ in lmms-lab/DocVQA. SRC may be the
 # snapshot or that folder.
 LAYOUTS: dict[str, tuple[Layout, ...]] = {
+    # ChartQA has no question id in either source: ids are split and position (`chartqa-human-000012`).
     "chartqa": (
-        Layout({"test_human.json": "human", "test_augmented.json": "augmented"}, _json_records, None, ("png",),
+        Layout({"test_human.json": "human", "test_augmented.json": "augmented"}, _json_records, (), ("png",),
                _chartqa),
-        Layout({"test-*.parquet": "test"}, _parquet_records, None, (), _chartqa_hf, (".", "data")),
+        Layout({"test-*.parquet": "test"}, _parquet_records, (), (), _chartqa_hf, (".", "data")),
     ),
-    # OCRBench's own `id` indexes its source dataset and repeats across datasets, so ids come from positions.
-    # Its repository keeps OCRBench/OCRBench.json beside OCRBench_Images/; a flat copy has the images inside.
+    # OCRBench's own `id` indexes its source dataset and repeats across datasets: with the dataset's name it is
+    # unique (`ocrbench-IIIT5K-211`). The hub snapshot holds no id: its row positions are what lmms-eval's doc ids
+    # count. Its repository keeps OCRBench/OCRBench.json beside OCRBench_Images/; a flat copy has the images inside.
     "ocrbench": (
-        Layout({"OCRBench.json": ""}, _json_records, None, ("OCRBench_Images", ".", "../OCRBench_Images"),
-               _ocrbench, (".", "OCRBench")),
-        Layout({"test-*.parquet": "test"}, _parquet_records, None, (), _ocrbench_hf, (".", "data")),
+        Layout({"OCRBench.json": ""}, _json_records, ("dataset_name", "id"),
+               ("OCRBench_Images", ".", "../OCRBench_Images"), _ocrbench, (".", "OCRBench")),
+        Layout({"test-*.parquet": "test"}, _parquet_records, (), (), _ocrbench_hf, (".", "data")),
     ),
     # train_val_images.zip unpacks to train_val_images/train_images/.
     "textvqa": (
-        Layout({"TextVQA_0.5.1_val.json": ""}, _DATA, "question_id", ("train_images", "train_val_images/train_images"),
+        Layout({"TextVQA_0.5.1_val.json": ""}, _DATA, ("question_id",), ("train_images", "train_val_images/train_images"),
                _textvqa),
-        Layout({"validation-*.parquet": "validation"}, _parquet_records, "question_id", (), _textvqa_hf,
+        Layout({"validation-*.parquet": "validation"}, _parquet_records, ("question_id",), (), _textvqa_hf,
                (".", "data")),
     ),
     "docvqa": (
-        Layout({"val_v1.0.json": ""}, _DATA, "questionId", (".",), _docvqa),
-        Layout({"validation-*.parquet": "validation"}, _parquet_records, "questionId", (), _docvqa_hf,
+        Layout({"val_v1.0.json": ""}, _DATA, ("questionId",), (".",), _docvqa),
+        Layout({"validation-*.parquet": "validation"}, _parquet_records, ("questionId",), (), _docvqa_hf,
                (".", "DocVQA")),
     ),
 }
@@ -219,11 +261,13 @@ def _position_id(fmt: str, tag: str, index: int) -> str:
     return "-".join(part for part in (fmt, tag, f"{index:06d}") if part)
 
 
-def _own_id(fmt: str, key: str, record: dict[str, Any]) -> str:
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-        raise Malformed(f"field {key!r} missing or not an int/string")
-    return f"{fmt}-{value}"
+def _own_id(fmt: str, keys: tuple[str, ...], record: dict[str, Any]) -> str:
+    """`fmt-value` (`fmt-value1-value2` for an id of several fields), so results join with other tools' by id."""
+    values = [record.get(key) for key in keys]
+    for key, value in zip(keys, values):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise Malformed(f"field {key!r} missing or not an int/string")
+    return "-".join([fmt, *map(str, values)])
 
 
 def _annotations(layout: Layout, src: Path) -> tuple[Path, list[tuple[Path, str]]] | None:
@@ -312,7 +356,7 @@ class _Images:
 
 
 def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | Path,
-             images: str | Path | None = None) -> dict[str, Any]:
+             images: str | Path | None = None, max_skipped: float = MAX_SKIPPED) -> Conversion:
     """Convert the first of a benchmark's layouts found in SRC; see `convert`."""
     src, out = Path(src), Path(out)
     for layout in layouts:
@@ -331,50 +375,65 @@ def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | 
         dirs = (Path(images),)
     placer = _Images(dirs, out)
     items: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    skipped: list[Skip] = []
     seen: set[str] = set()
     positions: Counter[str] = Counter()  # per tag, across the shards of one split
     names = [path.relative_to(src).as_posix() for path, _ in files]
     for (path, tag), name in zip(files, names):
-        for index, record in enumerate(layout.read(path)):
+        for index, record in enumerate(progress(layout.read(path), f"convert {name}", "record")):
             # Until the record's own id is known, it is named by its place in the source file.
-            label = _position_id(fmt, tag, positions[tag]) if layout.id_field is None else f"{name}[{index}]"
+            label = f"{name}[{index}]" if layout.id_fields else _position_id(fmt, tag, positions[tag])
             positions[tag] += 1
             try:
                 if not isinstance(record, dict):
                     raise Malformed(f"record is {type(record).__name__}, expected an object")
-                if layout.id_field is not None:
-                    label = _own_id(fmt, layout.id_field, record)
+                if layout.id_fields:
+                    label = _own_id(fmt, layout.id_fields, record)
                 if label in seen:
                     raise Malformed("duplicate id")
                 seen.add(label)
                 fields = layout.parse(record, tag)
                 image = placer.place(fields.image)
             except Malformed as exc:
-                skipped.append(f"{label}: {exc}")
+                skipped.append(Skip(label, str(exc)))
                 continue
             items.append({"id": label, "image": image, "question": fields.question, "answers": fields.answers,
                           **fields.task})
+    result = Conversion(fmt, len(items), skipped, out, names)
+    if skipped:  # also when the conversion fails below: the list says why
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(result.skip_file, [asdict(skip) for skip in skipped])
     if not items:  # an empty items.jsonl would only fail later, far from the cause
         raise ValueError(f"wrote no items: {len(skipped)} skipped"
-                         + (f"; first: {skipped[0]}" if skipped else f" (no records in {folder})"))
+                         + (f"; first: {skipped[0]} (all in {result.skip_file})" if skipped
+                            else f" (no records in {folder})"))
+    total = len(items) + len(skipped)
+    if len(skipped) > max_skipped * total:
+        raise ValueError(f"{len(skipped)} of {total} records skipped ({len(skipped) / total:.1%}), over max_skipped "
+                         f"{max_skipped:.1%}; items.jsonl not written; first: {skipped[0]} "
+                         f"(all in {result.skip_file}; --max_skipped 1 keeps the rest)")
+    if not skipped:
+        result.skip_file.unlink(missing_ok=True)  # an earlier run's list would describe another conversion
     write_jsonl(out / "items.jsonl", items)
-    return {"format": fmt, "n": len(items), "skipped": len(skipped), "skipped_items": skipped,
-            "out": str(out), "files": names}
+    return result
 
 
-READERS: dict[str, Callable[..., dict[str, Any]]] = {
+READERS: dict[str, Callable[..., Conversion]] = {
     fmt: partial(_convert, fmt, layouts) for fmt, layouts in LAYOUTS.items()
 }
 
 
-def convert(fmt: str, src: str | Path, out: str | Path, images: str | Path | None = None) -> dict[str, Any]:
+def convert(fmt: str, src: str | Path, out: str | Path, images: str | Path | None = None,
+            max_skipped: float = MAX_SKIPPED) -> Conversion:
     """Convert benchmark `fmt` from folder `src` (its own release or a Hugging Face parquet snapshot) into
     `out/items.jsonl` + `out/images/`; `images` overrides where a release's images are looked up.
 
-    Returns a summary: format, n, skipped (count), skipped_items ("id: reason", the id being the
-    source file and index when a record has none), out, and the annotation files read (relative to `src`).
-    Raises ValueError when no record becomes an item."""
+    The records skipped (an id that is the source file and index when a record's own id is bad) are listed
+    in `out/skipped.jsonl`. Raises ValueError when no record becomes an item, or when more than `max_skipped`
+    (a fraction) of the records are skipped: a benchmark missing most of its images would score a few
+    items as if they were the benchmark."""
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(READERS)}")
-    return READERS[fmt](src, out, images)
+    if not 0 <= max_skipped <= 1:
+        raise ValueError(f"max_skipped must be a fraction in [0, 1], got {max_skipped}")
+    return READERS[fmt](src, out, images, max_skipped)

@@ -25,7 +25,7 @@ Run `mmllm COMMAND --help` for the options of one command."""
 
 
 def data_command(argv: list[str]) -> None:
-    from mmllm.eval.readers import READERS, convert
+    from mmllm.eval.readers import MAX_SKIPPED, READERS, SKIP_FILE, convert
     from mmllm.train.synth import LEVELS, TASKS, VOICES, synthesize
 
     parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
@@ -38,12 +38,17 @@ def data_command(argv: list[str]) -> None:
     synth.add_argument("--level", choices=list(LEVELS), default="easy")
     synth.add_argument("--voice", choices=list(VOICES), default="tones",
                        help="asr only: offline tone words (default) or real speech via espeak-ng")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace the synthetic set in a non-empty --out (its stale files are removed)")
     conv = sub.add_parser("convert", help="convert a public benchmark folder into items.jsonl + images/")
     conv.add_argument("--format", required=True, choices=sorted(READERS))
     conv.add_argument("--src", required=True,
                       help="the benchmark's local folder: its own release or a Hugging Face parquet snapshot")
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--images", help="look up the release's images in this folder instead of where it keeps them")
+    conv.add_argument("--max_skipped", type=float, default=MAX_SKIPPED,
+                      help="the fraction of records that may be skipped (missing images, bad records) before the "
+                           f"conversion fails (default {MAX_SKIPPED}); the skips are listed in OUT/{SKIP_FILE}")
     shard = sub.add_parser("shard", help="write a training set as self-contained parquet shards (JSON + image bytes) "
                                          "that `--data.train DIR` reads")
     shard.add_argument("--src", required=True, help="training data: LLaVA-format JSONL or JSON array")
@@ -60,14 +65,14 @@ def data_command(argv: list[str]) -> None:
         for bad in summary.bad:
             print(f"  skipped {bad}")
     elif args.action == "synth":
-        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice)
+        summary = synthesize(args.task, args.out, args.n, seed=args.seed, level=args.level, voice=args.voice,
+                             overwrite=args.overwrite)
         print(f"wrote {summary['n']} {args.task} samples ({args.level}) to {args.out}")
     else:
-        summary = convert(args.format, args.src, args.out, images=args.images)
-        print(f"wrote {summary['n']} {args.format} items to {args.out} from {', '.join(summary['files'])}; "
-              f"skipped {summary['skipped']}")
-        for item in summary["skipped_items"]:
-            print(f"  skipped {item}")
+        done = convert(args.format, args.src, args.out, images=args.images, max_skipped=args.max_skipped)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in done.reasons().most_common())
+        print(f"wrote {done.n} {args.format} items to {args.out} from {', '.join(done.files)}; skipped "
+              + (f"{len(done.skipped)} ({kinds}; listed in {done.skip_file})" if done.skipped else "none"))
 
 
 def export(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:

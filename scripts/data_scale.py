@@ -72,7 +72,7 @@ def load_table(root: Path, n: int) -> list[dict]:
     from mmllm.train.synth import synthesize
 
     images = root / "images"
-    synthesize("ocr", images, 8, seed=0, level="hard")  # 8 real small PNGs of varied sizes
+    synthesize("ocr", images, 8, seed=0, level="hard", overwrite=True)  # 8 real small PNGs of varied sizes
     src = root / f"llava-{n}.jsonl"
     if not src.is_file():
         make_llava_jsonl(src, n, [str(p) for p in sorted((images / "images").glob("*.png"))])
@@ -101,7 +101,7 @@ def synth_mix(root: Path, n: int) -> Path:
     for task in ("ocr", "chart"):
         for level in ("easy", "hard"):
             folder = root / f"{task}-{level}"
-            synthesize(task, folder, n, seed=0, level=level)
+            synthesize(task, folder, n, seed=0, level=level, overwrite=True)  # the scratch folder of an earlier run
             for line in (folder / "train.jsonl").read_text().splitlines():
                 row = json.loads(line)
                 row.update(id=f"{folder.name}-{row['id']}", image=f"{folder.name}/{row['image']}")

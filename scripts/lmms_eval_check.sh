@@ -3,11 +3,14 @@
 #   (a) a 2-process `torchrun` run (gloo) of the shipped local tasks in examples/lmms_eval_task;
 #   (b) a 2-process multiple-choice run whose keys are the model's own favourites (keyed_items.py): acc must be 1;
 #   (c) tests/test_lmms_adapter.py with lmms-eval importable, so its real-lmms-eval test runs instead of skipping.
-# lmms-eval goes into a throwaway venv layered over .venv (torch etc. are reused; .venv is not changed).
+# lmms-eval goes into a throwaway venv layered over .venv (torch etc. are reused; .venv is not changed). A fresh
+# clone gets .venv first from `make install` (a no-op when it is up to date).
 # Usage: scripts/lmms_eval_check.sh [pip requirement ...]   default: lmms-eval==0.7.3 'filelock<4'
 #        NPROC=1 for lmms-eval 0.6.x, whose many-process gather fails on gloo (it needs GPUs / NCCL).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+[ -f "$ROOT/.venv/.mmllm-installed" ] || echo "== make install (.venv for this clone; a few minutes)"
+make -s -C "$ROOT" --no-print-directory install
 BASE=$ROOT/.venv/bin/python
 SPEC=("$@")
 [ ${#SPEC[@]} -gt 0 ] || SPEC=("lmms-eval==0.7.3" "filelock<4")

@@ -1,3 +1,6 @@
+import io
+import sys
+
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -24,6 +27,15 @@ def tiny_model():
     return MMLLM(tiny_config()).eval()
 
 
+def tiny_module(**kw):
+    """The tiny model as the Lightning module that `mmllm fit` trains (SFT, encoder trainable)."""
+    from mmllm.train.module import MMLLMModule
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    return MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True, **kw)
+
+
 def text_image(text: str, size=(128, 32)) -> Image.Image:
     img = Image.new("RGB", size, "white")
     ImageDraw.Draw(img).text((4, 8), text, fill="black")
@@ -38,3 +50,20 @@ def text_bomb_png(path) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
     text_image("w").save(path, pnginfo=info)
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, and keeps what is drawn on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def as_terminal(monkeypatch) -> Terminal:
+    """stderr as a terminal, with progress bars drawn at once (not after `mmllm.progress.DELAY`). Called in the
+    test itself: pytest puts its own stderr back between a fixture's setup and the test."""
+    from mmllm import progress
+
+    monkeypatch.setattr(progress, "DELAY", 0)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    return sys.stderr

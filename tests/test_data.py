@@ -9,7 +9,7 @@ from mmllm.jsonl import read_jsonl
 from mmllm.train.data import ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor, TrainingAborted
 from mmllm.train.module import MMLLMModule
-from conftest import text_image, tiny_config
+from conftest import text_image, tiny_config, tiny_module
 
 
 def conv(i: int, image: str) -> dict:
@@ -33,12 +33,6 @@ def messy(tmp_path):
               '{"id": "broken", "image": ', json.dumps({"id": "nofield", "image": "img/0.png"})]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     return tmp_path / "train.jsonl"
-
-
-def tiny_module(**kw) -> MMLLMModule:
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    return MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True, **kw)
 
 
 def test_malformed_lines_are_reported_with_file_and_line(messy):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -17,11 +18,10 @@ from PIL import Image
 from mmllm.jsonl import BOM, read_records
 from mmllm.processor import IGNORE_INDEX
 from mmllm.train.data import Collator, ConversationDataset, MMDataModule
-from mmllm.train.health import BadSampleMonitor
+from mmllm.train.health import BadSampleMonitor, TrainingAborted
 from mmllm.train.shards import write_shards
 from mmllm.train.synth import synthesize
-from conftest import text_bomb_png, text_image
-from test_data import tiny_module
+from conftest import text_bomb_png, text_image, tiny_module
 
 
 def chat(i: int, answer: str | None = None, **media) -> dict:
@@ -271,7 +271,7 @@ def test_synth_writes_through_the_atomic_writer_so_a_failed_write_keeps_the_old_
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
-        synthesize("ocr", tmp_path, 3, seed=0)
+        synthesize("ocr", tmp_path, 3, seed=0, overwrite=True)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
@@ -364,3 +364,67 @@ def test_a_jsonl_whose_first_record_is_a_list_is_read_as_jsonl_not_as_an_array(t
     one_line.write_bytes(b"[" + json.dumps(chat(0)).encode() + b", " + json.dumps(chat(1)).encode() + b"]\n")
     assert [r.where() for r in ConversationDataset(str(one_line), processor).records] == [
         f"{one_line} item 1 (id t0)", f"{one_line} item 2 (id t1)"]
+
+
+# 13 --------------------------------------------------------------------------------------------------
+def test_the_training_image_folder_is_not_applied_to_val_which_reads_beside_its_own_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    text_image("a").save(tmp_path / "images" / "a.png")  # LLaVA's layout: train paths name files in images/
+    text_image("b").save(tmp_path / "val" / "images" / "b.png")
+    train = write(tmp_path / "train.jsonl", [chat(0, image="a.png")])
+    val = write(tmp_path / "val" / "val.jsonl", [chat(1, image="images/b.png"), chat(2, image="images/b.png")])
+    module = tiny_module()
+    data = MMDataModule(train=train, val=val, image_folder=str(tmp_path / "images"), batch_size=2,
+                        processor=module.processor)
+    assert data.dataset("train")[0]["bad"] == []
+    metrics = trainer().validate(module, data)[0]
+    assert metrics["val_bad_samples"] == 0.0 and "val_loss" in metrics
+
+
+def test_a_val_image_folder_of_its_own_is_where_val_paths_resolve(tmp_path, processor):
+    text_image("b").save(tmp_path / "b.png")
+    (tmp_path / "val").mkdir()
+    val = write(tmp_path / "val" / "val.jsonl", [chat(1, image="b.png")])
+    data = MMDataModule(val=val, test=val, val_image_folder=str(tmp_path), processor=processor)
+    assert data.dataset("val")[0]["bad"] == []
+    assert data.dataset("test")[0]["bad"] == [f"{val}:1 (id t1): image not found: {tmp_path / 'val' / 'b.png'}"]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_val_or_test_split_whose_samples_are_all_bad_stops_the_run_naming_split_and_file(tmp_path, split):
+    path = write(tmp_path / f"{split}.jsonl", [chat(i, image="missing.png") for i in range(3)])
+    module = tiny_module()
+    data = MMDataModule(**{split: path}, batch_size=2, processor=module.processor)
+    with pytest.raises(TrainingAborted) as err:
+        (trainer().validate if split == "val" else trainer().test)(module, data)
+    assert str(err.value) == (f"all 3 {split} samples are bad, so there is no {split}_loss (--data.{split} {path}); "
+                              f"first: {path}:1 (id t0): image not found: {tmp_path / 'missing.png'}")
+
+
+# 14 --------------------------------------------------------------------------------------------------
+def test_one_shard_file_given_as_training_data_is_read_as_that_shard(tmp_path, processor):
+    for i in range(5):
+        text_image(f"w{i}").save(tmp_path / f"{i}.png")
+    src = write(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(5)] + [chat(9, image="gone.png")])
+    write_shards(src, tmp_path / "shards", rows=3, group_rows=2)
+    ds = ConversationDataset(str(tmp_path / "shards" / "shard-00001.parquet"), processor, measure_images=True)
+    assert [ds[i]["id"] for i in range(len(ds))] == ["t3", "t4"] and ds.bad_lines == []
+    assert all(ds[i]["bad"] == [] for i in range(2))
+    whole = ConversationDataset(str(tmp_path / "shards"), processor)
+    assert list(ds.lengths) == list(whole.lengths[3:]) and len(whole.bad_lines) == 1
+
+
+def test_a_parquet_file_without_a_shard_index_beside_it_is_one_clear_error(tmp_path, processor):
+    pq.write_table(pa.table({"json": ["{}"]}), tmp_path / "other.parquet")
+    with pytest.raises(FileNotFoundError) as err:
+        ConversationDataset(str(tmp_path / "other.parquet"), processor)
+    assert str(err.value) == (f"{tmp_path / 'other.parquet'} is a parquet file without the index.npz of "
+                              "`mmllm data shard` beside it; shard the training set with `mmllm data shard`")
+
+
+def test_validate_synthesises_the_val_set_and_not_the_training_set(tmp_path):
+    module = tiny_module()
+    data = MMDataModule(synth_task="ocr", synth_n=8, synth_dir=str(tmp_path), processor=module.processor)
+    trainer().validate(module, data)
+    assert sorted(p.name for p in (tmp_path / "ocr-easy-n8").iterdir()) == ["val"]

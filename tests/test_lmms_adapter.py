@@ -310,3 +310,18 @@ def test_real_lmms_eval_runs_the_shipped_task_and_scores_a_model_keyed_choice_ta
     assert [got[i][0] if isinstance(got[i], list) else got[i] for i in range(len(items))] == expected
     hits = sum(e.strip() == it["answers"][0] for e, it in zip(expected, items))  # lmms-eval strips answers
     assert results["results"]["mmllm_ocr_local"]["exact_match,none"] == hits / len(items)
+
+
+def test_lmms_eval_check_sets_up_the_venv_itself_on_a_fresh_clone(tmp_path):
+    """The script runs `make install` before it uses .venv: a stand-in Makefile makes a .venv python that only
+    records how it is called, so the script stops at its first use of it."""
+    (tmp_path / "scripts").mkdir()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lmms_eval_check.sh"
+    (tmp_path / "scripts" / script.name).write_text(script.read_text())
+    (tmp_path / "Makefile").write_text(
+        "install:\n\tmkdir -p .venv/bin\n"
+        "\tprintf '#!/bin/sh\\necho \"$$*\" >> calls.log\\nexit 3\\n' > .venv/bin/python\n\tchmod +x .venv/bin/python\n")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / script.name)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 3 and proc.stdout.startswith("== make install")
+    assert (tmp_path / "calls.log").read_text().startswith("-m venv ")

@@ -7,11 +7,13 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import HalfPrecision
 
-from mmllm.cli import export
+from mmllm.cli import export, main
 from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.runner import load_model
 from mmllm.model import MMLLM
 from mmllm.train.data import MMDataModule
+from mmllm.train.synth import synthesize
+from conftest import tiny_config
 from test_cli import CONFIG, mmllm
 
 pytestmark = pytest.mark.slow
@@ -135,3 +137,29 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_
     written = export(ckpt, tmp_path / "model", overwrite=True)
     assert written == sorted(p for p in (tmp_path / "model").rglob("*") if p.is_file() and p.name != "notes.txt")
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
+
+
+def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_path, monkeypatch):
+    """In-process: the config names a 2000-sample synthetic training set that predict never reads."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(1)  # not the run's seed: predictions equal the folder's only if its weights are loaded
+    exported = MMLLM(tiny_config()).eval()
+    exported.save_pretrained("export")  # what `mmllm export` writes
+    synthesize("ocr", "d", 4)
+    assert main(["predict", "--config", CONFIG, "--ckpt_path", "export", "--data.predict", "d/items.jsonl",
+                 "--trainer.default_root_dir", "pred", "--predictions.dirpath", "preds",
+                 "--model.max_new_tokens", "4"]) == 0
+    rows = read_rows(tmp_path / "preds" / "predictions.jsonl")
+    with torch.no_grad():
+        expected = exported.generate(first_batch(exported, tmp_path).inputs, max_new_tokens=4)
+    assert [r["prediction"] for r in rows] == [exported.processor.decode(row) for row in expected.tolist()]
+    assert not (tmp_path / "runs").exists()  # the config's synth_dir
+
+
+def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    MMLLM(tiny_config()).save_pretrained("export")
+    assert main(["fit", "--config", CONFIG, "--ckpt_path", "export", "--trainer.default_root_dir", "fit"]) == 1
+    assert capsys.readouterr().err == ("mmllm: error: ValueError: export is an exported model, not a run to resume: "
+                                       "start from its weights with --model.init_from\n")
+    assert not (tmp_path / "runs").exists()

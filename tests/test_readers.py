@@ -13,7 +13,8 @@ from PIL import Image
 
 from mmllm.cli import main
 from mmllm.eval.metrics import score
-from mmllm.eval.readers import READERS, convert
+from mmllm.eval.readers import READERS, Conversion, convert
+from conftest import as_terminal
 
 
 def image(path: Path, colour: str = "white") -> None:
@@ -54,7 +55,7 @@ def ocrbench_src(root: Path, json_dir: str = ".", image_dir: str = "OCRBench_Ima
     image(root / image_dir / "IIIT5K" / "test" / "1.png")
     image(root / image_dir / "HME100K" / "test_images" / "2.jpg")
     write_json(root / json_dir / "OCRBench.json", [
-        # OCRBench's own ids repeat across source datasets (211 here twice): ours come from positions.
+        # OCRBench's own ids repeat across source datasets (211 here twice): ours add the dataset's name.
         {"dataset_name": "IIIT5K", "id": 211, "image_path": "IIIT5K/test/1.png",
          "question": "what is written in the image?", "answers": "CENTRE", "type": "Regular Text Recognition"},
         {"dataset_name": "HME100k", "id": 211, "image_path": "HME100K/test_images/2.jpg",
@@ -213,8 +214,12 @@ SOURCES = [pytest.param(fmt, build, id=f"{fmt}-{kind}")
            for kind, builders in (("release", BUILDERS), ("hf", HF_BUILDERS)) for fmt, build in builders.items()]
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def read_items(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+    return read_jsonl(out / "items.jsonl")
 
 
 def assert_images_open(out: Path, items: list[dict]) -> None:
@@ -225,12 +230,12 @@ def assert_images_open(out: Path, items: list[dict]) -> None:
             img.load()
 
 
-def reasons(summary: dict) -> dict[str, str]:
-    return dict(s.split(": ", 1) for s in summary["skipped_items"])
+def reasons(summary: Conversion) -> dict[str, str]:
+    return {skip.id: skip.reason for skip in summary.skipped}
 
 
 def test_chartqa(tmp_path):
-    summary = convert("chartqa", chartqa_src(tmp_path / "src"), tmp_path / "out")
+    summary = convert("chartqa", chartqa_src(tmp_path / "src"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
         {"id": "chartqa-human-000000", "image": "images/a.png", "question": "What is the max?", "answers": ["42"],
@@ -241,8 +246,8 @@ def test_chartqa(tmp_path):
          "type": "augmented_test"},
     ]
     assert_images_open(tmp_path / "out", items)
-    assert summary["n"] == 3 and summary["skipped"] == 4 and summary["format"] == "chartqa"
-    assert summary["files"] == ["test_human.json", "test_augmented.json"]
+    assert summary.n == 3 and len(summary.skipped) == 4 and summary.format == "chartqa"
+    assert summary.files == ["test_human.json", "test_augmented.json"]
     why = reasons(summary)
     assert why["chartqa-human-000002"] == f"image not found: gone.png (looked in {tmp_path / 'src' / 'png'})"
     assert why["chartqa-human-000003"] == "no answers (field 'label' missing)"
@@ -253,18 +258,18 @@ def test_chartqa(tmp_path):
 def test_chartqa_reads_one_split_alone(tmp_path):
     src = chartqa_src(tmp_path / "src")
     (src / "test_human.json").unlink()
-    summary = convert("chartqa", src, tmp_path / "out")
-    assert summary["files"] == ["test_augmented.json"]
+    summary = convert("chartqa", src, tmp_path / "out", max_skipped=1)
+    assert summary.files == ["test_augmented.json"]
     assert [it["type"] for it in read_items(tmp_path / "out")] == ["augmented_test"]
 
 
 def test_ocrbench(tmp_path):
-    summary = convert("ocrbench", ocrbench_src(tmp_path / "src"), tmp_path / "out")
+    summary = convert("ocrbench", ocrbench_src(tmp_path / "src"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
-        {"id": "ocrbench-000000", "image": "images/IIIT5K/test/1.png", "question": "what is written in the image?",
+        {"id": "ocrbench-IIIT5K-211", "image": "images/IIIT5K/test/1.png", "question": "what is written in the image?",
          "answers": ["CENTRE"], "category": "Regular Text Recognition", "dataset": "IIIT5K"},
-        {"id": "ocrbench-000001", "image": "images/HME100K/test_images/2.jpg",
+        {"id": "ocrbench-HME100k-211", "image": "images/HME100K/test_images/2.jpg",
          "question": "Please write out the expression of the formula in the image using LaTeX format.",
          "answers": ["x _ { 1 } = 0\n", "x _ 1 = 0\n"],  # verbatim: the metric does its own normalisation
          "category": "Handwritten Mathematical Expression Recognition", "dataset": "HME100k"},
@@ -273,19 +278,19 @@ def test_ocrbench(tmp_path):
     # The task fields are exactly what the metric takes.
     hme = items[1]
     assert score("ocrbench", "x_{1}=0", hme["answers"], dataset=hme["dataset"], category=hme["category"]) == 1.0
-    assert summary["skipped"] == 4
+    assert len(summary.skipped) == 4
     assert reasons(summary) == {
-        "ocrbench-000002": "unknown category 'Text Recognition' in field 'type'",
-        "ocrbench-000003": "image not found: IIIT5K/test/9.png (looked in "
+        "ocrbench-IIIT5K-3": "unknown category 'Text Recognition' in field 'type'",
+        "ocrbench-IIIT5K-4": "image not found: IIIT5K/test/9.png (looked in "
                            f"{tmp_path}/src/OCRBench_Images, {tmp_path}/src, {tmp_path}/OCRBench_Images)",
-        "ocrbench-000004": "no answers (field 'answers' is empty)",
-        "ocrbench-000005": "field 'question' missing",
+        "ocrbench-IIIT5K-5": "no answers (field 'answers' is empty)",
+        "ocrbench-IIIT5K-6": "field 'question' missing",
     }
 
 
 @pytest.mark.parametrize("image_dir", ["train_images", "train_val_images/train_images"])
 def test_textvqa(tmp_path, image_dir):
-    summary = convert("textvqa", textvqa_src(tmp_path / "src", image_dir), tmp_path / "out")
+    summary = convert("textvqa", textvqa_src(tmp_path / "src", image_dir), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
         {"id": "textvqa-34602", "image": "images/003a8ae2ef43b901.jpg", "question": "what brand is this?",
@@ -295,7 +300,7 @@ def test_textvqa(tmp_path, image_dir):
     ]
     assert_images_open(tmp_path / "out", items)
     assert score("vqa_accuracy", "Nike", items[0]["answers"], variant=items[0]["variant"]) == 1.0
-    assert summary["skipped"] == 4
+    assert len(summary.skipped) == 4
     why = reasons(summary)
     assert why["textvqa-34604"].startswith("cannot decode image 00b2c8a5e4c6f2d1.jpg")
     assert why["TextVQA_0.5.1_val.json[3]"] == "field 'question_id' missing or not an int/string"
@@ -304,7 +309,7 @@ def test_textvqa(tmp_path, image_dir):
 
 
 def test_docvqa(tmp_path):
-    summary = convert("docvqa", docvqa_src(tmp_path / "src"), tmp_path / "out")
+    summary = convert("docvqa", docvqa_src(tmp_path / "src"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
         {"id": "docvqa-49153", "image": "images/documents/pybv0228_81.png",
@@ -314,7 +319,7 @@ def test_docvqa(tmp_path):
     ]
     assert_images_open(tmp_path / "out", items)
     assert "‘actual’" in (tmp_path / "out" / "items.jsonl").read_text(encoding="utf-8")  # UTF-8, not \u escapes
-    assert summary["skipped"] == 4
+    assert len(summary.skipped) == 4
     why = reasons(summary)
     assert why["docvqa-24582"] == "image path '../outside.png' leaves the image folder"
     assert why["docvqa-24583"].startswith("image not found: documents/missing.png")
@@ -325,9 +330,9 @@ def test_docvqa(tmp_path):
 @pytest.mark.parametrize("fmt, build", SOURCES)
 def test_output_is_deterministic_and_reruns_in_place(tmp_path, fmt, build):
     src = build(tmp_path / "src")
-    first = convert(fmt, src, tmp_path / "a")
-    convert(fmt, src, tmp_path / "b")
-    again = convert(fmt, src, tmp_path / "a")  # over its own earlier output
+    first = convert(fmt, src, tmp_path / "a", max_skipped=1)
+    convert(fmt, src, tmp_path / "b", max_skipped=1)
+    again = convert(fmt, src, tmp_path / "a", max_skipped=1)  # over its own earlier output
     items = (tmp_path / "a" / "items.jsonl").read_bytes()
     assert items == (tmp_path / "b" / "items.jsonl").read_bytes()
     assert first == again and not (tmp_path / "a" / "items.jsonl.tmp").exists()
@@ -336,7 +341,7 @@ def test_output_is_deterministic_and_reruns_in_place(tmp_path, fmt, build):
 
 def test_images_are_hard_linked_once_per_file(tmp_path):
     src = textvqa_src(tmp_path / "src")
-    convert("textvqa", src, tmp_path / "out")
+    convert("textvqa", src, tmp_path / "out", max_skipped=1)
     placed = tmp_path / "out" / "images" / "003a8ae2ef43b901.jpg"
     assert os.path.samefile(placed, src / "train_images" / "003a8ae2ef43b901.jpg")
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["003a8ae2ef43b901.jpg"]
@@ -348,7 +353,7 @@ def test_images_are_copied_where_links_are_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "link", refuse)
     src = docvqa_src(tmp_path / "src")
-    convert("docvqa", src, tmp_path / "out")
+    convert("docvqa", src, tmp_path / "out", max_skipped=1)
     placed, original = tmp_path / "out" / "images" / "documents" / "nkbl0226_1.png", src / "documents" / "nkbl0226_1.png"
     assert not os.path.samefile(placed, original) and placed.read_bytes() == original.read_bytes()
 
@@ -386,11 +391,11 @@ def test_unreadable_annotation_file_is_an_error(tmp_path, name, content, message
 
 def test_annotation_file_starting_with_a_utf8_bom_is_read(tmp_path):
     src = docvqa_src(tmp_path / "src")
-    convert("docvqa", src, tmp_path / "plain")
+    convert("docvqa", src, tmp_path / "plain", max_skipped=1)
     annotations = src / "val_v1.0.json"
     annotations.write_bytes(b"\xef\xbb\xbf" + annotations.read_bytes())  # as Windows editors save it
-    summary = convert("docvqa", src, tmp_path / "bom")
-    assert summary["n"] == 2 and summary["skipped"] == 4
+    summary = convert("docvqa", src, tmp_path / "bom", max_skipped=1)
+    assert summary.n == 2 and len(summary.skipped) == 4
     assert (tmp_path / "bom" / "items.jsonl").read_bytes() == (tmp_path / "plain" / "items.jsonl").read_bytes()
 
 
@@ -409,7 +414,7 @@ def test_symlinked_image_is_placed_as_the_real_file(tmp_path):
     (src / "blobs").mkdir()
     link.rename(src / "blobs" / "5e1f")
     link.symlink_to("../blobs/5e1f")
-    assert convert("textvqa", src, tmp_path / "out")["n"] == 2
+    assert convert("textvqa", src, tmp_path / "out", max_skipped=1).n == 2
     placed = tmp_path / "out" / "images" / "003a8ae2ef43b901.jpg"
     assert not placed.is_symlink() and os.path.samefile(placed, src / "blobs" / "5e1f")
     (src / "blobs" / "5e1f").unlink()  # OUT stays whole without SRC
@@ -420,10 +425,10 @@ def test_symlinked_image_is_placed_as_the_real_file(tmp_path):
 def test_ocrbench_repository_layout_finds_the_sibling_image_folder(tmp_path, src, files):
     """MultimodalOCR keeps OCRBench/OCRBench.json beside OCRBench_Images/; SRC may be either folder holding the JSON."""
     root = ocrbench_src(tmp_path / "repo", json_dir="OCRBench", image_dir="OCRBench_Images")
-    summary = convert("ocrbench", root / src, tmp_path / "out")
-    assert summary["files"] == files and summary["n"] == 2 and summary["skipped"] == 4
+    summary = convert("ocrbench", root / src, tmp_path / "out", max_skipped=1)
+    assert summary.files == files and summary.n == 2 and len(summary.skipped) == 4
     assert [(it["id"], it["image"]) for it in read_items(tmp_path / "out")] == [
-        ("ocrbench-000000", "images/IIIT5K/test/1.png"), ("ocrbench-000001", "images/HME100K/test_images/2.jpg")]
+        ("ocrbench-IIIT5K-211", "images/IIIT5K/test/1.png"), ("ocrbench-HME100k-211", "images/HME100K/test_images/2.jpg")]
     assert_images_open(tmp_path / "out", read_items(tmp_path / "out"))
 
 
@@ -438,20 +443,23 @@ def test_cli_convert_that_writes_no_item_exits_1_with_the_first_reason(tmp_path,
     src = ocrbench_src(tmp_path / "src", image_dir="pictures")  # where no layout looks
     rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", tmp_path / "out")
     assert (rc, out) == (1, "")
-    assert err == ("mmllm: error: ValueError: wrote no items: 6 skipped; first: ocrbench-000000: image not found: "
-                   f"IIIT5K/test/1.png (looked in {src}/OCRBench_Images, {src}, {tmp_path}/OCRBench_Images)\n")
-    assert not (tmp_path / "out").exists()
+    assert err == ("mmllm: error: ValueError: wrote no items: 6 skipped; first: ocrbench-IIIT5K-211: image not found: "
+                   f"IIIT5K/test/1.png (looked in {src}/OCRBench_Images, {src}, {tmp_path}/OCRBench_Images) "
+                   f"(all in {tmp_path}/out/skipped.jsonl)\n")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["skipped.jsonl"]
 
 
 def test_cli_images_option_overrides_where_images_are_looked_up(tmp_path, monkeypatch, capsys):
     src = ocrbench_src(tmp_path / "src", image_dir="pictures")
     out_dir = tmp_path / "out"
     rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", out_dir,
-                               "--images", src / "pictures")
+                               "--images", src / "pictures", "--max_skipped", "1")
     assert (rc, err) == (0, "")
-    assert out.splitlines()[0] == f"wrote 2 ocrbench items to {out_dir} from OCRBench.json; skipped 4"
-    assert out.splitlines()[2] == ("  skipped ocrbench-000003: image not found: IIIT5K/test/9.png "
-                                   f"(looked in {src}/pictures)")
+    assert out == (f"wrote 2 ocrbench items to {out_dir} from OCRBench.json; skipped 4 (1 unknown category "
+                   "'Text Recognition' in field 'type', 1 image not found, 1 no answers (field 'answers' is empty), "
+                   f"1 field 'question' missing; listed in {out_dir}/skipped.jsonl)\n")
+    assert read_jsonl(out_dir / "skipped.jsonl")[1] == {
+        "id": "ocrbench-IIIT5K-4", "reason": f"image not found: IIIT5K/test/9.png (looked in {src}/pictures)"}
     assert [it["image"] for it in read_items(out_dir)] == ["images/IIIT5K/test/1.png",
                                                            "images/HME100K/test_images/2.jpg"]
     assert_images_open(out_dir, read_items(out_dir))
@@ -470,7 +478,7 @@ def test_cli_images_option_is_checked(tmp_path, monkeypatch, capsys, fmt, build,
 
 
 def test_chartqa_hf_snapshot(tmp_path):
-    summary = convert("chartqa", chartqa_hf(tmp_path / "src"), tmp_path / "out")
+    summary = convert("chartqa", chartqa_hf(tmp_path / "src"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     red, blue = placed(png("red")), placed(png("blue"))
     assert items == [
@@ -484,7 +492,7 @@ def test_chartqa_hf_snapshot(tmp_path):
     ]
     assert_images_open(tmp_path / "out", items)
     assert sorted(os.listdir(tmp_path / "out" / "images")) == sorted(p.removeprefix("images/") for p in (red, blue))
-    assert summary["files"] == ["data/test-00000-of-00002.parquet", "data/test-00001-of-00002.parquet"]
+    assert summary.files == ["data/test-00000-of-00002.parquet", "data/test-00001-of-00002.parquet"]
     assert reasons(summary) == {
         "chartqa-test-000002": "cannot decode embedded image (UnidentifiedImageError: cannot identify image file "
                                "<embedded image>)",
@@ -493,7 +501,7 @@ def test_chartqa_hf_snapshot(tmp_path):
 
 
 def test_ocrbench_hf_snapshot(tmp_path):
-    summary = convert("ocrbench", ocrbench_hf(tmp_path / "src"), tmp_path / "out")
+    summary = convert("ocrbench", ocrbench_hf(tmp_path / "src"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
         {"id": "ocrbench-test-000000", "image": placed(png("white")), "question": "what is written in the image?",
@@ -512,7 +520,7 @@ def test_ocrbench_hf_snapshot(tmp_path):
 
 
 def test_textvqa_hf_snapshot_read_from_its_data_folder(tmp_path):
-    summary = convert("textvqa", textvqa_hf(tmp_path / "data"), tmp_path / "out")
+    summary = convert("textvqa", textvqa_hf(tmp_path / "data"), tmp_path / "out", max_skipped=1)
     green = placed(png("green"))
     assert read_items(tmp_path / "out") == [
         {"id": "textvqa-34602", "image": green, "question": "what brand is this?", "answers": TEXTVQA_ANSWERS,
@@ -520,13 +528,13 @@ def test_textvqa_hf_snapshot_read_from_its_data_folder(tmp_path):
         {"id": "textvqa-34603", "image": green, "question": "what colour is the logo?", "answers": ["white"] * 10,
          "variant": "textvqa"},
     ]
-    assert summary["files"] == ["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"]
-    assert summary["skipped_items"] == ["textvqa-34602: duplicate id"]
+    assert summary.files == ["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"]
+    assert [str(skip) for skip in summary.skipped] == ["textvqa-34602: duplicate id"]
     assert os.listdir(tmp_path / "out" / "images") == [green.removeprefix("images/")]
 
 
 def test_docvqa_hf_snapshot_reads_only_its_config(tmp_path):
-    summary = convert("docvqa", docvqa_hf(tmp_path / "hub"), tmp_path / "out")
+    summary = convert("docvqa", docvqa_hf(tmp_path / "hub"), tmp_path / "out", max_skipped=1)
     items = read_items(tmp_path / "out")
     assert items == [
         {"id": "docvqa-49153", "image": placed(png("white")),
@@ -535,5 +543,61 @@ def test_docvqa_hf_snapshot_reads_only_its_config(tmp_path):
          "answers": ["university of california", "University of California"]},
     ]
     assert_images_open(tmp_path / "out", items)
-    assert summary["files"] == ["DocVQA/validation-00000-of-00001.parquet"]
-    assert summary["skipped_items"] == ["docvqa-24584: no answers (field 'answers' is empty)"]
+    assert summary.files == ["DocVQA/validation-00000-of-00001.parquet"]
+    assert [str(skip) for skip in summary.skipped] == ["docvqa-24584: no answers (field 'answers' is empty)"]
+
+
+def missing_most_images(root: Path, n: int = 40) -> Path:
+    """An OCRBench release of `n` records whose images are all missing but two."""
+    image(root / "OCRBench_Images" / "a.png")
+    records = [{"dataset_name": "IIIT5K", "id": i, "image_path": "a.png" if i < 2 else f"gone/{i}.png",
+                "question": "q", "answers": "A", "type": "Regular Text Recognition"} for i in range(n)]
+    write_json(root / "OCRBench.json", records)
+    return root
+
+
+def test_cli_convert_missing_most_images_fails_in_one_line_and_lists_every_skip_in_a_file(
+        tmp_path, monkeypatch, capsys):
+    src, out_dir = missing_most_images(tmp_path / "src"), tmp_path / "out"
+    rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", out_dir)
+    assert (rc, out) == (1, "")
+    assert err == ("mmllm: error: ValueError: 38 of 40 records skipped (95.0%), over max_skipped 5.0%; items.jsonl "
+                   f"not written; first: ocrbench-IIIT5K-2: image not found: gone/2.png (looked in "
+                   f"{src}/OCRBench_Images, {src}, {tmp_path}/OCRBench_Images) "
+                   f"(all in {out_dir}/skipped.jsonl; --max_skipped 1 keeps the rest)\n")
+    assert [row["id"] for row in read_jsonl(out_dir / "skipped.jsonl")] == [f"ocrbench-IIIT5K-{i}" for i in range(2, 40)]
+    assert not (out_dir / "items.jsonl").exists()
+    rc, out, err = convert_cli(monkeypatch, capsys, "--format", "ocrbench", "--src", src, "--out", out_dir,
+                               "--max_skipped", "0.95")
+    assert (rc, err, len(out.splitlines())) == (0, "", 1)
+    assert [it["id"] for it in read_items(out_dir)] == ["ocrbench-IIIT5K-0", "ocrbench-IIIT5K-1"]
+
+
+def test_a_conversion_with_no_skip_leaves_no_skip_list_of_an_earlier_one(tmp_path):
+    src = missing_most_images(tmp_path / "src")
+    convert("ocrbench", src, tmp_path / "out", max_skipped=1)
+    assert (tmp_path / "out" / "skipped.jsonl").is_file()
+    write_json(src / "OCRBench.json", json.loads((src / "OCRBench.json").read_text())[:2])
+    assert convert("ocrbench", src, tmp_path / "out").skipped == []
+    assert not (tmp_path / "out" / "skipped.jsonl").exists()
+
+
+def test_ocrbench_ids_are_its_own_with_the_dataset_name_and_a_repeated_one_is_a_skip(tmp_path):
+    src = missing_most_images(tmp_path / "src", n=2)
+    records = json.loads((src / "OCRBench.json").read_text())
+    write_json(src / "OCRBench.json", [*records, records[1], {**records[0], "id": None}])
+    summary = convert("ocrbench", src, tmp_path / "out", max_skipped=1)
+    assert [it["id"] for it in read_items(tmp_path / "out")] == ["ocrbench-IIIT5K-0", "ocrbench-IIIT5K-1"]
+    assert [str(skip) for skip in summary.skipped] == [
+        "ocrbench-IIIT5K-1: duplicate id", "OCRBench.json[3]: field 'id' missing or not an int/string"]
+
+
+def test_max_skipped_must_be_a_fraction(tmp_path):
+    with pytest.raises(ValueError, match=r"max_skipped must be a fraction in \[0, 1\], got 5"):
+        convert("ocrbench", tmp_path, tmp_path / "out", max_skipped=5)
+
+
+def test_convert_draws_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    terminal = as_terminal(monkeypatch)
+    convert("ocrbench", missing_most_images(tmp_path / "src", n=2), tmp_path / "out")
+    assert "convert OCRBench.json: " in terminal.getvalue()

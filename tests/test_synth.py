@@ -1,12 +1,17 @@
+import io
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from mmllm.cli import main
+from mmllm.train.shards import write_shards
 from mmllm.train.synth import CHART_KINDS, PROMPT_TEMPLATES, QUESTION_TYPES, synthesize
+from conftest import as_terminal
 
 COMBOS = [(task, level) for task in ("ocr", "chart") for level in ("easy", "hard")]
 EASY_SIZE = {"ocr": (128, 32), "chart": (128, 64)}
@@ -138,3 +143,43 @@ def test_synthesize_once_reuses_only_the_same_dataset(tmp_path, monkeypatch):
     assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first
     (out / synth.STAMP).unlink()  # as an interrupted run leaves the folder
     assert synth.synthesize_once("ocr", out, 4, seed=1) is True and tree(out) == first
+
+
+def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    synthesize("ocr", tmp_path, 4)
+    before = tree(tmp_path)
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"mmllm: error: FileExistsError: {tmp_path} is not empty (4 entries); "
+                                       "pass --overwrite to replace the synthetic set it holds\n")
+    assert tree(tmp_path) == before
+
+
+def test_synth_overwrite_leaves_only_the_new_set_and_no_stale_sample(tmp_path):
+    synthesize("asr", tmp_path / "a", 3)
+    synthesize("ocr", tmp_path / "x", 40)
+    (tmp_path / "x" / ".train.jsonl.abc123.tmp").write_text("cut short")  # a killed write's leftover
+    assert main(["data", "synth", "--task", "ocr", "--n", "5", "--out", str(tmp_path / "x"), "--overwrite"]) == 0
+    assert sorted(tree(tmp_path / "x")) == sorted(
+        ["train.jsonl", "items.jsonl", "synth.json", *(f"images/ocr-{i:06d}.png" for i in range(5))])
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path / "a"), "--overwrite"]) == 0
+    assert not (tmp_path / "a" / "audio").exists() and len(read_jsonl(tmp_path / "a" / "train.jsonl")) == 2
+
+
+def test_synth_overwrite_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["data", "synth", "--task", "ocr", "--n", "2", "--out", str(tmp_path), "--overwrite"]) == 1
+    assert capsys.readouterr().err == (f"mmllm: error: FileExistsError: {tmp_path} holds files that `data synth` "
+                                       "does not write (notes.txt); --overwrite replaces a synthetic set only\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_synth_and_shard_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_log(tmp_path, monkeypatch):
+    terminal = as_terminal(monkeypatch)
+    synthesize("ocr", tmp_path / "d", 3)
+    write_shards(tmp_path / "d" / "train.jsonl", tmp_path / "shards")
+    drawn = terminal.getvalue()
+    assert "synth ocr: " in drawn and "/3 [" in drawn and "shard train.jsonl: " in drawn and "record" in drawn
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe
+    synthesize("ocr", tmp_path / "e", 3)
+    write_shards(tmp_path / "e" / "train.jsonl", tmp_path / "shards-e")
+    assert sys.stderr.getvalue() == ""

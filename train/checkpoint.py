@@ -13,7 +13,8 @@ Five pieces, each doing one job:
   (`StatefulDataLoader`, see `train/data.py`), which Lightning checkpoints with the loop.
 - `find_resume_checkpoint` turns `--ckpt_path last` into the newest intact `last*.ckpt` (a file, or a sharded
   checkpoint's folder) below every folder a run writes to, skipping (with a warning) one that a kill left
-  unreadable. `read_checkpoint` reads either kind, for export, `--model.init_from` and eval.
+  unreadable. `read_checkpoint` reads either kind, for export, `--model.init_from` and eval, and an exported
+  folder for `predict|validate|test --ckpt_path DIR`.
 """
 from __future__ import annotations
 
@@ -105,14 +106,42 @@ def is_intact(path: str | Path) -> bool:
         return False
 
 
+def is_exported(path: str | Path) -> bool:
+    """A `save_pretrained` folder (`mmllm export`): config.json beside safetensors weights."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and any(
+        (path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def exported_hyperparameters(path: str | Path) -> dict[str, Any]:
+    """The model settings of an exported folder (its config.json alone, no weights read), as a `.ckpt` keeps them."""
+    from mmllm.model import read_config
+
+    return read_config(str(path), {}).mmllm.to_dict()
+
+
+def read_exported(path: str | Path) -> dict[str, Any]:
+    """An exported folder as a checkpoint holding only weights and model settings, so `predict`, `validate` and
+    `test --ckpt_path DIR` take what `mmllm export` writes. Loaded by `MMLLM.from_pretrained` (safetensors only,
+    weights that do not fill the model refused)."""
+    from mmllm.model import MMLLM
+
+    model = MMLLM.from_pretrained(path)
+    return {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": model.config.mmllm.to_dict(), "pytorch-lightning_version": L.__version__}
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint as one dict on the CPU, read weights-only: a `.ckpt` file, or a sharded folder
-    consolidated in this process (its weights under "state_dict", as in a file). Shards come through
-    torch.distributed.checkpoint, whose index is a pickle: read sharded folders of your own runs only."""
+    consolidated in this process (its weights under "state_dict", as in a file), or an exported folder
+    (`read_exported`). Shards come through torch.distributed.checkpoint, whose index is a pickle: read sharded
+    folders of your own runs only."""
     path = Path(path)
+    if is_exported(path):
+        return read_exported(path)
     if not is_intact(path):
-        raise ValueError(f"{path} is not a readable checkpoint (truncated, empty, not a torch zip file "
-                         f"nor a sharded checkpoint folder)")
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, empty, not a torch zip file, "
+                         f"nor a sharded checkpoint folder or an exported model folder)")
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     from torch.distributed.checkpoint import FileSystemReader

@@ -7,7 +7,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .checkpoint import AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoint, find_resume_checkpoint
+from .checkpoint import (AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoint, exported_hyperparameters,
+                         find_resume_checkpoint, is_exported)
 from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor
@@ -37,6 +38,13 @@ class MMLLMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         chosen = self.config[subcommand].get("model") if subcommand else None
         chosen = {key: chosen.get(key) for key in RUN_SETTINGS} if chosen is not None else {}
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and is_exported(ckpt_path):  # Lightning reads the settings of .ckpt files only
+            if subcommand == "fit":
+                raise ValueError(f"{ckpt_path} is an exported model, not a run to resume: start from its weights "
+                                 "with --model.init_from")
+            model = exported_hyperparameters(ckpt_path)
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
         super()._parse_ckpt_path()
         defaults = self._parser(subcommand).get_defaults().get("model") if chosen else None
         for key, value in chosen.items():

@@ -228,6 +228,8 @@ class MMDataModule(L.LightningDataModule):
         synth_level: str = "easy",
         synth_dir: str = "runs/data",
         image_folder: str | None = None,
+        val_image_folder: str | None = None,
+        test_image_folder: str | None = None,
         max_length: int | None = DEFAULT_MAX_LENGTH,
         length_policy: LengthPolicy = "skip",
         group_by_length: bool = False,
@@ -253,8 +255,11 @@ class MMDataModule(L.LightningDataModule):
             synth_n: training samples to synthesise (the val set gets a tenth, at least 8).
             synth_level: difficulty of the synthesised set (easy, hard).
             synth_dir: folder the synthesised sets are written to and reused from.
-            image_folder: where relative image and audio paths resolve (LLaVA's layout); null: each data
-                file's folder.
+            image_folder: where the training files' relative image and audio paths resolve (LLaVA's
+                layout); null: each file's own folder.
+            val_image_folder: as `image_folder`, for the val files (one split's folder never redirects
+                another's paths).
+            test_image_folder: as `image_folder`, for the test files.
             max_length: tokens per sample (null: no cap); see `length_policy`.
             length_policy: skip (an over-long sample is a counted bad sample) or truncate (its end is cut off
                 and noted; see `ConversationDataset`).
@@ -271,11 +276,14 @@ class MMDataModule(L.LightningDataModule):
             raise ValueError(f"max_length must be at least 1 token (or None: no limit), got {max_length}")
         if length_policy not in get_args(LengthPolicy):
             raise ValueError(f"length_policy must be one of {get_args(LengthPolicy)}, got {length_policy!r}")
-        self.synth_jobs: list[tuple[Path, int, int]] = []
+        self.synth_jobs: dict[str, tuple[Path, int, int]] = {}  # split -> (folder, n, seed)
         if train is None and synth_task:
             root = Path(synth_dir) / f"{synth_task}-{synth_level}-n{synth_n}"
-            self.synth_jobs = [(root / "train", synth_n, 0), (root / "val", max(8, synth_n // 10), 1)]
-            train, val = str(root / "train" / "train.jsonl"), val or str(root / "val" / "train.jsonl")
+            self.synth_jobs["train"] = (root / "train", synth_n, 0)
+            train = str(root / "train" / "train.jsonl")
+            if val is None:
+                self.synth_jobs["val"] = (root / "val", max(8, synth_n // 10), 1)
+                val = str(root / "val" / "train.jsonl")
         self.synth_task, self.synth_level = synth_task, synth_level
         self.files = {"train": train, "val": val, "test": test}
         self.predict, self.prompt_template = predict, prompt_template
@@ -283,7 +291,8 @@ class MMDataModule(L.LightningDataModule):
             raise ValueError(f"pack_to must be a row length in tokens (0: no packing), got {pack_to}")
         self.batch_size, self.num_workers, self.pack_to = batch_size, num_workers, pack_to
         self.max_bad_fraction = max_bad_fraction
-        self.image_folder, self.max_length, self.length_policy = image_folder, max_length, length_policy
+        self.image_folders = {"train": image_folder, "val": val_image_folder, "test": test_image_folder}
+        self.max_length, self.length_policy = max_length, length_policy
         self.group_by_length = group_by_length
         self.processor = processor
         self.datasets: dict[str, ConversationDataset] = {}
@@ -305,10 +314,15 @@ class MMDataModule(L.LightningDataModule):
         return batch
 
     def prepare_data(self) -> None:
+        """Synthesises only the splits this run reads: `predict` and `test` none, `validate` the val set."""
         from .synth import synthesize_once
 
-        for folder, n, seed in self.synth_jobs:
-            synthesize_once(self.synth_task, folder, n, seed=seed, level=self.synth_level)
+        stage = getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
+        splits = {None: ("train", "val"), "fit": ("train", "val"), "validate": ("val",)}.get(stage, ())
+        for split in splits:
+            if split in self.synth_jobs:
+                folder, n, seed = self.synth_jobs[split]
+                synthesize_once(self.synth_task, folder, n, seed=seed, level=self.synth_level)
 
     def dataset(self, split: str) -> ConversationDataset:
         if split not in self.datasets:
@@ -317,7 +331,7 @@ class MMDataModule(L.LightningDataModule):
             if self.processor is None:
                 raise ValueError("MMDataModule needs the model's processor (linked automatically by the CLI)")
             ds = ConversationDataset(self.files[split], self.processor, substitute=split == "train",
-                                     image_folder=self.image_folder, max_length=self.max_length,
+                                     image_folder=self.image_folders[split], max_length=self.max_length,
                                      length_policy=self.length_policy,
                                      measure_images=self.grouped(split))
             for bad in ds.bad_lines:

@@ -20,7 +20,7 @@ from mmllm.processor import Processor, SampleError
 
 from .lengths import FeatureBuilder, LengthFeatures, image_count
 from .media import UNKNOWN_SIZE, image_size, load_media, paths_of
-from .shards import SHARD_INDEX, ShardReader, is_shard_folder
+from .shards import SHARD_INDEX, ShardReader, is_shard_file, is_shard_folder
 
 
 class FileIndex:
@@ -75,8 +75,8 @@ Source = FileIndex | ShardReader
 
 
 def open_source(path: str | Path, image_folder: str | None = None, measure_images: bool = False) -> Source:
-    """A shard folder (it holds an index file) or a JSONL / JSON-array file."""
-    if is_shard_folder(path):
+    """A shard folder (it holds an index file) or one shard file of one, or a JSONL / JSON-array file."""
+    if is_shard_folder(path) or is_shard_file(path):
         return ShardReader(path)
     if Path(path).is_dir():
         raise FileNotFoundError(f"{path} is a folder without a shard index ({SHARD_INDEX}); "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,7 @@ from mmllm.model import MMLLM, WEIGHTS_FILE
 from .checkpoint import is_sharded, read_checkpoint
 from .data import Batch  # what the data module's loaders yield
 from .fsdp import recompute, recomputed_llm_types
-from .health import check_finite
+from .health import TrainingAborted, check_finite
 
 Stage = Literal["pretrain", "sft"]
 
@@ -150,6 +151,7 @@ class MMLLMModule(L.LightningModule):
             load_weights(self.model, init_from)
         if gradient_checkpointing:
             use_gradient_checkpointing(self.model)
+        self.split_seen = SplitSeen()
         self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
         for name, params in self.part_parameters().items():
             for p in params:
@@ -237,12 +239,27 @@ class MMLLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.split_seen.add(batch)
         if batch.inputs is not None:  # None: every sample was bad (dropped and counted by BadSampleMonitor)
             self.log("val_loss", self.model(batch.inputs).loss, prog_bar=True, batch_size=len(batch.ids), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.split_seen.add(batch)
         if batch.inputs is not None:
             self.log("test_loss", self.model(batch.inputs).loss, batch_size=len(batch.ids), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.split_seen = SplitSeen()
+
+    def on_test_epoch_start(self) -> None:
+        self.split_seen = SplitSeen()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:  # a few batches only: the full epoch decides
+            self.split_seen.check(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.split_seen.check(self, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
         """One row per item that loaded, in `batch.records` order: the item's own fields (so the rows score
@@ -262,6 +279,29 @@ class MMLLMModule(L.LightningModule):
             optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.get("decay_steps"))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@dataclass
+class SplitSeen:
+    """Good and bad samples of one val/test epoch on this rank: a split whose samples were all dropped would
+    otherwise end the run with no loss and exit 0."""
+
+    good: int = 0
+    bad: int = 0
+    first_bad: str = ""
+
+    def add(self, batch: Batch) -> None:
+        self.good, self.bad = self.good + len(batch.ids), self.bad + len(batch.bad)
+        self.first_bad = self.first_bad or next(iter(batch.bad), "")
+
+    def check(self, module: L.LightningModule, split: str) -> None:
+        """Stops the run (every rank alike: the counts are summed over ranks) when no sample of `split` loaded."""
+        counts = torch.tensor([float(self.good), float(self.bad)], dtype=torch.float64, device=module.device)
+        good, bad = module.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        if bad and not good:
+            files = module.trainer.datamodule.files[split] if module.trainer.datamodule is not None else "?"
+            raise TrainingAborted(f"all {int(bad)} {split} samples are bad, so there is no {split}_loss "
+                                  f"(--data.{split} {files}); first: {self.first_bad or 'on another rank'}")
 
 
 def load_weights(model: MMLLM, source: str) -> None:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, scan_records
 from mmllm.processor import Processor, SampleError
+from mmllm.progress import progress
 
 from .lengths import FeatureBuilder, LengthFeatures
 from .media import UNKNOWN_SIZE, image_size, open_image, paths_of
@@ -72,7 +73,7 @@ def write_shards(src: str | Path, out: str | Path, image_folder: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     in_array, summary, features, counts = is_json_array(src), ShardSummary(), FeatureBuilder(), []
     writer, group = None, []
-    for found in scan_records(src, ("conversations",)):
+    for found in progress(scan_records(src, ("conversations",)), f"shard {Path(src).name}", "record"):
         if isinstance(found, BadInput):
             summary.bad.append(found)
             continue
@@ -148,19 +149,45 @@ def _save_index(out: Path, summary: ShardSummary, counts: list[int], group_rows:
         raise
 
 
+def is_shard_file(path: str | Path) -> bool:
+    """A parquet file (by its magic bytes): as training data it can only be one shard of a shard folder."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 class ShardReader:
     """A shard folder as records, row group by row group: each parquet file is memory-mapped and only the row
     group holding the asked-for row is decoded (the last one is kept, so reading in order decodes each once).
-    Pickles to DataLoader workers as its index arrays; open files are not carried over."""
+    Pickles to DataLoader workers as its index arrays; open files are not carried over.
 
-    def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
+    One shard file of a folder reads as that shard alone, through the folder's index; the records left out at
+    shard time are not counted then (the index does not say which shard they would have been in)."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        one = path.name if path.is_file() else None  # one shard of the folder, or all of them
+        folder = path.parent if one else path
+        if not is_shard_folder(folder):
+            raise FileNotFoundError(f"{path} is a parquet file without the {SHARD_INDEX} of `mmllm data shard` "
+                                    "beside it; shard the training set with `mmllm data shard`")
         with np.load(folder / SHARD_INDEX, allow_pickle=False) as index:
-            self.files = [str(folder / name) for name in index["shards"].tolist()]
-            self.starts = np.concatenate([[0], np.cumsum(index["rows"])])
+            names = index["shards"].tolist()
+            if one and one not in names:
+                raise FileNotFoundError(f"{path} is not one of the shards that {folder / SHARD_INDEX} lists")
+            first, last = (names.index(one), names.index(one) + 1) if one else (0, len(names))
+            records = np.concatenate([[0], np.cumsum(index["rows"])])
+            images = np.concatenate([[0], np.cumsum(index["image_counts"])])
+            a, b = records[first], records[last]
+            self.files = [str(folder / name) for name in names[first:last]]
+            self.starts = records[first:last + 1] - a
             self.group_rows = int(index["group_rows"])
-            self.features = LengthFeatures(index["chars"], index["image_counts"], index["image_sizes"])
-            self.bad_lines = [BadInput(w, r) for w, r in zip(index["bad_where"].tolist(), index["bad_reason"].tolist())]
+            self.features = LengthFeatures(index["chars"][a:b], index["image_counts"][a:b],
+                                           index["image_sizes"][images[a]:images[b]])
+            self.bad_lines = [] if one else [
+                BadInput(w, r) for w, r in zip(index["bad_where"].tolist(), index["bad_reason"].tolist())]
         self._files: dict[int, pq.ParquetFile] = {}
         self._group: tuple[tuple[int, int], pa.Table] | None = None
 

@@ -30,10 +30,12 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from mmllm.jsonl import write_json, write_jsonl
+from mmllm.progress import progress
 
 LEVELS = ("easy", "hard")
 VOICES = ("tones", "espeak")
 STAMP = "synth.json"  # what a finished dataset folder was made from (synthesize_once)
+SYNTH_NAMES = ("train.jsonl", "items.jsonl", STAMP, "images", "audio")  # all that `synthesize` writes in a folder
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 OCR_QUESTION = "What text is in the image?"
@@ -95,11 +97,15 @@ class Sample:
     audio: np.ndarray | None = None  # 16 kHz mono float waveform
 
 
-def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy", voice: str = "tones") -> dict:
+def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy", voice: str = "tones",
+               overwrite: bool = False) -> dict:
     """Write `n` samples to `out`: images/<id>.png and/or audio/<id>.wav, train.jsonl (LLaVA
     conversations) and items.jsonl (eval format), and return a summary with counts per question
     type and chart kind. `voice` (ASR only): `tones` (offline, the default) or `espeak`, which speaks
-    the same transcripts with espeak-ng."""
+    the same transcripts with espeak-ng.
+
+    A non-empty `out` is refused unless `overwrite`; then it must hold a synthetic set only (`SYNTH_NAMES`),
+    and what the new set does not rewrite is removed once it is written, so no stale sample is left beside it."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if level not in LEVELS:
@@ -109,10 +115,11 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out)
+    check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / STAMP).unlink(missing_ok=True)  # the folder is unfinished until the new stamp is written
     train, items, counts = [], [], {}
-    for i in range(n):
+    for i in progress(range(n), f"synth {task}", "sample"):
         sample = TASKS[task](random.Random(f"{task}/{level}/{seed}/{i}"), level, i)
         if voice == "espeak":
             sample = replace(sample, audio=_espeak(sample.answer))
@@ -137,10 +144,48 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
                 counts.setdefault(key, Counter())[sample.extra[key]] += 1
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "items.jsonl", items)
+    remove_stale(out, {path for row in train for path in (row.get("image"), row.get("audio")) if path})
     # The stamp last: it marks a finished dataset (synthesize_once).
     write_json(out / STAMP, _stamp(task, n, seed, level, voice))
     return {"task": task, "level": level, "n": n, "seed": seed, "out": str(out),
             "counts": {key: dict(sorted(c.items())) for key, c in counts.items()}}
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """A FileExistsError unless `out` is new or empty, or `overwrite` is given and it holds only what
+    `synthesize` writes (another kind of folder is never emptied)."""
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not names:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} is not empty ({len(names)} entries); pass --overwrite to replace the "
+                              "synthetic set it holds")
+    foreign = [name for name in names if name not in SYNTH_NAMES and not _unfinished(name)]
+    if foreign:
+        raise FileExistsError(f"{out} holds files that `data synth` does not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); --overwrite replaces a synthetic set only")
+
+
+def remove_stale(out: Path, kept: set[str]) -> None:
+    """Removes every media file of an earlier set that the new one did not write (`kept`: paths relative to
+    `out`), media folders left empty, and temporary files of an interrupted write."""
+    for folder in (out / name for name in ("images", "audio")):
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*"), reverse=True):  # files before the folders holding them
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+                elif not path.is_dir() and path.relative_to(out).as_posix() not in kept:
+                    path.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for path in out.iterdir():
+        if _unfinished(path.name):
+            path.unlink()
+
+
+def _unfinished(name: str) -> bool:
+    """A temporary file of the atomic writer (`.train.jsonl.XXXX.tmp`), left by a killed write."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def synthesize_once(task: str, out: str | Path, n: int, seed: int = 0, level: str = "easy") -> bool:
@@ -153,7 +198,7 @@ def synthesize_once(task: str, out: str | Path, n: int, seed: int = 0, level: st
     except (OSError, ValueError):
         current = False
     if not current:
-        synthesize(task, out, n, seed=seed, level=level)
+        synthesize(task, out, n, seed=seed, level=level, overwrite=True)
     return not current
 
 
