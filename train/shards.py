@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, scan_records
+from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, replace_atomically, scan_records
 from mmllm.processor import Processor, SampleError
 from mmllm.progress import progress
 
@@ -135,18 +133,11 @@ def _flush(writer: pq.ParquetWriter | None, group: list[dict], keep_open: bool =
 
 def _save_index(out: Path, summary: ShardSummary, counts: list[int], group_rows: int, features: LengthFeatures,
                 source: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{SHARD_INDEX}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, shards=np.array(summary.shards), rows=np.array(counts, dtype=np.int64),
-                     group_rows=group_rows, source=source, chars=features.chars,
-                     image_counts=features.image_counts, image_sizes=features.image_sizes,
-                     bad_where=np.array([b.where for b in summary.bad], dtype=str),
-                     bad_reason=np.array([b.reason for b in summary.bad], dtype=str))
-        os.replace(tmp, out / SHARD_INDEX)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(out / SHARD_INDEX, lambda fh: np.savez(
+        fh, shards=np.array(summary.shards), rows=np.array(counts, dtype=np.int64), group_rows=group_rows,
+        source=source, chars=features.chars, image_counts=features.image_counts, image_sizes=features.image_sizes,
+        bad_where=np.array([b.where for b in summary.bad], dtype=str),
+        bad_reason=np.array([b.reason for b in summary.bad], dtype=str)))
 
 
 def is_shard_file(path: str | Path) -> bool:
