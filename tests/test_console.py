@@ -111,3 +111,50 @@ def test_fit_help_describes_every_model_and_data_option_the_tiny_config_sets(cap
     used = [f"--{part}.{key}" for part in ("model", "data") for key in config[part]]
     used += [f"--model.{key}.{field}" for key in nested for field in config["model"][key]]
     assert {name: options.get(name) for name in used if not options.get(name)} == {}
+
+
+FLAT = "[mmllm] the loss has not moved"
+
+
+def test_a_run_whose_loss_cannot_move_is_named_flat_once_with_its_usual_causes(tmp_path, capsys):
+    from mmllm.train.cli import run
+    from mmllm.train.synth import synthesize
+
+    synthesize("ocr", tmp_path / "d", 8, seed=0, level="easy")
+    run(["fit", "--config", str(REPO / "configs" / "nvlm_d_tiny.yaml"), "--data.train",
+         str(tmp_path / "d" / "train.jsonl"), "--data.batch_size", "4", "--trainer.max_steps", "50",
+         "--model.lr", "0", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "out")])
+    flat = [line for line in capsys.readouterr().out.splitlines() if line.startswith(FLAT)]
+    assert len(flat) == 1 and "over steps 21-25" in flat[0] and "--model.lr" in flat[0], flat
+    (metrics,) = (tmp_path / "out").rglob("metrics.csv")
+    assert "loss_flat" in metrics.read_text().splitlines()[0]
+
+
+class Recorder:
+    """What FlatLoss needs of a trainer and a module: the step, the budget, rank 0, and `log`."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps, self.global_step, self.is_global_zero, self.logged = max_steps, 0, True, {}
+
+    def log(self, name, value, **kwargs) -> None:
+        self.logged[name] = value
+
+
+@pytest.mark.parametrize("curve,flat", [
+    (lambda s: 5.6 if s < 5 else 3.1, True),  # the text prior learned, then nothing
+    (lambda s: 5.6 - 4 * s / 100, False),  # still falling at half the run
+    (lambda s: 5.6 if s < 5 else 0.05, False),  # learned early: low and flat
+])
+def test_flat_loss_tells_a_plateau_from_a_falling_loss_and_from_one_that_learned_early(capsys, curve, flat):
+    import torch
+
+    from mmllm.train.health import FlatLoss
+
+    run = Recorder(100)
+    monitor = FlatLoss()
+    monitor.on_train_start(run, run)
+    for step in range(1, 101):
+        run.global_step = step
+        monitor.on_train_batch_end(run, run, {"loss": torch.tensor(curve(step))}, None, step - 1)
+    assert run.logged == {"loss_flat": float(flat)}
+    assert (FLAT in capsys.readouterr().out) is flat

@@ -11,7 +11,7 @@ from .checkpoint import (AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoin
                          find_resume_checkpoint, is_exported)
 from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
-from .health import BadSampleMonitor
+from .health import BadSampleMonitor, FlatLoss
 from .module import MMLLMModule
 from .predict import PredictionWriter
 
@@ -78,7 +78,7 @@ def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI
     DDP launcher starts the other ranks with). `extra_callbacks` lets Python callers (the demo) observe the
     run."""
     quiet_engine()
-    callbacks = [BadSampleMonitor(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
+    callbacks = [BadSampleMonitor(), FlatLoss(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
     try:
         return MMLLMCLI(
             MMLLMModule,

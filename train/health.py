@@ -141,3 +141,68 @@ def check_finite(loss: torch.Tensor, step: int, ids: list[str]) -> None:
     """Stop before backward/optimizer step when the loss is NaN/inf, naming the step and samples."""
     if not torch.isfinite(loss).all():
         raise TrainingAborted(f"non-finite loss ({loss.item()}) at step {step}; batch sample ids: {ids}")
+
+
+class FlatLoss(L.Callback):
+    """Says once, on the console and as `loss_flat` in the logs, when a run has not learned: a researcher with a
+    flat loss on a first run cannot otherwise tell a bug from bad luck.
+
+    Three windows of the training loss (each 2 % of the run, at least 5 steps): the start, at `reference` of the
+    run (by then a language model has learned the answers' text prior, the quick first fall every run makes),
+    and at `check` of the run. The loss is flat when the check window is less than `min_drop` below the
+    reference window and still above `learned` times the start (a run that learned early sits low and flat).
+    Runs under 50 steps are too short to say. Losses are summed on the device and read once per window."""
+
+    def __init__(self, reference: float = 0.1, check: float = 0.5, min_drop: float = 0.2,
+                 learned: float = 0.25) -> None:
+        self.fractions = {"start": 0.0, "reference": reference, "check": check}
+        self.min_drop, self.learned = min_drop, learned
+        self.windows: dict[str, tuple[int, int]] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+        self.means: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        self.windows = {}
+        if not total or total == float("inf") or total < 50:
+            return
+        n = max(5, int(total) // 50)
+        for name, fraction in self.fractions.items():
+            end = max(n, round(fraction * total))
+            self.windows[name] = (end - n + 1, end)  # steps first..last, as global_step counts after a step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        for name, (first, last) in self.windows.items():
+            if name in self.means or not first <= step <= last or loss is None:
+                continue
+            self.sums[name] = self.sums.get(name, 0.0) + loss.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if step == last:
+                self.means[name] = float(self.sums.pop(name)) / self.counts.pop(name)
+                if name == "check":
+                    self.report(trainer, pl_module)
+
+    def report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not {"start", "reference"} <= self.means.keys():
+            return  # resumed past a window this process did not see
+        start, ref, now = (self.means[k] for k in ("start", "reference", "check"))
+        flat = now > (1 - self.min_drop) * ref and now > self.learned * start
+        pl_module.log("loss_flat", float(flat), on_step=False, on_epoch=True)  # logged at any step, not every 10th
+        if flat and trainer.is_global_zero:
+            (r0, r1), (c0, c1) = self.windows["reference"], self.windows["check"]
+            print(f"[mmllm] the loss has not moved: {ref:.3f} over steps {r0}-{r1}, {now:.3f} over steps {c0}-{c1} "
+                  f"(from {start:.3f} at the start). Usual causes: the answers do not depend on what the model sees "
+                  "(media frozen, blank or mis-wired: see the parameter table and `mmllm controls`), a learning rate "
+                  "too high or too low for this size (--model.lr), a warm-up as long as the run, or this seed not "
+                  "yet past the plateau (README: A run that does not learn)", flush=True)
+
+    def state_dict(self) -> dict:
+        """A resumed run goes on with the windows' losses so far (read from the device at the save)."""
+        return {"means": dict(self.means), "sums": {k: float(v) for k, v in self.sums.items()},
+                "counts": dict(self.counts)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.means, self.sums, self.counts = (dict(state_dict.get(k, {})) for k in ("means", "sums", "counts"))
