@@ -2,16 +2,19 @@
 
 Same encoder, LLM, tokenizer, data, seeds and step budget; only `--model.arch` differs. Named
 `variants` (extra fit arguments, e.g. a tile-tag style) sweep one more axis for every arch, which
-is how the paper's ablations are reproduced at small scale. Writes a report folder: report.md
-(accuracy mean ± std over seeds, parameters, decoder tokens, step time, peak memory, eval
-throughput), metrics.json and PNG plots.
+is how the paper's ablations are reproduced at small scale. `data_seeds` redraw the training and
+validation sets (the test sets stay), and `success` thresholds turn the runs into a success rate per
+arch: how reliably a config learns, not only how well its luckiest seed does. Writes a report folder:
+report.md (accuracy mean ± std over seeds, success rates, parameters, decoder tokens, step time, peak
+memory, eval throughput), metrics.json and PNG plots.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +31,8 @@ from mmllm.train.synth import synthesize_once
 
 REPO = Path(__file__).resolve().parents[1]
 Arch = Literal["nvlm_d", "nvlm_x", "nvlm_h"]
+# Data seed k draws each training/validation set with its own seed + k * this: far from every shipped set's seed.
+DATA_SEED_STRIDE = 1000
 
 
 @dataclass
@@ -56,6 +61,10 @@ class Run:
     eval_items_per_s: float
     losses: list[tuple[int, float]] = field(default_factory=list)
     cer: dict[str, float] = field(default_factory=dict)  # corpus character error rate of the OCR sets
+    data_seed: int = 0
+
+    def passes(self, success: dict[str, float]) -> bool:
+        return all(self.scores[name] >= threshold for name, threshold in success.items())
 
     @property
     def label(self) -> str:
@@ -68,6 +77,34 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.history.append((trainer.global_step, float(outputs["loss"])))
+
+
+def redrawn(sets: list[DataSet], data_seed: int) -> list[DataSet]:
+    """The sets drawn again for data seed `data_seed` (0: as given), each under a name of its own."""
+    if not data_seed:
+        return sets
+    return [replace(s, name=f"{s.name}-d{data_seed}", seed=s.seed + DATA_SEED_STRIDE * data_seed) for s in sets]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a success rate k/n (Wilson's: sensible at 0/n and n/n, where few runs are all there is)."""
+    centre, half = (k + z * z / 2) / (n + z * z), z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def success_table(by_arch: dict[str, list[Run]], success: dict[str, float]) -> str:
+    """Per arch: runs passing every threshold, the rate's interval, and the failed runs' scores (their spread)."""
+    rows = []
+    for label, runs in by_arch.items():
+        passed = sum(r.passes(success) for r in runs)
+        low, high = wilson(passed, len(runs))
+        failed = [r for r in runs if not r.passes(success)]
+        rows.append([label, f"{passed}/{len(runs)}", f"{100 * low:.0f}-{100 * high:.0f} %",
+                     "; ".join(f"d{r.data_seed} s{r.seed}: " + "/".join(f"{100 * r.scores[n]:.1f}" for n in success)
+                               for r in failed) or "-"])
+    wanted = ", ".join(f"{name} ≥ {100 * t:g} %" for name, t in success.items())
+    return markdown_table(["arch", f"runs passing ({wanted})", "95 % interval", "failed runs (data seed, seed: %)"],
+                          rows)
 
 
 def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, Path]:
@@ -132,7 +169,8 @@ def mean_std(values: list[float], pct: bool = True, digits: int = 1) -> str:
     return f"{k * statistics.mean(values):.{digits}f} ± {k * statistics.stdev(values):.{digits}f} ({each})"
 
 
-def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict) -> str:
+def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict,
+                 success: dict[str, float] | None = None) -> str:
     report = out / "report"
     archs = list(dict.fromkeys(r.arch for r in runs))
     by_arch = {a: [r for r in runs if r.label == a] for a in dict.fromkeys(r.label for r in runs)}
@@ -149,6 +187,8 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
             f"{statistics.mean(r.step_s for r in rs):.3f}", f"{max(peak):.0f}" if peak else "n/a",
             f"{statistics.mean(r.eval_items_per_s for r in rs):.1f}"])
     table = markdown_table(header, rows)
+    if success:
+        table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
     sweep_rows = [[k + 1] + [f"{sweeps[a][k]['decoder_len']} / {sweeps[a][k]['step_s'] * 1000:.0f} ms" for a in archs]
                   for k in range(len(next(iter(sweeps.values()))))] if sweeps else []
     sweep_table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step" for a in archs], sweep_rows)
@@ -170,7 +210,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     write_text_atomic(report / "report.md",
         "# mmllm compare: NVLM-D vs NVLM-X vs NVLM-H\n\n"
         f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each. Scores are mean ± std "
-        "over seeds when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
+        "over the runs (seeds, and data seeds) when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
         + sweep_table + "\n\n" + "".join(f"![{p}]({p})\n\n" for p in pictures + samples)
         + f"Total time {timing['total_s']} s.\n"
     )
@@ -181,6 +221,8 @@ def compare(
     fit_config: str | list[str] = "configs/nvlm_d_tiny.yaml",
     archs: list[Arch] = ["nvlm_d", "nvlm_x", "nvlm_h"],  # noqa: B006 (jsonargparse needs a literal default)
     seeds: list[int] = [0],  # noqa: B006
+    data_seeds: list[int] = [0],  # noqa: B006
+    success: dict[str, float] | None = None,
     max_steps: int | None = None,
     train: list[DataSet] | None = None,
     val: list[DataSet] | None = None,
@@ -197,7 +239,11 @@ def compare(
         fit_config: the `mmllm fit` YAML shared by all runs, or a list of YAMLs applied in order (e.g. the
             tiny config + configs/asr_tiny.yaml); relative paths resolve from the repo.
         archs: architectures to compare; only `--model.arch` differs between their runs.
-        seeds: one run per arch and seed.
+        seeds: one run per arch and seed (the order the data is seen in, the initialisation).
+        data_seeds: one run per arch, seed and data seed: data seed k > 0 draws every training and validation
+            set again (seed + k * DATA_SEED_STRIDE); the test sets stay.
+        success: test set -> threshold (0..1), e.g. {"ocr-easy-test": 0.9}: the report adds each arch's rate of
+            runs reaching every threshold, its 95 % interval and the failed runs' scores.
         max_steps: training steps per run (default: the fit config's).
         train: training sets (synthesised, deterministic).
         val: validation sets.
@@ -214,31 +260,40 @@ def compare(
     names = [fit_config] if isinstance(fit_config, str) else fit_config
     configs = [Path(c) if Path(c).is_file() else REPO / c for c in names]
     train, val, test = train or [], val or [], test or []
-    folders = synthesise_all(train + val + test, out_dir / "data", data_scale)
+    unknown = sorted(set(success or {}) - {s.name for s in test})
+    if unknown or not all(0 <= t <= 1 for t in (success or {}).values()):
+        raise ValueError(f"success must map test sets ({[s.name for s in test]}) to thresholds in [0, 1], got "
+                         f"{success}")
+    drawn = {k: (redrawn(train, k), redrawn(val, k)) for k in data_seeds}
+    folders = synthesise_all([*{s.name: s for t, v in drawn.values() for s in t + v}.values(), *test],
+                             out_dir / "data", data_scale)
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     runs, sweeps = [], {}
     variants = variants or {"": []}
     for arch in archs:
         for v_index, (variant, extra) in enumerate(variants.items()):
-            for seed in seeds:
-                run_dir = out_dir / "runs" / "-".join(p for p in (arch, variant, f"seed{seed}") if p)
-                run, model = train_and_score(arch, variant, seed, configs, folders, train, val, test, max_steps,
-                                             run_dir, (fit_overrides or []) + extra)
-                runs.append(run)
-                print(f"[compare] {run.label} seed {seed}: "
-                      + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
-                if seed != seeds[0] or v_index:
-                    continue
-                for s in test:
-                    plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
-                                 out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
-                                 lower_is_better=TASKS[s.eval].lower_is_better)
-                if tile_sweep_batch:
-                    sweeps[arch] = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
+            for data_seed in data_seeds:
+                for seed in seeds:
+                    parts = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
+                    run_dir = out_dir / "runs" / "-".join(p for p in parts if p)
+                    run, model = train_and_score(arch, variant, seed, configs, folders, *drawn[data_seed], test,
+                                                 max_steps, run_dir, (fit_overrides or []) + extra)
+                    run.data_seed = data_seed
+                    runs.append(run)
+                    print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "
+                          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
+                    if seed != seeds[0] or data_seed != data_seeds[0] or v_index:
+                        continue
+                    for s in test:
+                        plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
+                                     out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
+                                     lower_is_better=TASKS[s.eval].lower_is_better)
+                    if tile_sweep_batch:
+                        sweeps[arch] = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
     steps = max(len(r.losses) for r in runs)
     timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1)}
-    table = write_report(runs, sweeps, test, out_dir, timing)
+    table = write_report(runs, sweeps, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")
     return table

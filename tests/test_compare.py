@@ -41,3 +41,35 @@ def test_variants_sweep_one_more_axis_and_each_run_keeps_its_own_settings(tmp_pa
     for variant in variants:
         saved = json.loads((tmp_path / "runs" / f"nvlm_x-{variant}-seed1" / "model" / "config.json").read_text())
         assert saved["mmllm"]["tile_identity"] == variant
+
+
+def test_data_seeds_redraw_the_training_sets_and_success_counts_the_runs_that_reach_every_threshold(tmp_path):
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null"]
+    table = compare(archs=["nvlm_d"], seeds=[0], data_seeds=[0, 1], success={"ocr-test": 0.0}, max_steps=1,
+                    out=str(tmp_path), tile_sweep_batch=0, fit_overrides=overrides, **sets)
+    assert "## Success rate" in table and "| nvlm_d | 2/2 | 34-100 % | - |" in table
+    drawn = [(tmp_path / "data" / name / "train.jsonl").read_text() for name in ("ocr", "ocr-d1")]
+    assert drawn[0] != drawn[1]
+    runs = json.loads((tmp_path / "report" / "metrics.json").read_text())["runs"]
+    assert sorted(r["data_seed"] for r in runs) == [0, 1] and (tmp_path / "runs" / "nvlm_d-d1-seed0").is_dir()
+
+
+def test_a_success_rate_shows_its_interval_and_the_failed_runs_scores():
+    from mmllm.eval.compare import Run, success_table, wilson
+
+    def run(seed, score):
+        return Run("nvlm_x", "", seed, {"ocr-test": score}, 1, 1, 1.0, 0.1, None, 1.0, data_seed=3)
+
+    table = success_table({"nvlm_x": [run(0, 0.95), run(1, 0.5), run(2, 0.99)]}, {"ocr-test": 0.9})
+    assert "| nvlm_x | 2/3 | 21-94 % | d3 s1: 50.0 |" in table
+    assert wilson(0, 10)[0] == 0.0 and round(wilson(10, 10)[0], 3) == 0.722
+
+
+def test_success_must_name_test_sets_with_thresholds_that_are_fractions(tmp_path):
+    import pytest
+
+    sets = dict(train=[DataSet("ocr", "ocr", n=8)], val=[], test=[DataSet("ocr-test", "ocr", n=4, eval="ocr")])
+    for success in ({"ocr": 0.9}, {"ocr-test": 90}):
+        with pytest.raises(ValueError, match="thresholds in \\[0, 1\\]"):
+            compare(archs=["nvlm_d"], success=success, out=str(tmp_path), **sets)
