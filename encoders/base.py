@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from mmllm.config import AudioConfig, ConfigError, EncoderConfig
+from .config import AudioConfig, ConfigError, EncoderConfig
 
 
 class Checkpointable(ABC):

@@ -10,9 +10,8 @@ from transformers import CONFIG_MAPPING, IMAGE_PROCESSOR_MAPPING, AutoConfig, Au
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import IMAGE_PROCESSOR_NAME
 
-from mmllm.config import ConfigError, EncoderConfig
-
 from .base import VisionEncoder, hf_gradient_checkpointing, layer_index, tile_size, weights_dir
+from .config import ConfigError, EncoderConfig
 
 
 class HFEncoder(VisionEncoder):

@@ -9,9 +9,8 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-from mmllm.config import ConfigError, EncoderConfig
-
 from .base import VisionEncoder, layer_index, tile_size, weights_file
+from .config import ConfigError, EncoderConfig
 from .timm_encoder import prune_timm_model
 
 

@@ -6,9 +6,8 @@ from timm.data import resolve_model_data_config
 from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 
-from mmllm.config import ConfigError, EncoderConfig
-
 from .base import VisionEncoder, layer_index, tile_size, weights_file
+from .config import ConfigError, EncoderConfig
 
 
 class TimmEncoder(VisionEncoder):

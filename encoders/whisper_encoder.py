@@ -6,9 +6,8 @@ from torch import Tensor, nn
 from transformers import WhisperConfig, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from mmllm.config import AudioConfig, ConfigError
-
 from .base import AudioEncoder, hf_gradient_checkpointing, weights_dir
+from .config import AudioConfig, ConfigError
 
 FRAMES_PER_SECOND = 100  # 10 ms mel hop
 # The WhisperConfig fields that shape the encoder; a loaded model writes them back to `AudioConfig.options`.

@@ -22,11 +22,11 @@ import lightning as L
 import torch
 
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
-from mmllm.eval.items import ItemsDataset
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.train.cli import run as run_cli
+from mmllm.train.items import ItemsDataset
 from mmllm.train.synth import synthesize_once
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from mmllm.eval.items import ItemsDataset, PromptCollator
 from mmllm.eval.metrics import corpus_cer, score
 from mmllm.eval.report import markdown_table
 from mmllm.model import MMLLM
 from mmllm.processor import ModelInputs
-from mmllm.train.data import paths_of
+from mmllm.train.items import ItemsDataset, PromptCollator
+from mmllm.train.media import paths_of
 
 
 def swap_tiles(inputs: ModelInputs, tiles_per_image: list[int], a: int = 0, b: int = 2) -> ModelInputs:

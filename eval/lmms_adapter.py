@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmllm.processor import IGNORE_INDEX, SampleError
+from mmllm.processor import IGNORE_INDEX
+from mmllm.sample import SampleError
 
 try:
     from lmms_eval.api.model import lmms as _LmmsBase
@@ -87,7 +88,7 @@ class MMLLMLmms(_LmmsBase):
         # Imported here: lmms-eval imports this module (via the entry point) on every run, for any model.
         from accelerate import Accelerator
 
-        from mmllm.eval.runner import load_model
+        from mmllm.train.load import load_model
 
         for name, value in (("batch_size", batch_size), ("max_rounds", max_rounds)):
             if not str(value).isdigit() or int(value) < 1:

@@ -53,35 +53,6 @@ CER_TASKS = ("ocr", "asr")  # also get a per-item and corpus character error rat
 RUN_FILE = "run.json"  # what an eval folder was started with (see `resume`)
 
 
-def load_model(ckpt: str | Path) -> MMLLM:
-    """A `save_pretrained` folder or a Lightning checkpoint (a `.ckpt` or a sharded checkpoint's folder), loaded
-    weights-only; weights holding NaN or inf are refused, naming the tensor."""
-    from mmllm.model import MMLLM, check_finite_weights
-    from mmllm.train.checkpoint import is_sharded, read_checkpoint
-    from mmllm.train.module import MMLLMModule
-
-    ckpt = Path(ckpt)
-    if ckpt.is_dir() and not is_sharded(ckpt):
-        return MMLLM.from_pretrained(ckpt)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    not_lightning = f"{ckpt} is not a Lightning checkpoint (nor a save_pretrained folder)"
-    try:
-        state = read_checkpoint(ckpt)
-    except Exception as exc:  # pickle, zip and format errors alike: the file is not a checkpoint
-        raise ValueError(f"{not_lightning}: it could not be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or not {"state_dict", "hyper_parameters"} <= state.keys():
-        raise ValueError(f"{not_lightning}: it holds no state_dict and hyper_parameters")
-    hparams = dict(state["hyper_parameters"])
-    hparams["encoder"] = dict(hparams["encoder"], pretrained=False)  # weights come from the checkpoint
-    if hparams.get("audio"):
-        hparams["audio"] = dict(hparams["audio"], pretrained=False)
-    module = MMLLMModule(**hparams)
-    module.load_state_dict(state["state_dict"])
-    check_finite_weights(module.model, ckpt)
-    return module.model.eval()
-
-
 def task_spec(task: str) -> Task:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -173,7 +144,7 @@ def answers_digest(records: list[Record]) -> str:
 def inputs_digest(records: list[Record]) -> str:
     """sha256 over what the model is shown of every item: its id, question and media fields, and the bytes of
     the files those name, so an edited question or a replaced image under the same id makes another eval."""
-    from mmllm.processor import SampleError
+    from mmllm.sample import SampleError
     from mmllm.train.media import paths_of
 
     digest = hashlib.sha256()
@@ -250,7 +221,7 @@ def evaluate(
     item. An eval that scores no item is a ValueError (after its summary.json is written)."""
     from torch.utils.data import DataLoader, Subset
 
-    from mmllm.eval.items import ItemsDataset, PromptCollator
+    from mmllm.train.items import ItemsDataset, PromptCollator
 
     spec = task_spec(task)
     template = template or spec.template
@@ -362,6 +333,8 @@ def main(argv: list[str]) -> None:
     else:
         if not args.data:
             parser.error("--data is required with --ckpt")
+        from mmllm.train.load import load_model
+
         names = checkpoint_names(args.ckpt)
         summaries = {}
         for name, ckpt in zip(names, args.ckpt):

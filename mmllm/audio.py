@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from transformers import WhisperFeatureExtractor
 
-from .processor import SampleError
+from .sample import SampleError
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160  # 10 ms: 100 mel frames per second

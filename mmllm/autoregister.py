@@ -52,9 +52,17 @@ class RegisterAfterImport:  # no importlib.abc base: importing it would double t
 
 
 def register() -> None:
-    from .hf import register_auto_classes
+    """AutoConfig, AutoModel, AutoModelForImageTextToText and AutoProcessor load a saved folder after `import mmllm`."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-    register_auto_classes()
+    from .hf import MMLLMHFConfig
+    from .model import MMLLM
+    from .processor import MMLLMProcessor
+
+    AutoConfig.register(MMLLMHFConfig.model_type, MMLLMHFConfig)
+    for auto in (AutoModel, AutoModelForImageTextToText):
+        auto.register(MMLLMHFConfig, MMLLM)
+    AutoProcessor.register(MMLLMHFConfig, MMLLMProcessor)
 
 
 def install() -> None:

@@ -78,7 +78,7 @@ def data_command(argv: list[str]) -> None:
 def export(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Writes the model of `ckpt` (loaded with weights_only=True) to `out` with `save_pretrained`; returns the
     files written. A non-empty `out` is refused unless `overwrite`: another model's files may be there."""
-    from mmllm.eval.runner import load_model
+    from mmllm.train.load import load_model
 
     out = Path(out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

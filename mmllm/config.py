@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from mmllm.encoders.config import AudioConfig, ConfigError, EncoderConfig, check_choice
+
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
 TILES_IN_SEQUENCE = ("all", "thumbnail", "none")
@@ -22,42 +24,6 @@ CROSS_ATTENTION_POSITIONS = ("none", "rope")
 # Tokens per training sample and eval prompt: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens
 # each is 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
 DEFAULT_MAX_LENGTH = 4096
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field and the valid values."""
-
-
-@dataclass
-class EncoderConfig:
-    """The vision encoder: which family (registry name) builds which model.
-
-    A tiny random tower and a real one differ only in config.
-
-    Attributes:
-        family: encoder registry name (timm, open_clip, hf, ...).
-        model: the family's model name, e.g. timm's vit_tiny_patch16_224.
-        image_size: side in pixels of every tile the encoder sees.
-        pretrained: False (random), True (the library's own weights, needs a hub) or a local weights path.
-        feature_layer: which block's output; negative counts from the end (LLaVA-style penultimate).
-        mean: pixel normalisation mean; None takes the library's config for this model. An hf tower loaded
-            from a directory records its image processor's values here, so the saved model keeps them.
-        std: pixel normalisation std; None as for `mean`.
-        options: keyword arguments of the library constructor (e.g. timm's depth, embed_dim, patch_size).
-            The default is a ~100K-parameter ViT with tall narrow patches (16x4) that reads text lines on
-            a CPU.
-    """
-
-    family: str = "timm"
-    model: str = "vit_tiny_patch16_224"
-    image_size: int = 32
-    pretrained: bool | str = False
-    feature_layer: int = -2
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    options: dict[str, Any] = field(
-        default_factory=lambda: {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": [16, 4]}
-    )
 
 
 @dataclass
@@ -117,38 +83,6 @@ class ProcessorConfig:
     max_image_side: int = 16384
     user_prefix: str = "User: "
     assistant_prefix: str = "\nAssistant: "
-
-
-@dataclass
-class AudioConfig:
-    """A speech encoder on log-mel features and the connector that turns its states into LLM tokens.
-
-    Attributes:
-        family: audio encoder registry name.
-        model: hub name loaded when `pretrained` is True.
-        pretrained: False builds a random Whisper encoder from `options`; True loads `model`; a path
-            loads that local directory, never with remote code.
-        n_mels: log-mel bins of the features.
-        max_seconds: the window every clip is padded or truncated to (Whisper's 30 s by default; the
-            position table is cut to match, so a tiny CPU model can use a few seconds).
-        downsample: how `factor` encoder states become one token: stack (concatenated) or pool (averaged).
-        factor: encoder states per LLM token; Whisper gives 50 states/s, so the default turns a 30 s clip
-            into 300 tokens.
-        options: WhisperConfig values of a random encoder.
-    """
-
-    family: str = "whisper"
-    model: str = "openai/whisper-tiny"
-    pretrained: bool | str = False
-    n_mels: int = 80
-    max_seconds: int = 30
-    downsample: str = "stack"
-    factor: int = 5
-    options: dict[str, Any] = field(
-        default_factory=lambda: {
-            "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -281,11 +215,6 @@ class MMLLMConfig:
         """Built from plain data (config.json's): every field's value must have the field's type; `where`
         names the data in errors."""
         return _from_dict(cls, data, where)
-
-
-def check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
 
 
 def _from_dict(cls: type, data: Any, where: str):

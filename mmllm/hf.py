@@ -1,4 +1,5 @@
-"""What transformers sees of a model: its config class, and the Auto classes mmllm registers with (no remote code)."""
+"""What transformers sees of a model: its config class (autoregister.py registers it and the model with the Auto
+classes; no remote code)."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -38,15 +39,3 @@ class MMLLMHFConfig(PreTrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "mmllm": self.mmllm.to_dict()}
 
-
-def register_auto_classes() -> None:
-    """AutoConfig, AutoModel, AutoModelForImageTextToText and AutoProcessor load a saved folder after `import mmllm`."""
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
-
-    from .model import MMLLM  # which imports this module
-    from .processor import MMLLMProcessor
-
-    AutoConfig.register(MMLLMHFConfig.model_type, MMLLMHFConfig)
-    for auto in (AutoModel, AutoModelForImageTextToText):
-        auto.register(MMLLMHFConfig, MMLLM)
-    AutoProcessor.register(MMLLMHFConfig, MMLLMProcessor)

@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
+from .sample import SampleError
 from .tiling import choose_grid, tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
@@ -34,10 +35,6 @@ MODEL_KEYWORDS = ("input_ids", "attention_mask", "labels", "pixel_values", "audi
 def audio_tokens(frames: int, frames_per_token: int) -> int:
     """LLM tokens of a clip: the encoder's stride and the connector's grouping both round up, as one division."""
     return -(-frames // frames_per_token)
-
-
-class SampleError(ValueError):
-    """A sample that cannot be used; the message says what is wrong (the caller adds where)."""
 
 
 # Formats other than JPEG decode whole (3 bytes a pixel as RGB, more on the way there) however few pixels the
@@ -203,7 +200,7 @@ class MMLLMProcessor(ProcessorMixin):
         self.std = torch.tensor(image_std, dtype=torch.float32, device="cpu").view(3, 1, 1)
         self.audio_front_end = None
         if audio is not None:
-            from .audio import AudioFrontEnd  # torchaudio; and audio.py imports this module
+            from .audio import AudioFrontEnd  # torchaudio: loaded only for audio
 
             tokens = partial(audio_tokens, frames_per_token=audio["frames_per_token"])
             self.audio_front_end = AudioFrontEnd(audio["n_mels"], audio["max_seconds"], tokens)

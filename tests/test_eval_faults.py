@@ -7,9 +7,10 @@ import torch
 
 from conftest import text_bomb_png, text_image, tiny_config
 from mmllm.cli import main as cli
-from mmllm.eval.items import ItemsDataset
-from mmllm.eval.runner import TASKS, evaluate, load_model, score_predictions
+from mmllm.eval.runner import TASKS, evaluate, score_predictions
 from mmllm.jsonl import read_jsonl
+from mmllm.train.items import ItemsDataset
+from mmllm.train.load import load_model
 
 
 def write_items(folder, items: list[dict]) -> None:

@@ -120,7 +120,7 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_path, value):
-    from mmllm.eval.runner import load_model
+    from mmllm.train.load import load_model
     from mmllm.train.module import MMLLMModule
 
     build().save_pretrained(tmp_path / "folder")

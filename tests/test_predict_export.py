@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch.plugins.precision import HalfPrecision
 
 from mmllm.cli import export, main
-from mmllm.eval.items import ItemsDataset, PromptCollator
-from mmllm.eval.runner import load_model
 from mmllm.model import MMLLM
 from mmllm.train.data import MMDataModule
+from mmllm.train.items import ItemsDataset, PromptCollator
+from mmllm.train.load import load_model
 from mmllm.train.synth import synthesize
 from conftest import tiny_config
 from test_cli import CONFIG, mmllm

@@ -15,11 +15,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from mmllm.config import DEFAULT_MAX_LENGTH
 from mmllm.jsonl import BadInput, Record
-from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor, SampleError
+from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor
+from mmllm.sample import SampleError
 
 from .index import Catalog, open_source
 from .lengths import estimate_lengths
-from .media import load_media, paths_of  # noqa: F401 (where eval imports them from)
 from .sampling import EpochSampler, LengthGroupedSampler
 
 LengthPolicy = Literal["skip", "truncate"]
@@ -377,7 +377,7 @@ class MMDataModule(L.LightningDataModule):
         """Eval-format items (`mmllm eval`'s items.jsonl) as prompts. Malformed lines and items that fail to
         load are not dropped here: the `PredictionWriter` reports and counts them beside the predictions.
         Under DDP Lightning shards the items over the ranks without repeating any."""
-        from mmllm.eval.items import ItemsDataset, PromptCollator  # eval imports this module
+        from .items import ItemsDataset, PromptCollator  # which imports this module
 
         if not self.predict:
             raise ValueError("no predict data: pass --data.predict items.jsonl")

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, scan_records
-from mmllm.processor import Processor, SampleError
+from mmllm.processor import Processor
+from mmllm.sample import SampleError
 
 from .lengths import FeatureBuilder, LengthFeatures, image_count
 from .media import UNKNOWN_SIZE, image_size, load_media, paths_of

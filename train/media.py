@@ -9,7 +9,8 @@ from typing import BinaryIO
 from PIL import Image
 
 from mmllm.jsonl import Record
-from mmllm.processor import Processor, SampleError
+from mmllm.processor import Processor
+from mmllm.sample import SampleError
 
 UNKNOWN_SIZE = (-1, -1)
 

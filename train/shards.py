@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmllm.jsonl import BadInput, Record, is_json_array, parse_line, place, replace_atomically, scan_records
-from mmllm.processor import Processor, SampleError
+from mmllm.processor import Processor
 from mmllm.progress import progress
+from mmllm.sample import SampleError
 
 from .lengths import FeatureBuilder, LengthFeatures
 from .media import UNKNOWN_SIZE, image_size, open_image, paths_of

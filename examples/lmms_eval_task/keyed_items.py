@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mmllm.eval.runner import load_model
 from mmllm.model import MMLLM
+from mmllm.train.load import load_model
 
 from utils import doc_to_visual  # the task's own image loader, next to this script
 

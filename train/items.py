@@ -1,8 +1,9 @@
 """Eval-format items (`id`, `image` and/or `audio`, `question`, `answers`) as generation prompts: what
 `mmllm eval`, `controls`, `compare` and `mmllm predict` feed a model.
 
-They live with the evaluation code that reads them, not with the training data (train/data.py), whose
-conversations they share only the media loading and the `Batch` a loader yields.
+They live in train/, beside the training data (train/data.py), because `mmllm predict` (the data module's
+predict loader) reads them as much as eval/ does, and train/ never imports eval/. They share with the
+conversations only the media loading and the `Batch` a loader yields.
 """
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from string import Formatter
 
 from torch.utils.data import Dataset
 
+from mmllm.config import DEFAULT_MAX_LENGTH
 from mmllm.jsonl import read_jsonl
-from mmllm.processor import Processor, SampleError
-from mmllm.train.data import DEFAULT_MAX_LENGTH, Batch, Notes, check_chars, chars_per_token, load_media
+from mmllm.processor import Processor
+from mmllm.sample import SampleError
+
+from .data import Batch, Notes, check_chars, chars_per_token
+from .media import load_media
 
 
 def check_template(template: str) -> None:
