@@ -280,14 +280,16 @@ class MMLLM(PreTrainedModel, GenerationMixin):
 
         `inputs` is a `ModelInputs`, or its fields as keywords (`model(**processor(text=..., images=...))`)."""
         inputs, kwargs = self.model_inputs(inputs, kwargs)
-        labels = inputs.labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
+        labels = inputs.labels
+        if labels is not None:
+            labels = labels.masked_fill(inputs.input_ids == self.image_token_id, IGNORE_INDEX)
         kwargs.setdefault("use_cache", False)  # a loss pass keeps no KV cache (a recomputed layer would extend it)
         packed = inputs.position_ids is not None  # the LLM masks packed samples apart from their positions alone
         with self.conditioned(inputs) as embeds:
             return self.llm(
                 inputs_embeds=embeds, attention_mask=None if packed else inputs.attention_mask,
                 position_ids=inputs.position_ids if packed else positions(inputs.attention_mask),
-                labels=labels if (labels != IGNORE_INDEX).any() else None, **kwargs,
+                labels=labels, **kwargs,
             )
 
     def model_inputs(self, inputs: ModelInputs | torch.Tensor | None,
@@ -311,12 +313,11 @@ class MMLLM(PreTrainedModel, GenerationMixin):
                                 "(processor(text=..., images=...)), which says where the media go")
             layout = self.processor.text_layout(ids.shape)
         mask = given.get("attention_mask")
-        labels = given.get("labels")
         pixels, clips = media
         front = self.processor.audio_front_end
         return ModelInputs(
             ids, torch.ones_like(ids) if mask is None else mask,
-            torch.full_like(ids, IGNORE_INDEX) if labels is None else labels,
+            given.get("labels"),
             ids.new_zeros(0, 3, self.processor.tile_size, self.processor.tile_size, dtype=torch.float32)
             if pixels is None else pixels,
             ids.new_zeros(0, *((front.n_mels, front.n_frames) if front else (0, 0)), dtype=torch.float32)

@@ -138,7 +138,7 @@ class ModelInputs:
 
     input_ids: torch.Tensor  # [B, T] left-padded
     attention_mask: torch.Tensor  # [B, T]
-    labels: torch.Tensor  # [B, T] answer tokens; IGNORE_INDEX elsewhere
+    labels: torch.Tensor | None  # [B, T] answer tokens, IGNORE_INDEX elsewhere; None: no token is one (prompts)
     pixel_values: torch.Tensor  # [tiles, 3, S, S] every tile of every sample, in sample order
     audio_values: torch.Tensor  # [clips, n_mels, frames]
     layout: MediaLayout
@@ -152,12 +152,11 @@ class ModelInputs:
         given = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels,
                  "pixel_values": self.pixel_values, "audio_values": self.audio_values, "media_layout": self.layout,
                  "position_ids": self.position_ids}
-        if not (self.labels != IGNORE_INDEX).any():
-            del given["labels"]
         return {k: v for k, v in given.items() if v is not None}
 
     def to(self, device: torch.device | str) -> "ModelInputs":
-        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device),
+                           None if self.labels is None else self.labels.to(device),
                            self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device),
                            None if self.position_ids is None else self.position_ids.to(device))
 
@@ -563,7 +562,8 @@ class MMLLMProcessor(ProcessorMixin):
         layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv,
                              torch.tensor(frames, dtype=torch.long), self.key_layout(kv, lengths, offsets),
                              torch.tensor(splice, dtype=torch.long), offsets[-1])
-        return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"],
+        answered = any(label != IGNORE_INDEX for s in samples for label in s["labels"])  # read here, not on a device
+        return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"] if answered else None,
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
 
