@@ -116,7 +116,7 @@ def test_fit_help_describes_every_model_and_data_option_the_tiny_config_sets(cap
 FLAT = "[mmllm] the loss has not moved"
 
 
-def test_a_run_whose_loss_cannot_move_is_named_flat_once_with_its_usual_causes(tmp_path, capsys):
+def test_a_run_whose_loss_cannot_move_is_named_flat_once_with_its_usual_causes(tmp_path, capsys, recwarn):
     from mmllm.train.cli import run
     from mmllm.train.synth import synthesize
 
@@ -128,6 +128,7 @@ def test_a_run_whose_loss_cannot_move_is_named_flat_once_with_its_usual_causes(t
     assert len(flat) == 1 and "over steps 21-25" in flat[0] and "--model.lr" in flat[0], flat
     (metrics,) = (tmp_path / "out").rglob("metrics.csv")
     assert "loss_flat" in metrics.read_text().splitlines()[0]
+    assert not [w for w in recwarn if "ambiguous collection" in str(w.message)]  # logged with its batch size
 
 
 class Recorder:

@@ -190,7 +190,8 @@ class FlatLoss(L.Callback):
             return  # resumed past a window this process did not see
         start, ref, now = (self.means[k] for k in ("start", "reference", "check"))
         flat = now > (1 - self.min_drop) * ref and now > self.learned * start
-        pl_module.log("loss_flat", float(flat), on_step=False, on_epoch=True)  # logged at any step, not every 10th
+        # On the epoch (a step value shows only every log_every_n_steps); one value, not a mean over samples.
+        pl_module.log("loss_flat", float(flat), on_step=False, on_epoch=True, batch_size=1)
         if flat and trainer.is_global_zero:
             (r0, r1), (c0, c1) = self.windows["reference"], self.windows["check"]
             print(f"[mmllm] the loss has not moved: {ref:.3f} over steps {r0}-{r1}, {now:.3f} over steps {c0}-{c1} "
