@@ -154,7 +154,8 @@ def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
 def llava_inputs(batch: ModelInputs, device: torch.device) -> dict:
     """Our NVLM-D batch as it is: LLaVA splices the tiles' features (a batch of images) over the same
     placeholders, so both decoders see the same sequence."""
-    return {k: getattr(batch, k).to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+    given = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+    return {k: v.to(device) for k, v in given.items() if v is not None}  # labels: None in a prompt batch
 
 
 def mllama_inputs(batch: ModelInputs, device: torch.device) -> dict:
@@ -174,7 +175,7 @@ def mllama_inputs(batch: ModelInputs, device: torch.device) -> dict:
         "aspect_ratio_mask": torch.ones(b, 1, n, dtype=torch.long),
         "cross_attention_mask": sees.unsqueeze(2).long(),  # [B, T, images=1, tiles]
     }
-    return {k: v.to(device) for k, v in inputs.items()}
+    return {k: v.to(device) for k, v in inputs.items() if v is not None}  # labels: None in a prompt batch
 
 
 @dataclass

@@ -16,11 +16,11 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 
+from mmllm.config import Arch
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
@@ -30,7 +30,6 @@ from mmllm.train.items import ItemsDataset
 from mmllm.train.synth import synthesize_once
 
 REPO = Path(__file__).resolve().parents[1]
-Arch = Literal["nvlm_d", "nvlm_x", "nvlm_h"]
 # Data seed k draws each training/validation set with its own seed + k * this: far from every shipped set's seed.
 DATA_SEED_STRIDE = 1000
 

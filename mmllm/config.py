@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from mmllm.encoders.config import AudioConfig, ConfigError, EncoderConfig, check_choice
 
-ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
+# The choices, each written once: the Literal types the CLI validates, and their tuples the code checks with.
+Arch = Literal["nvlm_d", "nvlm_x", "nvlm_h"]
+ARCHS = get_args(Arch)
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
-TILES_IN_SEQUENCE = ("all", "thumbnail", "none")
+TilesInSequence = Literal["all", "thumbnail", "none"]
+TILES_IN_SEQUENCE = get_args(TilesInSequence)
 # How a cross-attention key/value token knows which tile it came from (every tile is encoded alone with
 # the same ViT position table, so without one of these X and H cannot tell tiles apart):
 #   learned     - a learned embedding per tile slot (thumbnail: its own slot) added to the tile's tokens
@@ -17,10 +20,12 @@ TILES_IN_SEQUENCE = ("all", "thumbnail", "none")
 #   tag_entries - the paper read literally: tag embeddings as extra keys/values before the tile (binds
 #                 nothing, since attention over position-free keys is a set; kept for the ablation)
 #   none        - nothing
-TILE_IDENTITIES = ("learned", "tag", "tag_entries", "none")
+TileIdentity = Literal["learned", "tag", "tag_entries", "none"]
+TILE_IDENTITIES = get_args(TileIdentity)
 # Positions inside the cross-attention: none (a set of keys, as Flamingo/Mllama) or rope (queries at their
 # sequence position, keys at their media item's position + their index, rotated as the LLM's RoPE does).
-CROSS_ATTENTION_POSITIONS = ("none", "rope")
+CrossAttentionPositions = Literal["none", "rope"]
+CROSS_ATTENTION_POSITIONS = get_args(CrossAttentionPositions)
 # Tokens per training sample and eval prompt: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens
 # each is 1,792) plus a long answer, while one runaway answer cannot blow up a step's attention memory.
 DEFAULT_MAX_LENGTH = 4096

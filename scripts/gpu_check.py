@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from mmllm.config import ARCHS
+
 REPO = Path(__file__).resolve().parents[1]
-ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
 STRATEGIES = {"ddp": "ddp", "fsdp1": json.dumps({"class_path": "mmllm.train.fsdp.NamedUnitsFSDP"}),
               "fsdp2": json.dumps({"class_path": "mmllm.train.fsdp.NamedUnitsFSDP2"})}
 

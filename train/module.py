@@ -13,7 +13,8 @@ from safetensors.torch import load_model
 from torch import nn
 
 from mmllm.backbone import is_lora
-from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
+from mmllm.config import (Arch, AudioConfig, CrossAttentionPositions, EncoderConfig, LLMConfig, MMLLMConfig,
+                          ProcessorConfig, TileIdentity, TilesInSequence)
 from mmllm.model import MMLLM, WEIGHTS_FILE
 
 from .checkpoint import is_sharded, read_checkpoint
@@ -52,20 +53,20 @@ def parameter_table(parts: dict[str, list[nn.Parameter]], labels: dict[str, str]
 class MMLLMModule(L.LightningModule):
     def __init__(
         self,
-        arch: Literal["nvlm_d", "nvlm_x", "nvlm_h"] = "nvlm_d",
+        arch: Arch = "nvlm_d",
         encoder: EncoderConfig | dict | None = None,
         llm: LLMConfig | dict | None = None,
         processor: ProcessorConfig | dict | None = None,
         audio: AudioConfig | dict | None = None,
         pixel_shuffle: int = 2,
         connector_hidden: int | None = None,
-        tiles_in_sequence: Literal["all", "thumbnail", "none"] | None = None,
+        tiles_in_sequence: TilesInSequence | None = None,
         tags_own_tile: bool | None = None,
         projector: str | None = None,
         cross_attention_every: int | None = None,
         cross_attention_layers: list[int] | None = None,
-        tile_identity: Literal["learned", "tag", "tag_entries", "none"] | None = None,
-        cross_attention_positions: Literal["none", "rope"] | None = None,
+        tile_identity: TileIdentity | None = None,
+        cross_attention_positions: CrossAttentionPositions | None = None,
         input_positions: int = 0,
         gradient_checkpointing: bool = False,
         stage: Stage = "pretrain",
