@@ -189,8 +189,8 @@ class MMLLMProcessor(ProcessorMixin):
         self.config = config if isinstance(config, ProcessorConfig) else ProcessorConfig(**config)
         # Every processor carries a template, so `apply_chat_template` and a pipeline's chat messages work: the
         # one given, else the tokenizer's, else the plain form written as a template (`plain_template`).
-        chat_template = chat_template or tokenizer.chat_template or plain_template(tokenizer, self.config)
-        super().__init__(tokenizer, chat_template=chat_template)
+        self.plain_form = plain_template(tokenizer, self.config)
+        super().__init__(tokenizer, chat_template=chat_template or tokenizer.chat_template or self.plain_form)
         self.knobs = knobs if isinstance(knobs, ArchKnobs) else ArchKnobs(**knobs)
         self.tile_size, self.tokens_per_tile, self.audio = tile_size, tokens_per_tile, audio
         self.image_mean, self.image_std = list(image_mean), list(image_std)
@@ -315,7 +315,7 @@ class MMLLMProcessor(ProcessorMixin):
             if turn.get("from") not in ROLES:
                 raise SampleError(f"unknown conversation role {turn.get('from')!r} (expected human/gpt)")
             turns.append({"role": ROLES[turn["from"]], "content": turn.get("value")})
-        if self.chat_template == plain_template(self.tokenizer, self.config):  # the same text, in its own chunks
+        if self.chat_template == self.plain_form:  # the same text, in its own chunks
             return self.plain_chunks(turns, add_generation_prompt)
         return self.template_chunks(turns, add_generation_prompt, self.chat_template)
 
@@ -562,7 +562,7 @@ class MMLLMProcessor(ProcessorMixin):
         layout = MediaLayout(torch.tensor(slots, dtype=torch.long), batch["token_media"], batch["token_tile"], kv,
                              torch.tensor(frames, dtype=torch.long), self.key_layout(kv, lengths, offsets),
                              torch.tensor(splice, dtype=torch.long), offsets[-1])
-        answered = any(label != IGNORE_INDEX for s in samples for label in s["labels"])  # read here, not on a device
+        answered = bool((batch["labels"] != IGNORE_INDEX).any())  # read here on the CPU, never from a device
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"] if answered else None,
                            torch.cat([s["pixel_values"] for s in samples]),
                            torch.cat([s["audio_values"] for s in samples]), layout)
