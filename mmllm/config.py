@@ -13,17 +13,9 @@ ARCHS = get_args(Arch)
 TILE_TAGS = ("none", "1d", "2d_grid", "2d_bbox")
 TilesInSequence = Literal["all", "thumbnail", "none"]
 TILES_IN_SEQUENCE = get_args(TilesInSequence)
-# How a cross-attention key/value token knows which tile it came from (every tile is encoded alone with
-# the same ViT position table, so without one of these X and H cannot tell tiles apart):
-#   learned     - a learned embedding per tile slot (thumbnail: its own slot) added to the tile's tokens
-#   tag         - the tile's tag-text embedding (mean over its tokens) added to every token of the tile
-#   tag_entries - the paper read literally: tag embeddings as extra keys/values before the tile (binds
-#                 nothing, since attention over position-free keys is a set; kept for the ablation)
-#   none        - nothing
+# The knobs' meanings are documented once, on `ArchKnobs`.
 TileIdentity = Literal["learned", "tag", "tag_entries", "none"]
 TILE_IDENTITIES = get_args(TileIdentity)
-# Positions inside the cross-attention: none (a set of keys, as Flamingo/Mllama) or rope (queries at their
-# sequence position, keys at their media item's position + their index, rotated as the LLM's RoPE does).
 CrossAttentionPositions = Literal["none", "rope"]
 CROSS_ATTENTION_POSITIONS = get_args(CrossAttentionPositions)
 # Tokens per training sample and eval prompt: room for a full NVLM tiling (6 tiles + thumbnail at 256 tokens
@@ -90,63 +82,81 @@ class ProcessorConfig:
     assistant_prefix: str = "\nAssistant: "
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArchKnobs:
-    """What tells NVLM-D, -X and -H apart; `ARCH_PRESETS` names three points in this space.
+    """What tells NVLM-D, -X and -H apart, each knob defined here once: `MMLLMConfig` extends this class, so a
+    knob is a field of the model config (`--model.tile_identity`, config.json) and None takes the arch's preset
+    (`ARCH_PRESETS` names three points in this space; `MMLLMConfig.knobs` resolves them).
 
-    tiles_in_sequence: which tiles become decoder tokens ("all": D; "thumbnail": H, the global view in the
-        sequence; "none": X). Tiles not in the sequence (and audio clips, unless "all") are reached
-        through gated cross-attention, so "all" means no cross-attention blocks at all.
-    tags_own_tile: tile-tag text stays in the decoder sequence and each tag token cross-attends only
-        its own tile (X). Otherwise tags of cross-attended tiles feed the keys/values (H).
-    projector: `connectors.PROJECTORS` name (NVLM: 2-layer MLP for D and H, 1 layer for X).
-    cross_attention_every: one block every k decoder layers, the first before layer min(k, n) - 1
-        (OpenFlamingo places them before layers k-1, 2k-1, ...; Mllama's first is before layer 3). A
-        block before layer 0 reads bare token embeddings that carry no position: every occurrence of a
-        token asks the image the same question (measured: identical block output at all five `a`s of
-        an answer), so the default never puts the first block there unless k = 1.
-    tile_identity: see TILE_IDENTITIES.
-    cross_attention_positions: see CROSS_ATTENTION_POSITIONS.
+    Attributes:
+        tiles_in_sequence: which tiles become decoder tokens: all (D), thumbnail (H: the global view in the
+            sequence) or none (X). Tiles not in the sequence (and audio clips, unless all) are reached through
+            gated cross-attention, so all means no cross-attention blocks at all.
+        tags_own_tile: tile-tag text stays in the decoder sequence and each tag token cross-attends only its own
+            tile (X); otherwise the tags of cross-attended tiles feed the keys/values (H).
+        projector: the connector's projector, a `connectors.PROJECTORS` name (NVLM: a 2-layer MLP for D and H,
+            one linear layer for X).
+        cross_attention_every: one cross-attention block every k decoder layers, the first before layer
+            min(k, n) - 1 (OpenFlamingo's k-1, 2k-1, ...; Mllama's first is before layer 3). A block before layer 0
+            reads bare token embeddings that carry no position, so every occurrence of a token would ask the
+            image the same question; the first block goes there only when k = 1.
+        tile_identity: how a cross-attended token knows its tile (every tile is encoded alone with the same ViT
+            position table): learned (an embedding per tile slot and token, Mllama's tile-position table), tag
+            (the tile's tag-text embedding added to its tokens), tag_entries (tag embeddings as extra keys/values
+            before the tile: the paper read literally; binds nothing, kept for the ablation) or none.
+        cross_attention_positions: positions inside the cross-attention: none (a set of keys, as Flamingo and
+            Mllama) or rope (queries at their sequence position, keys at their media item's position plus their
+            index, rotated as the LLM's RoPE does).
     """
 
-    tiles_in_sequence: str
-    tags_own_tile: bool
-    projector: str
-    cross_attention_every: int = 4
-    tile_identity: str = "learned"
-    cross_attention_positions: str = "none"
+    tiles_in_sequence: TilesInSequence | None = None
+    tags_own_tile: bool | None = None
+    projector: str | None = None
+    cross_attention_every: int | None = None
+    tile_identity: TileIdentity | None = None
+    cross_attention_positions: CrossAttentionPositions | None = None
 
 
 ARCH_PRESETS: dict[str, ArchKnobs] = {
-    "nvlm_d": ArchKnobs(tiles_in_sequence="all", tags_own_tile=False, projector="mlp"),
-    "nvlm_x": ArchKnobs(tiles_in_sequence="none", tags_own_tile=True, projector="linear"),
-    "nvlm_h": ArchKnobs(tiles_in_sequence="thumbnail", tags_own_tile=False, projector="mlp"),
+    "nvlm_d": ArchKnobs(tiles_in_sequence="all", tags_own_tile=False, projector="mlp", cross_attention_every=4,
+                        tile_identity="learned", cross_attention_positions="none"),
+    "nvlm_x": ArchKnobs(tiles_in_sequence="none", tags_own_tile=True, projector="linear", cross_attention_every=4,
+                        tile_identity="learned", cross_attention_positions="none"),
+    "nvlm_h": ArchKnobs(tiles_in_sequence="thumbnail", tags_own_tile=False, projector="mlp", cross_attention_every=4,
+                        tile_identity="learned", cross_attention_positions="none"),
 }
 
 
 @dataclass
-class MMLLMConfig:
-    """The whole model. `arch` picks a row of ARCH_PRESETS; any knob set here (not None) overrides it."""
+class MMLLMConfig(ArchKnobs):
+    """The whole model: the parts, how they are joined, and the arch's knobs (the `ArchKnobs` fields; any set
+    here, not None, overrides the preset of `arch`).
 
-    arch: str = "nvlm_d"
+    Attributes:
+        arch: nvlm_d (every tile in the decoder sequence), nvlm_x (tiles through gated cross-attention) or nvlm_h
+            (the thumbnail in the sequence, the tiles through cross-attention): a row of `ARCH_PRESETS`.
+        encoder: the vision encoder.
+        llm: the causal LM.
+        processor: tiling, tile tags and prompt layout.
+        audio: a speech encoder and its connector; null: a vision-only model.
+        pixel_shuffle: factor by which pixel shuffle merges neighbouring patch tokens per side (1: none).
+        connector_hidden: hidden width of the MLP projector; null: the LLM's FFN width, as NVLM-D does.
+        cross_attention_layers: the decoder layers that get a cross-attention block; wins over
+            cross_attention_every.
+        input_positions: size of a learned absolute position table added to the LLM's input (0: none, the LLM's
+            own scheme only). A RoPE-only LLM gives a query no absolute position, so a from-scratch X cannot ask
+            for "the i-th glyph" at "the i-th answer character" through cross-attention; D finds its glyph at a
+            fixed relative offset.
+    """
+
+    arch: Arch = "nvlm_d"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
-    audio: AudioConfig | None = None  # None: a vision-only model
+    audio: AudioConfig | None = None
     pixel_shuffle: int = 2
-    connector_hidden: int | None = None  # None: the LLM's FFN width, as NVLM-D does
-    # ArchKnobs overrides (None: the arch's preset). `cross_attention_layers` lists the decoder layers
-    # that get a block explicitly and wins over `cross_attention_every`.
-    tiles_in_sequence: str | None = None
-    tags_own_tile: bool | None = None
-    projector: str | None = None
-    cross_attention_every: int | None = None
+    connector_hidden: int | None = None
     cross_attention_layers: list[int] | None = None
-    tile_identity: str | None = None
-    cross_attention_positions: str | None = None
-    # A learned absolute position embedding added to the LLM's input (0: none, the LLM's own scheme only).
-    # A RoPE-only LLM gives a query no absolute position, so a from-scratch X cannot ask "the i-th answer
-    # character" for "the i-th glyph" through cross-attention; D finds its glyph at a fixed relative offset.
     input_positions: int = 0
 
     def __post_init__(self) -> None:
@@ -162,10 +172,8 @@ class MMLLMConfig:
     @property
     def knobs(self) -> ArchKnobs:
         """The arch's preset with every override applied."""
-        preset = ARCH_PRESETS[self.arch]
-        names = ("tiles_in_sequence", "tags_own_tile", "projector", "cross_attention_every", "tile_identity",
-                 "cross_attention_positions")
-        return replace(preset, **{n: getattr(self, n) for n in names if getattr(self, n) is not None})
+        chosen = {f.name: getattr(self, f.name) for f in fields(ArchKnobs)}
+        return replace(ARCH_PRESETS[self.arch], **{name: value for name, value in chosen.items() if value is not None})
 
     @property
     def cross_attends(self) -> bool:
@@ -252,6 +260,8 @@ def _fits(value: Any, hint: Any) -> bool:
     """Whether a value read from JSON has a field's type (a bool is no number; an int is a float)."""
     if hint is Any:
         return True
+    if get_origin(hint) is Literal:
+        return value in get_args(hint)
     if get_origin(hint) in (Union, UnionType):
         return any(_fits(value, member) for member in get_args(hint))
     if hint is type(None):
@@ -270,6 +280,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(map(_describe, get_args(hint)))
     if hint is type(None):
         return "null"
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
     if get_origin(hint) is not None:
         return str(hint).replace("typing.", "")
     return f"a mapping of {hint.__name__} fields" if is_dataclass(hint) else hint.__name__

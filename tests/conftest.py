@@ -29,11 +29,11 @@ def tiny_model():
 
 def tiny_module(**kw):
     """The tiny model as the Lightning module that `mmllm fit` trains (SFT, encoder trainable)."""
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     cfg = tiny_config()
     torch.manual_seed(0)
-    return MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True, **kw)
+    return MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm, stage="sft", train_encoder=True, **kw))
 
 
 def text_image(text: str, size=(128, 32)) -> Image.Image:

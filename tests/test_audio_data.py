@@ -9,7 +9,7 @@ import torch
 
 from mmllm.train.data import ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor
-from mmllm.train.module import MMLLMModule
+from mmllm.train.module import MMLLMModule, ModuleConfig
 from mmllm.train.synth import synthesize
 from conftest import tiny_config
 from test_audio import bad_files, tone
@@ -19,7 +19,7 @@ from test_audio_model import AUDIO
 def module() -> MMLLMModule:
     cfg = tiny_config()
     torch.manual_seed(0)
-    return MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, audio=AUDIO, stage="sft", train_encoder=True)
+    return MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm, audio=AUDIO, stage="sft", train_encoder=True))
 
 
 def messy_audio(root) -> tuple:

@@ -8,7 +8,7 @@ import torch
 from mmllm.jsonl import read_jsonl
 from mmllm.train.data import ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor, TrainingAborted
-from mmllm.train.module import MMLLMModule
+from mmllm.train.module import MMLLMModule, ModuleConfig
 from conftest import text_image, tiny_config, tiny_module
 
 
@@ -97,7 +97,7 @@ def test_stages_freeze_the_right_parts():
     cfg = tiny_config()
 
     def trainable(**kw):
-        m = MMLLMModule(encoder=cfg.encoder, llm=cfg.llm, **kw)
+        m = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm, **kw))
         flags = {name: {p.requires_grad for p in params} for name, params in m.part_parameters().items()}
         assert all(len(f) == 1 for f in flags.values()), flags  # a part trains whole or not at all
         assert sum(len(ps) for ps in m.part_parameters().values()) == len(list(m.parameters()))  # each in one part
@@ -108,7 +108,7 @@ def test_stages_freeze_the_right_parts():
         assert trainable(arch=arch, stage="sft") == {"encoder": False, "connector": True, "llm": True}
     assert trainable(stage="sft", freeze_llm_in_sft=True) == {"encoder": False, "connector": True, "llm": False}
     assert trainable(stage="pretrain", train_encoder=True)["encoder"] is True
-    module = MMLLMModule(arch="nvlm_x", encoder=cfg.encoder, llm=cfg.llm, stage="pretrain").train()
+    module = MMLLMModule(ModuleConfig(arch="nvlm_x", encoder=cfg.encoder, llm=cfg.llm, stage="pretrain")).train()
     assert not module.model.llm.training and all(b.training for b in module.model.cross_blocks().values())
 
 

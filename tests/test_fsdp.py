@@ -166,7 +166,7 @@ def test_the_parameter_table_counts_whole_parameters_under_sharding(fits):
 def test_a_sharded_checkpoint_resumes_exports_and_starts_the_next_stage(fits, strategy, tmp_path):
     from mmllm.cli import export
     from mmllm.train.checkpoint import is_sharded, read_checkpoint
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     first = record(fits, f"{strategy}-sharded")
     assert is_sharded(first.ckpt)
@@ -178,7 +178,7 @@ def test_a_sharded_checkpoint_resumes_exports_and_starts_the_next_stage(fits, st
     assert not torch.equal(projector, first.init["model.projector.0.weight"])
     assert export(first.ckpt, tmp_path / "model")
     assert torch.equal(MMLLM.from_pretrained(tmp_path / "model").projector[0].weight, projector)
-    module = MMLLMModule(**{**state["hyper_parameters"], "init_from": str(first.ckpt)})
+    module = MMLLMModule(ModuleConfig.from_dict({**state["hyper_parameters"], "init_from": str(first.ckpt)}))
     assert torch.equal(module.model.projector[0].weight, projector)
 
 
@@ -203,13 +203,13 @@ def unit_trace(module, batch) -> list[tuple[str, bool]]:
 def test_a_text_only_batch_runs_the_same_units_forward_and_backward_as_one_with_images(arch, stage):
     """What keeps ranks in step under FSDP: a rank whose batch holds no image must gather (forward) and
     reduce (backward) exactly the units the others do, or the job hangs."""
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     from conftest import text_image
 
     cfg = tiny_config()
     torch.manual_seed(0)
-    module = MMLLMModule(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage=stage).train()
+    module = MMLLMModule(ModuleConfig(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage=stage)).train()
     proc = module.processor
     image = [{"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "hello"}]
     text = [{"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "hello"}]
@@ -258,7 +258,7 @@ def test_a_resnet_tower_wraps_its_bottlenecks_and_nothing_smaller():
 def test_a_config_names_the_strategy_by_class_path(tmp_path, monkeypatch):
     from mmllm.train.cli import MMLLMCLI
     from mmllm.train.data import MMDataModule
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     config = tmp_path / "fsdp.yaml"
     config.write_text("trainer:\n  strategy:\n    class_path: mmllm.train.fsdp.NamedUnitsFSDP\n"
@@ -275,7 +275,7 @@ def test_a_config_names_the_strategy_by_class_path(tmp_path, monkeypatch):
 def test_a_training_forward_reads_nothing_back_from_the_device_in_our_code(arch, monkeypatch):
     """Every such read waits for the device (a GPU stalls on each): the collator lays out what the model
     would otherwise read per step (placeholder counts, slots, cross-attention keys)."""
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     from conftest import text_image
 
@@ -293,7 +293,7 @@ def test_a_training_forward_reads_nothing_back_from_the_device_in_our_code(arch,
         monkeypatch.setattr(torch.Tensor, name, counted)
     cfg = tiny_config()
     torch.manual_seed(0)
-    module = MMLLMModule(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage="sft").train()
+    module = MMLLMModule(ModuleConfig(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage="sft")).train()
     proc = module.processor
     conv = [{"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "hello"}]
     batch = proc.collate([proc.encode(conv, [text_image("hello", (64, 32))]) for _ in range(2)])

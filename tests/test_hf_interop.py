@@ -121,7 +121,7 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path):
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_path, value):
     from mmllm.train.load import load_model
-    from mmllm.train.module import MMLLMModule
+    from mmllm.train.module import MMLLMModule, ModuleConfig
 
     build().save_pretrained(tmp_path / "folder")
     weights = load_file(tmp_path / "folder" / "model.safetensors")
@@ -132,7 +132,7 @@ def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_pa
     with pytest.raises(ValueError) as err:
         MMLLM.from_pretrained(tmp_path / "folder")
     assert str(err.value) == f"{tmp_path / 'folder'}: weight projector.0.weight holds 3 NaN/inf value(s) of {n}; {damaged}"
-    module = MMLLMModule(encoder=tiny_config().encoder, llm=tiny_config().llm)
+    module = MMLLMModule(ModuleConfig(encoder=tiny_config().encoder, llm=tiny_config().llm))
     state = module.state_dict()
     state["model.projector.0.weight"].view(-1)[5] = value
     torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams)}, tmp_path / "run.ckpt")

@@ -4,7 +4,7 @@ import torch
 
 from mmllm.config import LLMConfig
 from mmllm.model import MMLLM
-from mmllm.train.module import MMLLMModule
+from mmllm.train.module import MMLLMModule, ModuleConfig
 
 from conftest import text_image, tiny_config
 
@@ -17,7 +17,7 @@ def lora_llm(rank: int = 4) -> LLMConfig:
 
 def module(stage: str, rank: int = 4) -> MMLLMModule:
     torch.manual_seed(0)
-    return MMLLMModule(encoder=tiny_config().encoder, llm=lora_llm(rank), stage=stage)
+    return MMLLMModule(ModuleConfig(encoder=tiny_config().encoder, llm=lora_llm(rank), stage=stage))
 
 
 def test_adapters_are_modules_of_the_tree_and_only_they_train_in_the_llm():

@@ -5,7 +5,7 @@ import torch
 
 from mmllm.model import MMLLM
 from mmllm.train.fsdp import inner_layer
-from mmllm.train.module import MMLLMModule
+from mmllm.train.module import MMLLMModule, ModuleConfig
 
 from conftest import text_image, tiny_config
 
@@ -13,8 +13,9 @@ from conftest import text_image, tiny_config
 def module(arch: str, checkpointing: bool, stage: str = "sft") -> MMLLMModule:
     cfg = tiny_config()
     torch.manual_seed(0)
-    return MMLLMModule(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage=stage, train_encoder=stage == "sft",
-                       gradient_checkpointing=checkpointing).train()
+    config = ModuleConfig(arch=arch, encoder=cfg.encoder, llm=cfg.llm, stage=stage, train_encoder=stage == "sft",
+                          gradient_checkpointing=checkpointing)
+    return MMLLMModule(config).train()
 
 
 def batch(model: MMLLM):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mmllm.tokenizer import byte_tokenizer
-from mmllm.train.module import MMLLMModule
+from mmllm.train.module import MMLLMModule, ModuleConfig
 
 from conftest import tiny_config
 
@@ -30,7 +30,7 @@ def bf16_llama(tmp_path_factory) -> str:
 
 def test_a_bf16_checkpoint_loads_as_fp32_master_weights_and_the_table_says_so(bf16_llama):
     cfg = tiny_config()
-    module = MMLLMModule(encoder=cfg.encoder, llm={"name_or_path": bf16_llama}, stage="sft")
+    module = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm={"name_or_path": bf16_llama}, stage="sft"))
     assert {p.dtype for p in module.parameters()} == {torch.float32}
     table = module.describe().splitlines()
     assert table[1].split()[-1] == "dtype" and all(row.split()[-1] == "float32" for row in table[2:5])
@@ -39,9 +39,9 @@ def test_a_bf16_checkpoint_loads_as_fp32_master_weights_and_the_table_says_so(bf
 def test_the_attention_kernel_is_a_config_choice_with_the_same_outputs():
     torch.manual_seed(0)
     cfg = tiny_config()
-    eager = MMLLMModule(encoder=cfg.encoder, llm={**vars(cfg.llm), "attn_implementation": "eager"}).model.llm
+    eager = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm={**vars(cfg.llm), "attn_implementation": "eager"})).model.llm
     torch.manual_seed(0)
-    sdpa = MMLLMModule(encoder=cfg.encoder, llm=cfg.llm).model.llm
+    sdpa = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm)).model.llm
     assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     torch.testing.assert_close(eager(input_ids=ids).logits, sdpa(input_ids=ids).logits)

@@ -12,7 +12,7 @@ from .checkpoint import (AtomicCheckpointIO, DataResume, RNGStates, RunCheckpoin
 from .console import ProgressLines, on_terminal, quiet_engine
 from .data import MMDataModule
 from .health import BadSampleMonitor, FlatLoss
-from .module import MMLLMModule
+from .module import MMLLMModule, ModuleConfig
 from .predict import PredictionWriter
 
 # A run killed at any point loses at most this many steps (`--checkpoint.every_n_train_steps`).
@@ -22,9 +22,26 @@ RUN_SETTINGS = ("max_new_tokens", "gradient_checkpointing")
 
 
 class MMLLMCLI(LightningCLI):
+    def add_core_arguments_to_parser(self, parser) -> None:
+        """`--model.*` are the fields of `ModuleConfig` itself (`--model.arch`, `--model.tile_identity`,
+        `--model.lr`), each defined and documented once on the dataclass; `--data.*` are MMDataModule's but its
+        processor, which comes from the model."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_class_arguments(ModuleConfig, "model", sub_configs=True)
+        parser.add_class_arguments(MMDataModule, "data", fail_untyped=False, sub_configs=True, skip={"processor"})
+
+    def instantiate_classes(self) -> None:
+        """The module from the `ModuleConfig` the parser built; the data pipeline then takes the model's own
+        processor, so it follows --model.arch and the encoder."""
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.model = MMLLMModule(self._get(self.config_init, "model"))
+        self.datamodule = self._get(self.config_init, "data")
+        self.datamodule.processor = self.model.processor
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
     def add_arguments_to_parser(self, parser) -> None:
-        # The data pipeline uses the model's own processor, so it follows --model.arch and the encoder.
-        parser.link_arguments("model.processor", "data.processor", apply_on="instantiate")
         # Checkpoints are part of every run: `--checkpoint.*` (or `checkpoint:` in a config) sets them.
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})

@@ -211,7 +211,7 @@ class Collator:
 class MMDataModule(L.LightningDataModule):
     """The run's data: train/val/test files (JSONL, JSON arrays or shard folders) and their batches.
 
-    The processor comes from the model (linked in the CLI), so the data layout always follows `--model.arch`."""
+    The processor comes from the model (the CLI hands it over), so the data layout always follows `--model.arch`."""
 
     def __init__(
         self,
@@ -329,7 +329,7 @@ class MMDataModule(L.LightningDataModule):
             if not self.files[split]:
                 raise ValueError(f"no {split} data: pass --data.{split} PATH.jsonl (or a shard folder)")
             if self.processor is None:
-                raise ValueError("MMDataModule needs the model's processor (linked automatically by the CLI)")
+                raise ValueError("MMDataModule needs the model's processor (the CLI sets it from the model)")
             ds = ConversationDataset(self.files[split], self.processor, substitute=split == "train",
                                      image_folder=self.image_folders[split], max_length=self.max_length,
                                      length_policy=self.length_policy,

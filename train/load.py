@@ -7,7 +7,7 @@ from pathlib import Path
 from mmllm.model import MMLLM, check_finite_weights
 
 from .checkpoint import is_sharded, read_checkpoint
-from .module import MMLLMModule
+from .module import MMLLMModule, ModuleConfig
 
 
 def load_model(ckpt: str | Path) -> MMLLM:
@@ -29,7 +29,7 @@ def load_model(ckpt: str | Path) -> MMLLM:
     hparams["encoder"] = dict(hparams["encoder"], pretrained=False)  # weights come from the checkpoint
     if hparams.get("audio"):
         hparams["audio"] = dict(hparams["audio"], pretrained=False)
-    module = MMLLMModule(**hparams)
+    module = MMLLMModule(ModuleConfig.from_dict(hparams, where=f"{ckpt} hyper_parameters"))
     module.load_state_dict(state["state_dict"])
     check_finite_weights(module.model, ckpt)
     return module.model.eval()

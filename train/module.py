@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -13,8 +13,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from mmllm.backbone import is_lora
-from mmllm.config import (Arch, AudioConfig, CrossAttentionPositions, EncoderConfig, LLMConfig, MMLLMConfig,
-                          ProcessorConfig, TileIdentity, TilesInSequence)
+from mmllm.config import MMLLMConfig
 from mmllm.model import MMLLM, WEIGHTS_FILE
 
 from .checkpoint import is_sharded, read_checkpoint
@@ -50,110 +49,67 @@ def parameter_table(parts: dict[str, list[nn.Parameter]], labels: dict[str, str]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
 
 
+@dataclass
+class ModuleConfig(MMLLMConfig):
+    """What `--model.*` sets: the model (every `MMLLMConfig` field, the arch's knobs included) and how it trains.
+    The CLI reads this dataclass itself, so each setting is defined and documented once, here or on the classes
+    it extends.
+
+    The LR warms up linearly for `warmup_steps`, then decays by a cosine to 10 %: over the whole run, or with
+    `decay_steps` over only the last that many steps after holding the peak (warmup-stable-decay), so a
+    from-scratch model's late learning transition is not starved of LR.
+
+    Attributes:
+        gradient_checkpointing: recompute activations in the backward pass: less memory, about a third more
+            compute.
+        stage: pretrain (the connector trains) or sft (the connector and the LLM train).
+        freeze_llm_in_sft: keep the LLM frozen in SFT too (paper Table 9).
+        train_encoder: train the vision/audio encoder as well (NVLM keeps it frozen).
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: steps of linear LR warm-up.
+        decay_steps: cosine-decay only the last this many steps after holding the peak; null: decay over the
+            whole run.
+        max_new_tokens: tokens generated per item in predict.
+        init_from: start from an earlier stage's weights (a save_pretrained folder or a .ckpt, e.g. pretrain's
+            before SFT) with a fresh optimizer and schedule; --ckpt_path instead resumes one interrupted run.
+    """
+
+    gradient_checkpointing: bool = False
+    stage: Stage = "pretrain"
+    freeze_llm_in_sft: bool = False
+    train_encoder: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    decay_steps: int | None = None
+    max_new_tokens: int = 32
+    init_from: str | None = None
+
+    def model_config(self) -> MMLLMConfig:
+        """The model alone, as config.json stores it (no training settings)."""
+        return MMLLMConfig(**{f.name: getattr(self, f.name) for f in fields(MMLLMConfig)})
+
+
 class MMLLMModule(L.LightningModule):
-    def __init__(
-        self,
-        arch: Arch = "nvlm_d",
-        encoder: EncoderConfig | dict | None = None,
-        llm: LLMConfig | dict | None = None,
-        processor: ProcessorConfig | dict | None = None,
-        audio: AudioConfig | dict | None = None,
-        pixel_shuffle: int = 2,
-        connector_hidden: int | None = None,
-        tiles_in_sequence: TilesInSequence | None = None,
-        tags_own_tile: bool | None = None,
-        projector: str | None = None,
-        cross_attention_every: int | None = None,
-        cross_attention_layers: list[int] | None = None,
-        tile_identity: TileIdentity | None = None,
-        cross_attention_positions: CrossAttentionPositions | None = None,
-        input_positions: int = 0,
-        gradient_checkpointing: bool = False,
-        stage: Stage = "pretrain",
-        freeze_llm_in_sft: bool = False,
-        train_encoder: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 20,
-        decay_steps: int | None = None,
-        max_new_tokens: int = 32,
-        init_from: str | None = None,
-    ) -> None:
-        """The model (the fields of `MMLLMConfig`) and how it trains.
-
-        Knobs left None take the arch's preset (`ARCH_PRESETS`). The LR warms up linearly for
-        `warmup_steps`, then decays by a cosine to 10 %: over the whole run, or with `decay_steps` over only
-        the last that many steps after holding the peak (warmup-stable-decay), so a from-scratch model's late
-        learning transition is not starved of LR.
-
-        Args:
-            arch: nvlm_d (every tile in the decoder sequence), nvlm_x (tiles through gated cross-attention)
-                or nvlm_h (the thumbnail in the sequence, the tiles through cross-attention).
-            encoder: the vision encoder (EncoderConfig fields; see --model.encoder.help EncoderConfig).
-            llm: the causal LM (LLMConfig fields; see --model.llm.help LLMConfig).
-            processor: tiling, tile tags and prompt layout (ProcessorConfig fields).
-            audio: a speech encoder and its connector (AudioConfig fields); null: a vision-only model.
-            pixel_shuffle: factor by which pixel shuffle merges neighbouring patch tokens per side (1: none).
-            connector_hidden: hidden width of the MLP projector; null: the LLM's FFN width, as NVLM-D does.
-            tiles_in_sequence: override of the arch's preset: which tiles become decoder tokens (all, thumbnail,
-                none); the others are reached through cross-attention.
-            tags_own_tile: override: tile-tag tokens stay in the sequence and cross-attend only their own tile.
-            projector: override: the connector's projector (`connectors.PROJECTORS` name, e.g. mlp, linear).
-            cross_attention_every: override: one cross-attention block every k decoder layers.
-            cross_attention_layers: the decoder layers that get a cross-attention block; wins over
-                cross_attention_every.
-            tile_identity: override: how a cross-attended token knows its tile (learned, tag, tag_entries,
-                none).
-            cross_attention_positions: override: positions inside the cross-attention (none, or rope at the
-                queries' and media items' sequence positions).
-            input_positions: size of a learned absolute position table added to the LLM's input (0: none).
-            gradient_checkpointing: recompute activations in the backward pass: less memory, about a third
-                more compute.
-            stage: pretrain (the connector trains) or sft (the connector and the LLM train).
-            freeze_llm_in_sft: keep the LLM frozen in SFT too (paper Table 9).
-            train_encoder: train the vision/audio encoder as well (NVLM keeps it frozen).
-            lr: peak learning rate (AdamW).
-            weight_decay: AdamW weight decay.
-            warmup_steps: steps of linear LR warm-up.
-            decay_steps: cosine-decay only the last this many steps after holding the peak; null: decay over
-                the whole run.
-            max_new_tokens: tokens generated per item in predict.
-            init_from: start from an earlier stage's weights (a save_pretrained folder or a .ckpt, e.g.
-                pretrain's before SFT) with a fresh optimizer and schedule; --ckpt_path instead resumes one
-                interrupted run.
-        """
+    def __init__(self, config: ModuleConfig) -> None:
+        """The model and its training, built from one `ModuleConfig`."""
         super().__init__()
-        self.config = MMLLMConfig(
-            arch=arch,
-            encoder=encoder or EncoderConfig(),
-            llm=llm or LLMConfig(),
-            processor=processor or ProcessorConfig(),
-            audio=audio,
-            pixel_shuffle=pixel_shuffle,
-            connector_hidden=connector_hidden,
-            tiles_in_sequence=tiles_in_sequence,
-            tags_own_tile=tags_own_tile,
-            projector=projector,
-            cross_attention_every=cross_attention_every,
-            cross_attention_layers=cross_attention_layers,
-            tile_identity=tile_identity,
-            cross_attention_positions=cross_attention_positions,
-            input_positions=input_positions,
-        )
+        self.config = config.model_config()
         self.model = MMLLM(self.config)
-        # Plain dicts only, so checkpoints load with torch.load(weights_only=True). Saved after the build,
-        # which writes a loaded pretrained audio encoder's architecture into the config.
-        self.save_hyperparameters(
-            dict(self.config.to_dict(), stage=stage, freeze_llm_in_sft=freeze_llm_in_sft, train_encoder=train_encoder,
-                 lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, decay_steps=decay_steps,
-                 max_new_tokens=max_new_tokens, gradient_checkpointing=gradient_checkpointing)
-        )
-        if init_from:  # not a hyper-parameter: a checkpoint of this run holds the weights itself
-            load_weights(self.model, init_from)
-        if gradient_checkpointing:
+        # Plain dicts only, so checkpoints load with torch.load(weights_only=True); the same flat fields as
+        # `--model.*`, so Lightning's --ckpt_path reads them back. Taken after the build, which writes a loaded
+        # pretrained tower's architecture into the (shared) part configs. `init_from` is left out: a checkpoint
+        # of this run holds the weights itself.
+        hparams = asdict(config)
+        hparams.pop("init_from")
+        self.save_hyperparameters(hparams)
+        if config.init_from:
+            load_weights(self.model, config.init_from)
+        if config.gradient_checkpointing:
             use_gradient_checkpointing(self.model)
         self.split_seen = SplitSeen()
-        self.trainable = stage_trainable(stage, freeze_llm_in_sft, train_encoder)
+        self.trainable = stage_trainable(config.stage, config.freeze_llm_in_sft, config.train_encoder)
         for name, params in self.part_parameters().items():
             for p in params:
                 p.requires_grad_(self.trainable[name])
@@ -277,7 +233,7 @@ class MMLLMModule(L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.get("decay_steps"))
+            optimizer, partial(lr_factor, total=total, warmup=self.hparams.warmup_steps, decay=self.hparams.decay_steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
