@@ -20,8 +20,8 @@ from mmllm.connectors import GatedCrossAttention
 class MediaMemory:
     """What the cross-attention layers read during one call.
 
-    `prompt` holds the mask rows of the prompt; tokens beyond it (decoding steps) see the sample's
-    last media item (`tail`).
+    `prompt` holds the mask rows of the prompt's tokens; a token after the prompt (a generated one) sees the
+    sample's last media item (`tail`).
     """
 
     values: torch.Tensor  # [B, N, d] keys/values input per sample (tiles, clips, tag entries), padded
@@ -36,13 +36,13 @@ class MediaMemory:
         return MediaMemory(*(t.repeat_interleave(copies, dim=0) for t in
                              (self.values, self.key_positions, self.prompt, self.tail)))
 
-    def mask(self, length: int) -> torch.Tensor:
-        """Mask rows for a call on `length` new tokens: the prompt, one decoding step, or both (no cache)."""
+    def mask(self, start: int, length: int) -> torch.Tensor:
+        """Mask rows [B, length, N] of the sequence positions start .. start + length - 1: a whole prompt, a
+        chunk of it, one decoding step, or a prompt and what was generated after it (no cache)."""
         t0 = self.prompt.shape[1]
-        if length == t0:
-            return self.prompt
-        tail = self.tail.unsqueeze(1).expand(-1, length if length < t0 else length - t0, -1)
-        return tail if length < t0 else torch.cat([self.prompt, tail], 1)
+        prompt = self.prompt[:, start:start + length]
+        generated = self.tail.unsqueeze(1).expand(-1, length - prompt.shape[1], -1)
+        return torch.cat([prompt, generated], 1) if generated.shape[1] else prompt
 
 
 class CrossAttentionDecoderLayer(nn.Module):
@@ -53,9 +53,9 @@ class CrossAttentionDecoderLayer(nn.Module):
     recomputed block (activation checkpointing) sees the same inputs as the first pass.
     """
 
-    def __init__(self, cross: GatedCrossAttention, layer: nn.Module) -> None:
+    def __init__(self, cross: GatedCrossAttention, layer: nn.Module, index: int) -> None:
         super().__init__()
-        self.cross, self.layer = cross, layer
+        self.cross, self.layer, self.index = cross, layer, index
         self.memory: MediaMemory | None = None
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -70,8 +70,18 @@ class CrossAttentionDecoderLayer(nn.Module):
             kv = self._kv or self.cross.kv(self.memory.values, self.memory.key_positions)
             if not torch.is_grad_enabled():
                 self._kv = kv
-            hidden_states = self.cross(hidden_states, kv, self.memory.mask(hidden_states.shape[1]), positions)
+            mask = self.memory.mask(self.start(kwargs), hidden_states.shape[1])
+            hidden_states = self.cross(hidden_states, kv, mask, positions)
         return self.layer(hidden_states, *args, **kwargs)
+
+    def start(self, kwargs: dict) -> int:
+        """The sequence position of this call's first token: how many tokens the KV cache already holds for this
+        layer (its self-attention adds this call's own after the cross-attention block has run), 0 without one."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        return 0 if cache is None else cache.get_seq_length(self.index)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
 
 
 class InputPositionLayer(nn.Module):

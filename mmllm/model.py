@@ -79,7 +79,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
             rope = float((getattr(llm_cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
         for i in spec.cross_attention_at(len(layers)):
             block = GatedCrossAttention(d_llm, llm_cfg.num_attention_heads, ffn, rope_base=rope)
-            layers[i] = CrossAttentionDecoderLayer(block, layers[i])
+            layers[i] = CrossAttentionDecoderLayer(block, layers[i], i)
         if spec.input_positions:
             layers[0] = InputPositionLayer(layers[0], spec.input_positions, d_llm)
         # Per tile slot (the global view has its own) and token within the tile, as Mllama's tile-position

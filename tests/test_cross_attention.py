@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from mmllm.config import LLMConfig, ProcessorConfig
 from mmllm.layers import CrossAttentionDecoderLayer
@@ -312,3 +313,22 @@ def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch):
         assert torch.equal(rows, single), (k, rows, single)
     sampled = model.generate(proc.collate(prompts), do_sample=True, num_return_sequences=2, max_new_tokens=3)
     assert sampled.shape[0] == 4  # sampling expands each prompt to its returned sequences
+
+
+@pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
+def test_a_prompt_fed_through_the_cache_in_chunks_equals_one_pass(arch):
+    """A layer reads which positions a call holds from the KV cache, not from the call's length: a prompt
+    prefilled in two chunks gets the prompt's mask rows (text before the image sees nothing) as in one pass."""
+    model = build(arch)
+    open_gates(model)
+    batch = batch_for(model, ["Read the image please."], [[text_image("hello", (96, 48))]])
+    mask, length = batch.attention_mask, batch.input_ids.shape[1]
+    split = length // 3
+    with torch.no_grad(), model.conditioned(batch) as embeds:
+        whole = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)).logits
+        cache, chunks = DynamicCache(config=model.llm.config), []
+        for a, b in ((0, split), (split, length)):
+            chunks.append(model.llm(inputs_embeds=embeds[:, a:b], attention_mask=mask[:, :b], use_cache=True,
+                                    position_ids=positions(mask)[:, a:b], cache=cache).logits)
+    assert (batch.layout.token_media[0, :split] < 0).any()  # the first chunk holds text before the image
+    torch.testing.assert_close(torch.cat(chunks, 1), whole, atol=1e-5, rtol=1e-5)
