@@ -5,8 +5,6 @@ tile count grows, all in one process so that the printed ratios compare like wit
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import os
 import statistics
 import time
@@ -19,11 +17,11 @@ import torch
 from torch import nn
 
 from mmllm.config import ARCHS, EncoderConfig, LLMConfig, MMLLMConfig, ProcessorConfig
-from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.model import MMLLM
-from mmllm.processor import ModelInputs
 from mmllm.tokenizer import load_tokenizer
 
+from .bench_report import fmt, tables, write_report
+from .peers import PEERS, Tower
 from .cost import (decoder_length, mixed_samples, our_inputs, packing_rows, peak_memory_mb, peak_tflops, prompt_batch,
                    reset_peak_memory, step_flops, timed, train_batch, train_step)
 
@@ -59,7 +57,6 @@ SIZES: dict[str, dict] = {
         cross_attention_every=4,
     ),
 }
-PEER_OF = {"nvlm_d": "llava", "nvlm_x": "mllama"}
 
 
 def default_tiles(size: str, max_tiles: int) -> list[int]:
@@ -79,103 +76,6 @@ def size_config(size: str, arch: str, max_tiles: int) -> MMLLMConfig:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@dataclass
-class Tower:
-    """Our timm ViT's geometry, which a peer's vision tower copies."""
-
-    width: int
-    depth: int
-    heads: int
-    mlp: int
-    image_size: int
-    tokens: int  # patches per tile our tower runs on
-    llm_tokens: int  # image tokens per tile our LLM gets (after pixel shuffle)
-
-    @classmethod
-    def of(cls, model: MMLLM) -> "Tower":
-        blocks = list(model.encoder.model.blocks)
-        rows, cols = model.encoder.grid
-        return cls(model.encoder.dim, len(blocks), blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features,
-                   model.processor.tile_size, rows * cols, model.processor.tokens_per_tile)
-
-    @property
-    def peer_patch(self) -> int:
-        """The square patch that gives a peer as many tokens per tile as our LLM gets (peers cannot pool)."""
-        per_side = math.isqrt(self.llm_tokens)
-        if per_side**2 != self.llm_tokens or self.image_size % per_side:
-            raise ValueError(f"{self.llm_tokens} tokens per {self.image_size}-px tile: no square patch matches")
-        return self.image_size // per_side
-
-
-def build_llava(ours: MMLLM) -> nn.Module:
-    """LLaVA at our size: the same Llama config, a CLIP tower of our ViT's width/depth/heads/MLP on
-    the same tiles, with the square patch that puts as many tokens per tile into the LLM as ours."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    t = Tower.of(ours)
-    vision = CLIPVisionConfig(hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
-                              num_attention_heads=t.heads, image_size=t.image_size, patch_size=t.peer_patch,
-                              hidden_act="gelu")
-    config = LlavaConfig(vision_config=vision, text_config=copy.deepcopy(ours.llm.config),
-                         image_token_index=ours.image_token_id, vision_feature_layer=-1,
-                         image_seq_length=ours.processor.tokens_per_tile)
-    return LlavaForConditionalGeneration(config)
-
-
-def build_mllama(ours: MMLLM, n_tiles: int) -> nn.Module:
-    """Llama 3.2 Vision at our NVLM-X's size, for images of exactly `n_tiles` tiles.
-
-    Text: our Llama's layers plus one Mllama cross-attention layer where we insert a block. Vision:
-    our ViT's width/depth/heads/MLP (no global layers; one intermediate layer concatenated) with the
-    patch that matches our tokens per tile. Mllama always encodes `max_num_tiles` tiles per image,
-    so it is built with that set to the tiles we feed, and runs no padding tiles.
-    """
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaTextConfig, MllamaVisionConfig
-
-    t = Tower.of(ours)
-    vision = MllamaVisionConfig(hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
-                                num_global_layers=0, attention_heads=t.heads, image_size=t.image_size,
-                                patch_size=t.peer_patch, max_num_tiles=n_tiles, supported_aspect_ratios=[[1, n_tiles]],
-                                intermediate_layers_indices=[t.depth // 2], vision_output_dim=2 * t.width)
-    llm = ours.llm.config
-    ours_at = list(ours.cross_layers())
-    shared = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-              "rms_norm_eps", "max_position_embeddings", "rope_parameters", "hidden_act",
-              "bos_token_id", "eos_token_id", "pad_token_id")
-    text = MllamaTextConfig(num_hidden_layers=llm.num_hidden_layers + len(ours_at),
-                            cross_attention_layers=[i + rank for rank, i in enumerate(ours_at)],
-                            **{k: getattr(llm, k) for k in shared})
-    return MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text,
-                                                       image_token_index=ours.image_token_id))
-
-
-def llava_inputs(batch: ModelInputs, device: torch.device) -> dict:
-    """Our NVLM-D batch as it is: LLaVA splices the tiles' features (a batch of images) over the same
-    placeholders, so both decoders see the same sequence."""
-    given = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
-    return {k: v.to(device) for k, v in given.items() if v is not None}  # labels: None in a prompt batch
-
-
-def mllama_inputs(batch: ModelInputs, device: torch.device) -> dict:
-    """Our NVLM-X batch for Mllama: each sample's tiles as one image of T tiles, and a tile-level
-    cross-attention mask equal to ours (a token sees its image's tiles, a tile tag only its own tile)."""
-    layout = batch.layout
-    b = batch.input_ids.shape[0]
-    pixels = batch.pixel_values
-    n = pixels.shape[0] // b
-    tile = torch.arange(n)
-    sees = (layout.token_media >= 0).unsqueeze(-1) & (
-        (layout.token_tile.unsqueeze(-1) < 0) | (layout.token_tile.unsqueeze(-1) == tile))
-    inputs = {
-        "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels,
-        "pixel_values": pixels.view(b, 1, n, *pixels.shape[1:]),
-        "aspect_ratio_ids": torch.ones(b, 1, dtype=torch.long),
-        "aspect_ratio_mask": torch.ones(b, 1, n, dtype=torch.long),
-        "cross_attention_mask": sees.unsqueeze(2).long(),  # [B, T, images=1, tiles]
-    }
-    return {k: v.to(device) for k, v in inputs.items() if v is not None}  # labels: None in a prompt batch
 
 
 @dataclass
@@ -234,24 +134,25 @@ def measure(entries: list[Entry], device: torch.device, steps: int, new_tokens: 
 
 
 def build_entries(models: dict[str, MMLLM], peers: dict[str, nn.Module], n_tiles: int, batch_size: int,
-            device: torch.device) -> list[Entry]:
-    """Each of our models, and each peer on the inputs of the arch it stands next to."""
+                  device: torch.device) -> list[Entry]:
+    """Each of our models, and each built peer (`peers`: by the arch it stands next to) on that arch's inputs."""
     out = []
     for arch, model in models.items():
         train, prompt = train_batch(model, n_tiles, batch_size), prompt_batch(model, n_tiles, batch_size)
         out.append(Entry(arch, model, our_inputs(train, device), our_inputs(prompt, device),
                          decoder_length(model, n_tiles), batch_size))
         if arch in peers:
-            convert = llava_inputs if arch == "nvlm_d" else mllama_inputs
+            convert = PEERS[arch].inputs
             ids = {"pad_token_id": model.tokenizer.pad_token_id, "eos_token_id": model.tokenizer.eos_token_id}
-            out.append(Entry(PEER_OF[arch], peers[arch], convert(train, device), {**convert(prompt, device), **ids},
-                             prompt.input_ids.shape[1], batch_size))
+            out.append(Entry(PEERS[arch].name, peers[arch], convert(train, device),
+                             {**convert(prompt, device), **ids}, prompt.input_ids.shape[1], batch_size))
     return out
 
 
 def ratio_rows(rows: list[dict]) -> list[dict]:
-    """X/D and H/D, D/LLaVA and X/Mllama at each size and tile count: time and decoder-length ratios."""
-    pairs = [("nvlm_x", "nvlm_d"), ("nvlm_h", "nvlm_d"), ("nvlm_d", "llava"), ("nvlm_x", "mllama")]
+    """Each arch over the first (D, the paper's baseline) and ours over each peer, at each size and tile count:
+    time and decoder-length ratios."""
+    pairs = [(arch, ARCHS[0]) for arch in ARCHS[1:]] + [(arch, peer.name) for arch, peer in PEERS.items()]
     out = []
     for size, tiles in dict.fromkeys((r["size"], r["tiles"]) for r in rows):
         at = {r["model"]: r for r in rows if (r["size"], r["tiles"]) == (size, tiles)}
@@ -269,8 +170,8 @@ def model_rows(size: str, models: dict[str, MMLLM], peers: dict[str, nn.Module])
             "llm_tokens_per_tile": m.processor.tokens_per_tile} for arch, m in models.items()]
     for arch, peer in peers.items():
         patches = Tower.of(models[arch]).llm_tokens
-        out.append({"size": size, "model": PEER_OF[arch], "params": n_params(peer), "tower_tokens_per_tile": patches,
-                    "llm_tokens_per_tile": patches + (arch == "nvlm_x")})
+        out.append({"size": size, "model": PEERS[arch].name, "params": n_params(peer),
+                    "tower_tokens_per_tile": patches, "llm_tokens_per_tile": patches + PEERS[arch].extra_tokens_per_tile})
     return out
 
 
@@ -290,13 +191,11 @@ def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles
             torch.manual_seed(0)
             models[arch] = MMLLM(size_config(size, arch, max_tiles), tokenizer=tokenizer).to(device, dtype)
         built = {}
-        if peers and "nvlm_d" in models:
-            torch.manual_seed(0)
-            built["nvlm_d"] = build_llava(models["nvlm_d"]).to(device, dtype)
         for k in tiles or default_tiles(size, max_tiles):
-            if peers and "nvlm_x" in models:
-                torch.manual_seed(0)  # Mllama's tile tables are sized by the tile count: one model per count
-                built["nvlm_x"] = build_mllama(models["nvlm_x"], k + (k > 1)).to(device, dtype)
+            for arch in [a for a in models if peers and a in PEERS]:
+                if PEERS[arch].per_tile_count or arch not in built:
+                    torch.manual_seed(0)
+                    built[arch] = PEERS[arch].build(models[arch], k + (k > 1)).to(device, dtype)
             for row in measure(build_entries(models, built, k, batch_size, device), device, steps, new_tokens, peak):
                 rows.append({"size": size, "tiles": k, **row})
                 print(f"[bench] {size}, {k} tile(s), {row['model']}: step {row['step_s'] * 1000:.1f} ms, "
@@ -315,111 +214,6 @@ def bench(sizes: list[str], archs: list[str], tiles: list[int] | None, max_tiles
 # The packing measurement: this many samples of mixed lengths (`mixed_samples`), one padded row each or packed
 # into rows as long as the longest sample (0) or of 2048 tokens.
 PACKING_SAMPLES, PACK_TO = 8, [0, 2048]
-
-NOTES = """\
-- **Timing.** Train step = forward + backward of the LM loss on a batch of identical one-image
-  question/answer samples (median of the timed repeats after one warm-up); generation = greedy decoding
-  of exactly `new_tokens` tokens with the KV cache, prefill and image encoding included (tokens/s =
-  batch x new tokens / median time). Repeats go round the models in turn, so load changes hit all alike.
-  Ratios are time ratios (ours / theirs, X / D, ...), so < 1 means the first is faster.
-- **FLOPs and MFU.** The FLOPs of one train step are counted by torch's FlopCounterMode on a real
-  forward + backward (matrix products, convolutions, attention; elementwise work is not counted).
-  MFU = those FLOPs / median step time / the device's dense bf16 peak (known GPUs, or `--peak_tflops`);
-  train tokens/s = batch x decoder tokens / step time.
-- **Shared CPUs.** With another job on the cores, OpenMP's spinning worker threads stall: on a shared
-  2-core machine a tiny train step took 1.7 s with torch's 2 threads and 8 ms with
-  `OMP_WAIT_POLICY=PASSIVE`, so `mmllm bench` sets that unless the variable is already set (settings
-  record it; export OMP_WAIT_POLICY=ACTIVE for libgomp's default). Compare numbers of one run only.
-- **Packing.** The same 8 mixed-length samples (a fifth text only, the rest 1 to max_tiles tiles, answers
-  of 1 to 60 words) in one train step, collated one left-padded row each or packed (`--data.pack_to`) into
-  rows as long as the longest sample or of 2048 tokens: padding = pad tokens / all tokens of the batch; real
-  tokens/s counts the samples' own. sdpa computes every score of a packed row and masks the other samples'
-  (flash-attention's varlen kernel skips them), so long packed rows cost attention that padding does not.
-- **Tiles.** `k` tiles come from a 1 x k image; for k > 1 the thumbnail is added (k + 1 tiles encoded).
-  D puts every tile's tag and tokens into the decoder, X only the tags (keys/values: all tiles), H the
-  thumbnail (keys/values: the regular tiles, each with its tile identity).
-- **Peak memory** on CPU is the process RSS high-water mark (VmHWM, reset per model with
-  /proc/self/clear_refs): it includes the Python runtime and every model built so far; on CUDA it is
-  the allocator's peak for that model's warm-up step and generation.
-- **LLaVA next to NVLM-D.** Same Llama config; a CLIP tower with our ViT's width, depth, heads and MLP on
-  the same tiles, fed as a batch of images; its square patch is chosen so that each tile gives as many
-  tokens as ours gives the LLM after pixel shuffle (LLaVA cannot pool). It then gets our NVLM-D batch
-  as it is (same placeholders, tags and text), so both decoders see the same sequence. Its projector is
-  Linear-GELU-Linear (d_llm wide) where ours is LayerNorm-Linear-GELU-Linear (d_ffn wide).
-- **Mllama next to NVLM-X.** Same Llama layers plus one Mllama cross-attention layer where we insert a
-  gated block (its MLP is SwiGLU and its keys/values use the LLM's KV heads; ours are GELU and full
-  width). Vision: our ViT's width/depth/heads/MLP with the matching patch, no global encoder layers
-  (Llama 3.2 Vision has 8), its gated position/tile embeddings and one intermediate layer concatenated
-  (vision_output_dim = 2 x width). It keeps CLS, so it has one key more per tile. Mllama always encodes
-  `max_num_tiles` tiles per image, so one model is built per tile count with exactly the tiles we feed
-  (ours, thumbnail included): no padding tiles; its tile tables, and so its parameter count, grow with it
-  (the models table shows it at the largest tile count; bench.json has it per row).
-  Its cross-attention mask is ours at tile level (a token sees its image's tiles, an X tile tag only
-  its own tile).
-- **Sizes.** tiny = the test suite's tiny model (16x4 patches + 2x2 pixel shuffle on 32-px tiles: 4
-  tokens per tile; the peers' 16-px patches give the LLM the same 4 but run their towers on 4 patches
-  where ours runs on 16, negligible at this width). 100m = ViT-S (384 wide, 12 blocks) with 32-px
-  patches and no pixel shuffle on 224-px tiles (49 tokens per tile, as ViT-S/16 + 2x2 shuffle would give
-  the LLM) and a 12-layer, 768-wide Llama: towers and LLMs of ours and the peers run on exactly the same
-  token counts.
-"""
-
-
-def fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def tables(result: dict) -> dict[str, str]:
-    """The markdown tables of a result: models, measurements, ratios."""
-    from mmllm.eval.report import markdown_table
-
-    models = markdown_table(
-        ["size", "model", "params", "tower patches / tile", "LLM image tokens / tile"],
-        [[m["size"], m["model"], f"{m['params']:,}", m["tower_tokens_per_tile"], m["llm_tokens_per_tile"]]
-         for m in result["models"]])
-    rows = markdown_table(
-        ["size", "tiles", "model", "decoder tokens", "step ms", "train tokens/s", "step TFLOP", "MFU %",
-         "gen tokens/s", "peak MB"],
-        [[r["size"], r["tiles"], r["model"], r["decoder_len"], fmt(r["step_s"] * 1000, ".1f"),
-          fmt(r["train_tokens_per_s"], ".0f"), fmt(r["step_tflop"], ".4f"), fmt(r["mfu"] and 100 * r["mfu"], ".1f"),
-          fmt(r["tokens_per_s"], ".1f"), fmt(r["peak_mb"], ".0f")] for r in result["rows"]])
-    ratios = markdown_table(
-        ["size", "tiles", "pair", "step time", "generation time", "decoder tokens"],
-        [[r["size"], r["tiles"], r["pair"], fmt(r["step_s"], ".2f"), fmt(r["gen_s"], ".2f"),
-          fmt(r["decoder_len"], ".2f")] for r in result["ratios"]])
-    packing = markdown_table(
-        ["size", "model", "batching", "rows x tokens", "padding", "step ms", "real tokens/s"],
-        [[r["size"], r["model"], r["batching"], f"{r['rows']} x {r['row_tokens']}", fmt(r["padding_fraction"], ".3f"),
-          fmt(r["step_s"] * 1000, ".0f"), fmt(r["real_tokens_per_s"], ".0f")] for r in result.get("packing", [])])
-    return {"models": models, "rows": rows, "ratios": ratios, "packing": packing}
-
-
-def write_report(result: dict, out: Path) -> list[Path]:
-    """bench.json, bench.md and, per size, step time and tokens/s vs tiles (PNG)."""
-    from mmllm.eval.report import plot_lines
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", result)
-    pictures = []
-    for size in dict.fromkeys(r["size"] for r in result["rows"]):
-        rows = [r for r in result["rows"] if r["size"] == size]
-        for key, title, unit in (("step_s", "train step time", "s"), ("tokens_per_s", "generation", "tokens/s")):
-            series = {m: [(r["tiles"], r[key]) for r in rows if r["model"] == m]
-                      for m in dict.fromkeys(r["model"] for r in rows)}
-            path = out / f"{key}_vs_tiles-{size}.png"
-            plot_lines(series, path, f"{size}: {title} (batch {result['settings']['batch']})",
-                       "tiles (+ thumbnail when > 1)", unit)
-            pictures.append(path)
-    t = tables(result)
-    settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
-    write_text_atomic(out / "bench.md",
-        "# mmllm bench: NVLM-D, -X, -H and their Hugging Face peers\n\n"
-        f"Settings: {settings}. Total {result['total_s']:.0f} s in one process.\n\n"
-        f"## Models\n\n{t['models']}\n\n## Measurements\n\n{t['rows']}\n\n## Ratios (time: first / second)\n\n"
-        f"{t['ratios']}\n\n## Packing ({PACKING_SAMPLES} mixed-length samples)\n\n{t['packing']}\n\n"
-        + "".join(f"![{p.name}]({p.name})\n\n" for p in pictures) + "## Notes\n\n" + NOTES)
-    return [out / "bench.json", out / "bench.md", *pictures]
-
 
 def _csv(kind: type) -> Callable[[str], list]:
     return lambda text: [kind(x) for x in text.split(",") if x.strip()]
@@ -478,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"settings": {"device": args.device, "dtype": "bfloat16" if device.type == "cuda" else "float32",
                            "threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
                            "new_tokens": args.new_tokens, "max_tiles": args.max_tiles, "tiles": tiles or "default",
+                           "packing_samples": PACKING_SAMPLES,
                            "peak_tflops": args.peak_tflops or peak_tflops(device),
                            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")},
               "total_s": time.perf_counter() - start, **result}

@@ -115,7 +115,7 @@ def fits(smoke: bool, work: Path) -> list[dict]:
 
 
 def table(bench: dict, fit_rows: list[dict]) -> str:
-    from mmllm.eval.bench import fmt
+    from mmllm.eval.bench_report import fmt
     from mmllm.eval.report import markdown_table
 
     measured = markdown_table(

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mmllm.eval.bench import ARCHS, build_llava, build_mllama, llava_inputs, main, mllama_inputs, n_params, size_config
+from mmllm.eval.bench import ARCHS, main, n_params, size_config
+from mmllm.eval.peers import build_llava, build_mllama, llava_inputs, mllama_inputs
 from mmllm.eval.cost import decoder_length, prompt_batch, step_flops, train_batch, train_step
 from mmllm.model import MMLLM
 
@@ -33,7 +34,7 @@ def tiny() -> dict[str, MMLLM]:
 
 def test_llava_matches_nvlm_d_in_size_and_runs_on_its_batch(tiny):
     ours = tiny["nvlm_d"]
-    llava = build_llava(ours)
+    llava = build_llava(ours, 1)
     # Same Llama; the CLIP tower and projector differ only in shape details (patch embedding, norms, biases).
     assert abs(n_params(llava) / n_params(ours) - 1) < 0.02
     batch = train_batch(ours, 2, batch_size=2)
