@@ -155,8 +155,8 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
 def _prompt_lengths(model, folder: Path, limit: int = 32) -> list[int]:
     """Decoder tokens of the first test prompts: what each architecture puts into the sequence."""
     items = ItemsDataset(folder / "items.jsonl", model.processor)
-    samples = (items[i]["sample"] for i in range(min(limit, len(items))))
-    return [len(s["input_ids"]) for s in samples if s is not None]
+    samples = (items[i].sample for i in range(min(limit, len(items))))
+    return [len(s.input_ids) for s in samples if s is not None]
 
 
 def mean_std(values: list[float], pct: bool = True, digits: int = 1) -> str:

@@ -22,7 +22,7 @@ import torch
 from mmllm.eval.metrics import corpus_cer, score
 from mmllm.eval.report import markdown_table
 from mmllm.model import MMLLM
-from mmllm.processor import ModelInputs
+from mmllm.sample import ModelInputs
 from mmllm.train.items import ItemsDataset, PromptCollator
 from mmllm.train.media import paths_of
 
@@ -64,10 +64,10 @@ def predict(model: MMLLM, items: ItemsDataset, batch_size: int, shuffle_images: 
         if shuffle_images:
             other = items.records[(i + 1) % len(items)]
             images = [model.processor.load_image(p) for p in paths_of(other, "image")]
-            question = str(item["record"].data["question"]).strip()
-            item = {**item, "sample": model.processor.encode_prompt(question, images)}
-        if item["sample"] is None:
-            raise ValueError(f"bad item {item['error']}: controls need a clean set")
+            question = str(item.record.data["question"]).strip()
+            item = replace(item, sample=model.processor.encode_prompt(question, images))
+        if item.sample is None:
+            raise ValueError(f"bad item {item.error}: controls need a clean set")
         samples.append(item)
     out = []
     collate = PromptCollator(model.processor)
@@ -76,7 +76,7 @@ def predict(model: MMLLM, items: ItemsDataset, batch_size: int, shuffle_images: 
         batch = collate(chunk)
         inputs = batch.inputs
         if swap:
-            inputs = swap_tiles(inputs, [n for it in chunk for n in it["sample"]["tiles_per_image"]])
+            inputs = swap_tiles(inputs, [n for it in chunk for n in it.sample.tiles_per_image])
         ids = model.generate(inputs, max_new_tokens=32)
         out += [model.processor.decode(row) for row in ids.tolist()]
     return out

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmllm.model import MMLLM
-from mmllm.processor import ModelInputs
+from mmllm.sample import ModelInputs, Sample
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 QUESTION = "What text is in the image?"
@@ -54,7 +54,7 @@ def tiles_image(model: MMLLM, n_tiles: int) -> Image.Image:
 
 
 def decoder_length(model: MMLLM, n_tiles: int, question: str = QUESTION) -> int:
-    return len(model.processor.encode_prompt(question, [tiles_image(model, n_tiles)])["input_ids"])
+    return len(model.processor.encode_prompt(question, [tiles_image(model, n_tiles)]).input_ids)
 
 
 def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
@@ -64,7 +64,7 @@ def train_batch(model: MMLLM, n_tiles: int, batch_size: int) -> ModelInputs:
     return proc.collate([proc.encode(conv, [tiles_image(model, n_tiles)]) for _ in range(batch_size)])
 
 
-def mixed_samples(model: MMLLM, n: int, max_tiles: int, seed: int = 0) -> list[dict]:
+def mixed_samples(model: MMLLM, n: int, max_tiles: int, seed: int = 0) -> list[Sample]:
     """`n` encoded samples of LLaVA-like mixed lengths: a fifth text only, the rest one image of 1 to `max_tiles`
     tiles, answers of 1 to 60 words; the same for every architecture with this seed."""
     import random
@@ -80,12 +80,12 @@ def mixed_samples(model: MMLLM, n: int, max_tiles: int, seed: int = 0) -> list[d
     return out
 
 
-def packing_rows(model: MMLLM, samples: list[dict], pack_to: list[int], device: torch.device, steps: int
+def packing_rows(model: MMLLM, samples: list[Sample], pack_to: list[int], device: torch.device, steps: int
                  ) -> list[dict]:
     """Train-step time, padding and real (non-pad) tokens/s of the same samples collated one per row and packed
     into rows of each `pack_to` tokens (0: as long as the longest sample, the padded rows' length); timed in turn,
     so all see the same machine load."""
-    proc, longest = model.processor, max(len(s["input_ids"]) for s in samples)
+    proc, longest = model.processor, max(len(s.input_ids) for s in samples)
     batches = {"padded": proc.collate(samples)}
     batches |= {f"packed to {n or longest}": proc.pack(samples, n or longest) for n in pack_to}
     fns = {name: train_step(model.train(), our_inputs(b, device)) for name, b in batches.items()}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmllm.model import MMLLM
-from mmllm.processor import ModelInputs
+from mmllm.sample import ModelInputs
 
 
 @dataclass

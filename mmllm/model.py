@@ -24,7 +24,8 @@ from .config import ConfigError, MMLLMConfig, check_choice
 from .hf import MMLLMHFConfig
 from .jsonl import file_mode
 from .layers import CrossAttentionDecoderLayer, InputPositionLayer, MediaMemory
-from .processor import IGNORE_INDEX, MODEL_KEYWORDS, MediaLayout, MMLLMProcessor, ModelInputs, per_sample
+from .processor import IGNORE_INDEX, MODEL_KEYWORDS, MMLLMProcessor, per_sample
+from .sample import MediaLayout, ModelInputs
 from .tokenizer import load_tokenizer
 
 WEIGHTS_FILE = SAFE_WEIGHTS_NAME  # "model.safetensors": transformers shards only past 50 GB

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, is_dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
-from .sample import SampleError
+from .sample import KEY_FIELDS, KEY_FILL, KeyLayout, KVSegment, MediaLayout, ModelInputs, Placement, Sample, SampleError
 from .tiling import choose_grid, tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
@@ -69,96 +69,6 @@ def check_image_size(image: Image.Image, max_side: int) -> None:
     w, h = image.size
     if min(w, h) < 1 or max(w, h) > max_side:
         raise SampleError(f"image size {w}x{h} is outside 1..{max_side} pixels per side")
-
-
-class KVSegment(NamedTuple):
-    """One tile or clip that cross-attention reaches, with what tells it apart from the others."""
-
-    kind: str  # "tile" | "audio"
-    index: int  # the segment (tile or clip) it is: within the sample in `encode`, within the batch after `collate`
-    media: int  # the media item (image or clip) of the sample it belongs to: what the mask follows
-    tile: int  # its tile index within the image (X tag tokens see only their own tile); 0 for a clip
-    tag: tuple[int, ...]  # its tile-tag token ids (empty without tags, or for a clip)
-    slot: int  # its row of the learned tile embedding: k for tile k, max_tiles for the global view; -1: none
-    start: int = 0  # where its media item begins in the sample's sequence (what key positions count from)
-
-
-@dataclass
-class KeyLayout:
-    """Every sample's cross-attention keys, laid out by the collator so that the model gathers them in one go
-    (no per-sample work on the training path). Per sample row [B, N], padded: -1 / -2 / 0 as noted."""
-
-    row: torch.Tensor  # which row of the batch's segment tokens (every segment's tokens end to end) it is; -1: none
-    index: torch.Tensor  # its token's index within its segment; -1: none
-    tag: torch.Tensor  # a tag entry (tile_identity "tag_entries"): its token, as an index into `tag_ids`; -1: none
-    slot: torch.Tensor  # its learned tile-embedding row (tile_identity "learned"); -1: none
-    group: torch.Tensor  # its tile's tag, as an index into `groups` (tile_identity "tag": their mean); -1: none
-    media: torch.Tensor  # the media item of the sample it belongs to (what the mask follows); -2: padding
-    tile: torch.Tensor  # its tile within the image; -2: padding
-    position: torch.Tensor  # its media item's place in the sequence + its index within the item
-    tag_ids: list[int]  # the distinct tile-tag tokens the keys use (tile_identity "tag" and "tag_entries")
-    groups: list[list[int]]  # the distinct tile tags (indices into `tag_ids`) whose means "tag" keys add
-
-    def to(self, device: torch.device) -> "KeyLayout":
-        return replace(self, **{f: getattr(self, f).to(device) for f in KEY_FIELDS})
-
-
-KEY_FIELDS = ("row", "index", "tag", "slot", "group", "media", "tile", "position")
-KEY_FILL = {"row": -1, "index": -1, "tag": -1, "slot": -1, "group": -1, "media": -2, "tile": -2, "position": 0}
-
-
-@dataclass
-class MediaLayout:
-    """Where a batch's image tiles and audio clips go; built by `Processor.collate`, read by the model.
-
-    Images and clips are both "media": a sample numbers them in order of appearance (what the
-    cross-attention mask follows), and the batch numbers their token segments, every tile of every
-    sample first, then every clip.
-    """
-
-    slots: torch.Tensor  # [n] segments whose tokens fill the placeholders, in order
-    token_media: torch.Tensor  # [B, T] the media item (within its sample) each token's cross-attention sees; -1: none
-    token_tile: torch.Tensor  # [B, T] -1: every tile of that image; k: only tile k (NVLM-X tile tags)
-    kv: list[list[KVSegment]]  # per sample: the segments its cross-attention keys/values are built from
-    audio_frames: torch.Tensor  # [clips] real length of each clip in mel frames; the rest of its window is padding
-    keys: KeyLayout
-    splice_rows: torch.Tensor  # [placeholders] the segment-token row each placeholder takes, in sequence order
-    segment_tokens: int  # how many tokens the batch's segments give, end to end (what the rows index)
-
-    def to(self, device: torch.device) -> "MediaLayout":
-        return replace(self, slots=self.slots.to(device), token_media=self.token_media.to(device),
-                       token_tile=self.token_tile.to(device), audio_frames=self.audio_frames.to(device),
-                       keys=self.keys.to(device), splice_rows=self.splice_rows.to(device))
-
-
-@dataclass
-class ModelInputs:
-    """One batch as the model takes it: tensors and where the media go. Bookkeeping (ids, bad samples,
-    records) travels beside it, never inside, so moving a batch to a device touches only this."""
-
-    input_ids: torch.Tensor  # [B, T] left-padded
-    attention_mask: torch.Tensor  # [B, T]
-    labels: torch.Tensor | None  # [B, T] answer tokens, IGNORE_INDEX elsewhere; None: no token is one (prompts)
-    pixel_values: torch.Tensor  # [tiles, 3, S, S] every tile of every sample, in sample order
-    audio_values: torch.Tensor  # [clips, n_mels, frames]
-    layout: MediaLayout
-    # Packed rows (`MMLLMProcessor.pack`): positions that restart at every sample, so that no token attends
-    # across samples (the LLM builds its mask from them). None: one sample per row.
-    position_ids: torch.Tensor | None = None
-
-    def keywords(self) -> dict[str, Any]:
-        """The batch as `model(**inputs)` takes it (what the processor's `__call__` returns); `labels` only
-        where some token is an answer, `position_ids` only for packed rows."""
-        given = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels,
-                 "pixel_values": self.pixel_values, "audio_values": self.audio_values, "media_layout": self.layout,
-                 "position_ids": self.position_ids}
-        return {k: v for k, v in given.items() if v is not None}
-
-    def to(self, device: torch.device | str) -> "ModelInputs":
-        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device),
-                           None if self.labels is None else self.labels.to(device),
-                           self.pixel_values.to(device), self.audio_values.to(device), self.layout.to(device),
-                           None if self.position_ids is None else self.position_ids.to(device))
 
 
 class MMLLMProcessor(ProcessorMixin):
@@ -246,7 +156,7 @@ class MMLLMProcessor(ProcessorMixin):
         pixels = torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in tiles])).permute(0, 3, 1, 2)
         return (pixels / 255.0 - self.mean) / self.std, grid
 
-    def image_layout(self, n_tiles: int, grid: tuple[int, int], image: int) -> dict:
+    def image_layout(self, n_tiles: int, grid: tuple[int, int], image: int) -> Placement:
         """How one image enters the model (docs/paper.md), following the knobs.
 
         - tiles_in_sequence "all" (D): every tile's tag text + placeholders in the decoder sequence.
@@ -254,8 +164,6 @@ class MMLLMProcessor(ProcessorMixin):
           `tags_own_tile` the tag text stays in the sequence and each tag token sees only its tile.
         - "thumbnail" (H): the thumbnail (or the lone tile) as placeholders in the sequence; the
           regular tiles are keys/values, their tags going with them.
-        Returns the sequence ids, each id's tile restriction (-1: the whole image), the local tile
-        indices that fill the placeholders, and the key/value segments.
         """
         tags = tile_tags(self.config.tile_tag, grid, n_tiles)
         n_regular = grid[0] * grid[1]
@@ -274,7 +182,7 @@ class MMLLMProcessor(ProcessorMixin):
             kv.append(KVSegment("tile", k, image, k, tuple(tag_ids), slot))
         ids += self.text_ids("</Image>")
         token_tile += [-1] * (len(ids) - len(token_tile))
-        return {"ids": ids, "tile": token_tile, "slots": slots, "kv": kv}
+        return Placement(ids, token_tile, slots, kv)
 
     # -- audio --------------------------------------------------------------------------------
     def front_end(self) -> "AudioFrontEnd":
@@ -285,7 +193,7 @@ class MMLLMProcessor(ProcessorMixin):
     def load_audio(self, path: str | Path) -> np.ndarray:
         return self.front_end().load(path)
 
-    def audio_layout(self, n_tokens: int, media: int, clip: int) -> dict:
+    def audio_layout(self, n_tokens: int, media: int, clip: int) -> Placement:
         """How one clip enters the model; it is one segment (audio is not tiled).
 
         - tiles_in_sequence "all" (D): `<Audio>` + one placeholder per token of real audio + `</Audio>`.
@@ -294,13 +202,13 @@ class MMLLMProcessor(ProcessorMixin):
           view of the layout; a clip has no such summary short of pooling most of it away, and
           transcription needs the full-rate tokens, which cross-attention reaches without lengthening
           the sequence (why H sends tiles there). So H treats audio exactly as X does.
-        Same return format as `image_layout`, with sample-wide clip indices.
+        Its slots and segment carry the clip's index within the sample.
         """
         in_sequence = self.knobs.tiles_in_sequence == "all"
         placeholders = [self.image_token_id] * (n_tokens if in_sequence else 0)
         ids = self.text_ids("<Audio>") + placeholders + self.text_ids("</Audio>")
-        return {"ids": ids, "tile": [-1] * len(ids), "slots": [clip] if in_sequence else [],
-                "kv": [] if in_sequence else [KVSegment("audio", clip, media, 0, (), -1)]}
+        return Placement(ids, [-1] * len(ids), [clip] if in_sequence else [],
+                         [] if in_sequence else [KVSegment("audio", clip, media, 0, (), -1)])
 
     # -- samples ------------------------------------------------------------------------------
     def chunks(self, conversations: Sequence[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
@@ -362,19 +270,15 @@ class MMLLMProcessor(ProcessorMixin):
         images: Sequence[Image.Image],
         add_generation_prompt: bool = False,
         audio: Sequence[np.ndarray] = (),
-    ) -> dict:
-        """One sample -> input_ids, labels (answer tokens only), pixel_values, audio features and the layout.
+    ) -> Sample:
+        """One sample: its tokens, labels (answer tokens only), pixel values, audio features and layout.
 
-        `<image>` and `<audio>` markers in human turns take the images and clips in order.
-        `token_media` is, per token, the media item (image or clip) its cross-attention sees: the
-        most recent one (OpenFlamingo rule), -1 before any. `truncated` notes clips cut to the window.
-        `media_end` is where the last image or clip's tokens end: a sequence cut there or later keeps
-        every media item whole (what a length limit may cut, `ConversationDataset`).
-        """
+        `<image>` and `<audio>` markers in human turns take the images and clips in order; a token's
+        cross-attention sees the most recent media item (OpenFlamingo rule)."""
         return self.encode_chunks(self.chunks(conversations, add_generation_prompt), images, audio)
 
     def encode_chunks(self, chunks: Sequence[tuple[str, bool]], images: Sequence[Image.Image],
-                      audio: Sequence[np.ndarray] = ()) -> dict:
+                      audio: Sequence[np.ndarray] = ()) -> Sample:
         """`encode` of text chunks (True: an answer, which the labels cover), markers expanded in the others."""
         tiled = [self.tiles(im) for im in images]
         clips = [self.front_end().features(wave) for wave in audio]
@@ -383,14 +287,30 @@ class MMLLMProcessor(ProcessorMixin):
             if n_markers != given:
                 noun = "image" if marker == IMAGE_MARKER else "audio clip"
                 raise SampleError(f"{n_markers} {marker} marker(s) in the text but {given} {noun}(s)")
-        ids, labels, token_media, token_tile = [], [], [], []
-        slots, kv, offset, media, image, clip, media_end = [], [], 0, -1, -1, -1, 0
+        front = self.audio_front_end
+        window = (front.n_mels, front.n_frames) if front is not None else (0, 0)
+        sample = Sample(
+            [], [], [], [],
+            torch.cat([p for p, _ in tiled]) if tiled else torch.zeros(0, 3, self.tile_size, self.tile_size),
+            [len(p) for p, _ in tiled],
+            torch.stack([v for v, _, _ in clips]) if clips else torch.zeros(0, *window),
+            [f for _, f, _ in clips], truncated=[note for _, _, note in clips if note])
+        media = image = clip = -1
+        offset = 0  # the sample's tiles before this image
 
-        def add(new_ids: list[int], new_labels: list[int] | None = None, tiles: list[int] | None = None) -> None:
-            ids.extend(new_ids)
-            labels.extend(new_labels or [IGNORE_INDEX] * len(new_ids))
-            token_media.extend([media] * len(new_ids))
-            token_tile.extend(tiles or [-1] * len(new_ids))
+        def add(ids: list[int], labels: list[int] | None = None, tiles: list[int] | None = None) -> None:
+            sample.input_ids.extend(ids)
+            sample.labels.extend(labels or [IGNORE_INDEX] * len(ids))
+            sample.token_media.extend([media] * len(ids))
+            sample.token_tile.extend(tiles or [-1] * len(ids))
+
+        def place(kind: str, placement: Placement, first: int) -> None:
+            """A media item's tokens, its segments numbered on from the sample's `first` of their kind."""
+            start = len(sample.input_ids)
+            add(placement.ids, tiles=placement.tile)
+            sample.slots += [(kind, first + k) for k in placement.slots]
+            sample.kv += [seg._replace(index=first + seg.index, start=start) for seg in placement.kv]
+            sample.media_end = len(sample.input_ids)
 
         for text, is_answer in chunks:
             if is_answer:
@@ -401,34 +321,16 @@ class MMLLMProcessor(ProcessorMixin):
                 if piece == IMAGE_MARKER:
                     media, image = media + 1, image + 1
                     pixels, grid = tiled[image]
-                    layout, start = self.image_layout(len(pixels), grid, media), len(ids)
-                    add(layout["ids"], tiles=layout["tile"])
-                    slots += [("tile", offset + k) for k in layout["slots"]]
-                    kv += [seg._replace(index=offset + seg.index, start=start) for seg in layout["kv"]]
+                    place("tile", self.image_layout(len(pixels), grid, media), offset)
                     offset += len(pixels)
-                    media_end = len(ids)
                 elif piece == AUDIO_MARKER:
                     media, clip = media + 1, clip + 1
-                    layout = self.audio_layout(self.audio_front_end.tokens_for_frames(clips[clip][1]), media, clip)
-                    start = len(ids)
-                    add(layout["ids"], tiles=layout["tile"])
-                    slots += [("audio", c) for c in layout["slots"]]
-                    kv += [seg._replace(start=start) for seg in layout["kv"]]
-                    media_end = len(ids)
+                    place("audio", self.audio_layout(front.tokens_for_frames(clips[clip][1]), media, clip), 0)
                 else:
                     add(self.text_ids(piece))
-        pixel_values = torch.cat([p for p, _ in tiled]) if tiled else torch.zeros(0, 3, self.tile_size, self.tile_size)
-        front = self.audio_front_end
-        window = (front.n_mels, front.n_frames) if front is not None else (0, 0)
-        audio_values = torch.stack([v for v, _, _ in clips]) if clips else torch.zeros(0, *window)
-        return {
-            "input_ids": ids, "labels": labels, "pixel_values": pixel_values,
-            "tiles_per_image": [len(p) for p, _ in tiled], "audio_values": audio_values,
-            "audio_frames": [f for _, f, _ in clips], "truncated": [note for _, _, note in clips if note],
-            "token_media": token_media, "token_tile": token_tile, "slots": slots, "kv": kv, "media_end": media_end,
-        }
+        return sample
 
-    def encode_prompt(self, question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> dict:
+    def encode_prompt(self, question: str, images: Sequence[Image.Image], audio: Sequence[np.ndarray] = ()) -> Sample:
         """A generation prompt: the question (one marker per image and clip; missing ones are put first)
         and the assistant prefix."""
         question = self.prompt_text(question, images, audio)
@@ -535,25 +437,25 @@ class MMLLMProcessor(ProcessorMixin):
                               "(mmllm fetches nothing over the network)")
         return self.load_image(str(source).removeprefix("file://"))
 
-    def collate(self, samples: Sequence[dict]) -> ModelInputs:
+    def collate(self, samples: Sequence[Sample]) -> ModelInputs:
         """Left-pad to the longest sample; tiles of all samples are stacked in sample order, then clips."""
-        width = max(len(s["input_ids"]) for s in samples)
+        width = max(len(s.input_ids) for s in samples)
         batch = {key: torch.full((len(samples), width), fill, dtype=torch.long) for key, fill in (
             ("input_ids", self.tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX),
             ("token_media", -1), ("token_tile", -1))}
-        n_tiles = sum(len(s["pixel_values"]) for s in samples)
+        n_tiles = sum(len(s.pixel_values) for s in samples)
         slots, kv, tiles, clips = [], [], 0, 0
         for row, s in enumerate(samples):
-            n = len(s["input_ids"])
+            n = len(s.input_ids)
             for key in ("input_ids", "labels", "token_media", "token_tile"):
-                batch[key][row, width - n:] = torch.tensor(s[key])
+                batch[key][row, width - n:] = torch.tensor(getattr(s, key))
             batch["attention_mask"][row, width - n:] = 1
             first = {"tile": tiles, "audio": n_tiles + clips}  # the sample's first segment of each kind
-            slots += [first[kind] + i for kind, i in s["slots"]]
-            kv.append([seg._replace(index=first[seg.kind] + seg.index) for seg in s["kv"]])
-            tiles += len(s["pixel_values"])
-            clips += len(s["audio_frames"])
-        frames = [f for s in samples for f in s["audio_frames"]]
+            slots += [first[kind] + i for kind, i in s.slots]
+            kv.append([seg._replace(index=first[seg.kind] + seg.index) for seg in s.kv])
+            tiles += len(s.pixel_values)
+            clips += len(s.audio_frames)
+        frames = [f for s in samples for f in s.audio_frames]
         lengths = [self.tokens_per_tile] * n_tiles + [self.audio_front_end.tokens_for_frames(f) for f in frames]
         offsets = [0]
         for n in lengths:
@@ -564,8 +466,8 @@ class MMLLMProcessor(ProcessorMixin):
                              torch.tensor(splice, dtype=torch.long), offsets[-1])
         answered = bool((batch["labels"] != IGNORE_INDEX).any())  # read here on the CPU, never from a device
         return ModelInputs(batch["input_ids"], batch["attention_mask"], batch["labels"] if answered else None,
-                           torch.cat([s["pixel_values"] for s in samples]),
-                           torch.cat([s["audio_values"] for s in samples]), layout)
+                           torch.cat([s.pixel_values for s in samples]),
+                           torch.cat([s.audio_values for s in samples]), layout)
 
     def text_layout(self, shape: torch.Size | tuple[int, int]) -> MediaLayout:
         """The layout of a batch of text alone (bare `input_ids`): no media anywhere."""
@@ -607,15 +509,15 @@ class MMLLMProcessor(ProcessorMixin):
                   .reshape(len(rows), width) for f in KEY_FIELDS}
         return KeyLayout(**padded, tag_ids=used, groups=[[tag_index[t] for t in g] for g in groups])
 
-    def pack(self, samples: Sequence[dict], length: int) -> ModelInputs:
+    def pack(self, samples: Sequence[Sample], length: int) -> ModelInputs:
         """Samples concatenated into as few rows of at most `length` tokens as first-fit finds (in their order; a
         longer sample has a row of its own). Positions restart at every sample, so no token attends across
         samples, and each sample's media are numbered apart, so its cross-attention sees only its own: the loss
         equals the same samples' unpacked."""
-        rows: list[list[dict]] = []
+        rows: list[list[Sample]] = []
         room: list[int] = []
         for sample in samples:
-            n = len(sample["input_ids"])
+            n = len(sample.input_ids)
             fit = next((i for i, left in enumerate(room) if n <= left), None)
             if fit is None:
                 rows.append([sample])
@@ -627,7 +529,7 @@ class MMLLMProcessor(ProcessorMixin):
         width = inputs.input_ids.shape[1]
         positions = torch.zeros_like(inputs.input_ids)
         for r, row in enumerate(rows):  # left padding first (a sequence of its own), then each sample from 0
-            lengths = [width - sum(len(s["input_ids"]) for s in row)] + [len(s["input_ids"]) for s in row]
+            lengths = [width - sum(len(s.input_ids) for s in row)] + [len(s.input_ids) for s in row]
             positions[r] = torch.cat([torch.arange(n) for n in lengths])
         return replace(inputs, position_ids=positions)
 
@@ -657,23 +559,25 @@ def plain_template(tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig) 
             f"{{% if add_generation_prompt %}}{{{{ {assistant} }}}}{{% endif %}}")
 
 
-def concatenated(samples: Sequence[dict]) -> dict:
+def concatenated(samples: Sequence[Sample]) -> Sample:
     """Encoded samples as one: sequences end to end, tiles and clips in order, media items and segments
     renumbered after the earlier samples' (a segment's `start` stays within its own sample, as its positions)."""
-    out = {key: [] for key in ("input_ids", "labels", "token_media", "token_tile", "slots", "kv", "tiles_per_image",
-                               "audio_frames", "truncated")}
+    out = Sample([], [], [], [], torch.cat([s.pixel_values for s in samples]), [],
+                 torch.cat([s.audio_values for s in samples]), [])
     media = tiles = clips = 0
     for s in samples:
-        for key in ("input_ids", "labels", "token_tile", "tiles_per_image", "audio_frames", "truncated"):
-            out[key] += s[key]
-        out["token_media"] += [m + media if m >= 0 else m for m in s["token_media"]]
+        out.input_ids += s.input_ids
+        out.labels += s.labels
+        out.token_tile += s.token_tile
+        out.token_media += [m + media if m >= 0 else m for m in s.token_media]
+        out.tiles_per_image += s.tiles_per_image
+        out.audio_frames += s.audio_frames
+        out.truncated += s.truncated
         first = {"tile": tiles, "audio": clips}
-        out["slots"] += [(kind, first[kind] + i) for kind, i in s["slots"]]
-        out["kv"] += [seg._replace(index=first[seg.kind] + seg.index, media=media + seg.media) for seg in s["kv"]]
-        media += len(s["tiles_per_image"]) + len(s["audio_frames"])
-        tiles, clips = tiles + len(s["pixel_values"]), clips + len(s["audio_frames"])
-    out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
-    out["audio_values"] = torch.cat([s["audio_values"] for s in samples])
+        out.slots += [(kind, first[kind] + i) for kind, i in s.slots]
+        out.kv += [seg._replace(index=first[seg.kind] + seg.index, media=media + seg.media) for seg in s.kv]
+        media += len(s.tiles_per_image) + len(s.audio_frames)
+        tiles, clips = tiles + len(s.pixel_values), clips + len(s.audio_frames)
     return out
 
 

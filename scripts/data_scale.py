@@ -140,7 +140,7 @@ def padding_table(mix: Path, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for name, processor in processors().items():
         ds = ConversationDataset(str(mix), processor, measure_images=True, max_length=None)
-        real = np.array([len(ds[i]["input_ids"]) for i in range(len(ds))])
+        real = np.array([len(ds[i].sample.input_ids) for i in range(len(ds))])
         print(f"  {name}: {len(ds)} samples, {real.min()}..{real.max()} tokens", flush=True)
         for batch in batch_sizes:
             for grouped in (False, True):

@@ -47,12 +47,12 @@ def test_padding_adds_no_tokens_2s_and_20s_clips_in_a_30s_window():
     short, long = tone(2.0), tone(20.0, hz=300.0)
     samples = [proc.encode_prompt("Transcribe.", [], [clip]) for clip in (short, long)]
     # 2 s = 200 frames -> 100 states -> 20 tokens; 20 s -> 200 tokens; a full window would give 300.
-    placeholders = [s["input_ids"].count(proc.image_token_id) for s in samples]
-    assert placeholders == [20, 200] and [s["audio_frames"] for s in samples] == [[200], [2000]]
+    placeholders = [s.input_ids.count(proc.image_token_id) for s in samples]
+    assert placeholders == [20, 200] and [s.audio_frames for s in samples] == [[200], [2000]]
     batch = proc.collate(samples)
     with torch.no_grad():
         tokens = model.audio_features(batch.audio_values, batch.layout.audio_frames)
-        alone = model.audio_features(samples[0]["audio_values"], torch.tensor([200]))
+        alone = model.audio_features(samples[0].audio_values, torch.tensor([200]))
         full = model.audio_connector(model.audio_encoder(batch.audio_values))
     assert [len(t) for t in tokens] == [20, 200] and full.shape[1] == 300
     assert torch.equal(tokens[0], alone[0]) and torch.equal(tokens[0], full[0, :20])

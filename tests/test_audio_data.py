@@ -40,11 +40,11 @@ def test_bad_audio_is_replaced_and_reported_and_long_clips_are_kept_truncated(tm
     model = module()
     ds = ConversationDataset(str(train), model.processor)
     long = ds[8]
-    assert long["id"] == "bad0" and long["bad"] == [] and len(long["truncated"]) == 1
-    assert "(id bad0): audio clip of 6.5 s truncated to the 4 s window" in long["truncated"][0]
+    assert long.id == "bad0" and long.bad == [] and len(long.sample.truncated) == 1
+    assert "(id bad0): audio clip of 6.5 s truncated to the 4 s window" in long.sample.truncated[0]
     for k, message in enumerate(messages.values(), 1):
         sample = ds[8 + k]
-        assert sample["id"].startswith("asr-") and f"(id bad{k}): " in sample["bad"][0] and message in sample["bad"][0]
+        assert sample.id.startswith("asr-") and f"(id bad{k}): " in sample.bad[0] and message in sample.bad[0]
 
     data = MMDataModule(train=str(train), batch_size=4, max_bad_fraction=0.9, processor=model.processor)
     trainer = L.Trainer(max_steps=4, callbacks=[BadSampleMonitor(show=100)], logger=False, enable_checkpointing=False,

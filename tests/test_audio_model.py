@@ -50,8 +50,8 @@ def test_d_splices_the_clip_between_audio_tags_and_checks_the_count():
     proc = model.processor
     sample = proc.encode_prompt("Transcribe.", [], [clip(1.5, 500)])
     n_tokens = model.audio_tokens(150)  # 150 frames -> 75 states -> 19 tokens
-    assert n_tokens == 19 and sample["input_ids"].count(proc.image_token_id) == n_tokens
-    text = proc.tokenizer.decode(sample["input_ids"], skip_special_tokens=True)
+    assert n_tokens == 19 and sample.input_ids.count(proc.image_token_id) == n_tokens
+    text = proc.tokenizer.decode(sample.input_ids, skip_special_tokens=True)
     assert "<Audio></Audio>" in text and "Transcribe." in text
     batch = proc.collate([sample])
     layout = batch.layout
@@ -78,7 +78,7 @@ def test_d_fills_placeholders_in_order_of_appearance():
 def test_x_and_h_keep_audio_out_of_the_sequence_and_equal_the_bare_llm_at_gate_zero(arch):
     model = build(arch)
     sample = model.processor.encode_prompt("Transcribe.", [], [clip(1.5, 500)])
-    assert model.processor.image_token_id not in sample["input_ids"]  # only <Audio></Audio> is in the sequence
+    assert model.processor.image_token_id not in sample.input_ids  # only <Audio></Audio> is in the sequence
     batch = model.processor.collate([sample, model.processor.encode_prompt("no audio", [])])
     assert torch.equal(run(model, batch), bare(model, batch))
     open_gates(model)

@@ -13,9 +13,9 @@ def test_swap_tiles_trades_the_first_and_third_tile_of_each_image_that_has_them(
     proc = model.processor
     samples = [proc.encode_prompt("Q?", [text_image("abcd")]), proc.encode_prompt("Q?", [text_image("x", (32, 32))])]
     inputs = proc.collate(samples)
-    swapped = swap_tiles(inputs, [n for s in samples for n in s["tiles_per_image"]])
+    swapped = swap_tiles(inputs, [n for s in samples for n in s.tiles_per_image])
     before, after = inputs.pixel_values, swapped.pixel_values
-    assert [s["tiles_per_image"] for s in samples] == [[5], [1]]
+    assert [s.tiles_per_image for s in samples] == [[5], [1]]
     assert torch.equal(after[0], before[2]) and torch.equal(after[2], before[0])
     assert torch.equal(after[1], before[1]) and torch.equal(after[3:], before[3:])  # thumbnail, lone tile kept
 

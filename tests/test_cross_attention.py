@@ -82,7 +82,7 @@ def test_decoder_length_per_arch_matches_the_formula():
         model = build(arch)
         proc = model.processor
         sample = proc.encode_prompt("What text?", [text_image("ab")])
-        lengths[arch] = len(sample["input_ids"])
+        lengths[arch] = len(sample.input_ids)
         tpt = proc.tokens_per_tile
         tag_len = [len(proc.text_ids(t)) for t in tile_tags("1d", (4, 1), 5)]
         text = len(proc.encode_prompt("\nWhat text?", [])["input_ids"]) + len(proc.text_ids("<Image></Image>"))
@@ -288,7 +288,7 @@ def test_rope_key_positions_count_from_the_image_in_the_sequence():
     sample = model.processor.encode(conv, [text_image("ab", (64, 32)), text_image("cd", (64, 32))])
     batch = model.processor.collate([sample])
     memory = model.memory(list(model.image_features(batch.pixel_values)), batch.layout)
-    image_starts = [i for i, t in enumerate(sample["input_ids"]) if t == model.processor.text_ids("<Image>")[0]]
+    image_starts = [i for i, t in enumerate(sample.input_ids) if t == model.processor.text_ids("<Image>")[0]]
     n = 3 * model.processor.tokens_per_tile  # 2 tiles + thumbnail per image
     expected = [image_starts[0] + j for j in range(n)] + [image_starts[1] + j for j in range(n)]
     assert memory.key_positions[0].tolist() == expected

@@ -50,13 +50,13 @@ def test_each_bad_image_has_its_message_and_is_replaced(messy):
     reasons = {}
     for i in range(8, 12):
         sample = ds[i]
-        assert sample["id"] in {f"s{k}" for k in range(8)}  # replaced by a good sample (wrapping round)
-        reasons[i] = sample["bad"]
+        assert sample.id in {f"s{k}" for k in range(8)}  # replaced by a good sample (wrapping round)
+        reasons[i] = sample.bad
     assert "image not found" in reasons[8][0] and "(id s100)" in reasons[8][0] and ":9 " in reasons[8][0]
     assert "cannot decode image" in reasons[9][0] and "(id s101)" in reasons[9][0]
     assert "cannot decode image" in reasons[10][0] and "(id s102)" in reasons[10][0]
     assert "outside 1..16384 pixels" in reasons[11][0] and "(id s103)" in reasons[11][0]
-    assert ds[8]["id"] == ds[8]["id"]  # deterministic substitute
+    assert ds[8].id == ds[8].id  # deterministic substitute
 
 
 def fit(module, train, max_steps=3, fraction=0.9, **kw):

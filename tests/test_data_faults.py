@@ -109,7 +109,7 @@ def test_a_media_field_that_is_not_a_path_is_a_bad_sample_naming_the_field_and_i
         tmp_path, processor, media, reason):
     path = write(tmp_path / "train.jsonl", [chat(0), chat(1, **media)])
     sample = ConversationDataset(path, processor)[1]
-    assert sample["id"] == "t0" and sample["bad"] == [f"{path}:2 (id t1): {reason}"]
+    assert sample.id == "t0" and sample.bad == [f"{path}:2 (id t1): {reason}"]
 
 
 # 4 ---------------------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_the_default_is_at_most_4096_tokens_a_sample_and_longer_ones_are_skipped
 def test_under_skip_a_sample_one_token_over_max_length_is_a_bad_sample_with_its_token_count(tmp_path, processor):
     path = write(tmp_path / "train.jsonl", [chat(0, "x" * 8), chat(1, "x" * 9)])
     ds = ConversationDataset(path, processor, max_length=30)
-    assert len(ds[0]["input_ids"]) == 30 and ds[0]["bad"] == []
-    assert ds[1]["id"] == "t0" and ds[1]["bad"] == [f"{path}:2 (id t1): 31 tokens > max_length 30"]
+    assert len(ds[0].sample.input_ids) == 30 and ds[0].bad == []
+    assert ds[1].id == "t0" and ds[1].bad == [f"{path}:2 (id t1): 31 tokens > max_length 30"]
 
 
 def test_a_100000_character_answer_is_skipped_before_it_is_tokenised(tmp_path, processor, monkeypatch):
@@ -132,8 +132,8 @@ def test_a_100000_character_answer_is_skipped_before_it_is_tokenised(tmp_path, p
     monkeypatch.setattr(processor, "encode",
                         lambda turns, *a, **k: answers.append(turns[-1]["value"]) or encode(turns, *a, **k))
     sample = ds[1]
-    assert sample["id"] == "t0" and answers == ["a0"]  # the long answer never reached the tokenizer
-    assert sample["bad"] == [f"{path}:2 (id t1): 100002 characters of text > max_length 4096 tokens "
+    assert sample.id == "t0" and answers == ["a0"]  # the long answer never reached the tokenizer
+    assert sample.bad == [f"{path}:2 (id t1): 100002 characters of text > max_length 4096 tokens "
                              "of at most 23 characters each"]
 
 
@@ -142,11 +142,11 @@ def test_truncate_cuts_the_end_of_a_long_sample_to_max_length_and_notes_it(tmp_p
     ds = ConversationDataset(path, processor, max_length=30, length_policy="truncate")
     full = processor.encode(chat(1, "x" * 9)["conversations"], [])
     sample = ds[1]
-    assert len(full["input_ids"]) == 31 and sample["id"] == "t1" and sample["bad"] == []
-    assert sample["input_ids"] == full["input_ids"][:30] and sample["labels"] == full["labels"][:30]
-    assert sum(label != IGNORE_INDEX for label in sample["labels"]) == 9  # the answer; its end-of-sequence is cut
-    assert sample["truncated"] == [f"{path}:2 (id t1): 31 tokens > max_length 30: truncated to 30 tokens"]
-    assert ds[0]["truncated"] == [] and tuple(Collator(processor)([ds[0], sample]).inputs.input_ids.shape) == (2, 30)
+    assert len(full.input_ids) == 31 and sample.id == "t1" and sample.bad == []
+    assert sample.sample.input_ids == full.input_ids[:30] and sample.sample.labels == full.labels[:30]
+    assert sum(label != IGNORE_INDEX for label in sample.sample.labels) == 9  # the answer; its end-of-sequence is cut
+    assert sample.sample.truncated == [f"{path}:2 (id t1): 31 tokens > max_length 30: truncated to 30 tokens"]
+    assert ds[0].sample.truncated == [] and tuple(Collator(processor)([ds[0], sample]).inputs.input_ids.shape) == (2, 30)
 
 
 def test_truncate_never_cuts_an_image_nor_every_answer_token_and_skips_instead(tmp_path, processor):
@@ -154,18 +154,18 @@ def test_truncate_never_cuts_an_image_nor_every_answer_token_and_skips_instead(t
     path = write(tmp_path / "train.jsonl", [chat(0, "abc", image="0.png")])
     full = processor.encode(chat(0, "abc", image="0.png")["conversations"], [text_image("w")])
     # 34 tokens up to the image's end, then "\nhi" + assistant prefix (15) and "abc" + EOS (4).
-    assert (len(full["input_ids"]), full["media_end"]) == (53, 34)
+    assert (len(full.input_ids), full.media_end) == (53, 34)
 
     def load(max_length: int):
         ds = ConversationDataset(path, processor, substitute=False, max_length=max_length, length_policy="truncate")
         return ds[0]
 
-    assert load(33)["bad"] == [
+    assert load(33).bad == [
         f"{path}:1 (id t0): 53 tokens > max_length 33; truncating would cut an image or audio clip"]
-    assert load(49)["bad"] == [f"{path}:1 (id t0): 53 tokens > max_length 49; truncating would leave no answer token"]
+    assert load(49).bad == [f"{path}:1 (id t0): 53 tokens > max_length 49; truncating would leave no answer token"]
     kept = load(50)
-    assert kept["bad"] == [] and len(kept["input_ids"]) == 50 and len(kept["pixel_values"]) == 5
-    assert [label for label in kept["labels"] if label != IGNORE_INDEX] == full["labels"][49:50]  # "a"
+    assert kept.bad == [] and len(kept.sample.input_ids) == 50 and len(kept.sample.pixel_values) == 5
+    assert [label for label in kept.sample.labels if label != IGNORE_INDEX] == full.labels[49:50]  # "a"
 
 
 # 5 ---------------------------------------------------------------------------------------------------
@@ -177,9 +177,9 @@ def test_twenty_bad_samples_in_a_row_under_max_bad_fraction_are_replaced_each_de
     load_image, loads = processor.load_image, Counter()
     monkeypatch.setattr(processor, "load_image", lambda p: loads.update([p]) or load_image(p))
     samples = [ds[i] for i in range(320)]
-    assert [s["id"] for s in samples[98:122]] == ["t98", "t99", *["t120"] * 20, "t120", "t121"]
+    assert [s.id for s in samples[98:122]] == ["t98", "t99", *["t120"] * 20, "t120", "t121"]
     missing = tmp_path / "missing.png"
-    assert [b for s in samples for b in s["bad"]] == [
+    assert [b for s in samples for b in s.bad] == [
         f"{path}:{i + 1} (id t{i}): image not found: {missing}" for i in range(100, 120)]
     assert loads == Counter({str(missing): 20})  # a stand-in search skips records already found bad
 
@@ -230,9 +230,9 @@ def test_a_conversation_without_an_assistant_answer_is_a_bad_sample_not_a_silent
             {"id": "e", "conversations": []}, chat(3, answer="")]
     path = write(tmp_path / "train.jsonl", rows)
     ds = ConversationDataset(path, processor)
-    assert [ds[i]["bad"] for i in (1, 2, 3)] == [
+    assert [ds[i].bad for i in (1, 2, 3)] == [
         [f"{path}:{n} (id {sid}): no assistant turn to train on"] for n, sid in ((2, "q"), (3, "e"), (4, "t3"))]
-    assert [ds[i]["id"] for i in (1, 2, 3)] == ["t0"] * 3
+    assert [ds[i].id for i in (1, 2, 3)] == ["t0"] * 3
 
 
 # 8 ---------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_a_llava_json_array_with_images_in_their_own_folder_is_read_item_by_item
     assert [r.where() for r in ds.records] == [f"{path} item 1 (id t0)", f"{path} item 4 (id t3)"]
     assert [str(b) for b in ds.bad_lines] == [f"{path} item 2: missing field(s) ['conversations']",
                                               f"{path} item 3: expected a JSON object, got int"]
-    assert ds[0]["bad"] == [] and len(ds[0]["pixel_values"]) == 5
+    assert ds[0].bad == [] and len(ds[0].sample.pixel_values) == 5
     assert ConversationDataset(str(path), processor)[0]["bad"] == [
         f"{path} item 1 (id t0): image not found: {tmp_path / 'llava' / '0.png'}"]  # no folder: the JSON's own
 
@@ -337,8 +337,8 @@ def test_a_damaged_row_group_makes_its_rows_bad_samples_naming_file_and_row_grou
     shard.write_bytes(bytes(raw))
     ds = ConversationDataset(str(tmp_path / "shards"), processor)
     samples = [ds[i] for i in range(6)]
-    assert [s["id"] for s in samples] == ["t0", "t1", "t4", "t4", "t4", "t5"]
-    bad = [b for s in samples for b in s["bad"]]
+    assert [s.id for s in samples] == ["t0", "t1", "t4", "t4", "t4", "t5"]
+    bad = [b for s in samples for b in s.bad]
     assert [b.split(" (", 1)[0] for b in bad] == [f"{shard} row 2", f"{shard} row 3"]
     assert all(b.startswith(f"{shard} row {r} (row group 1): cannot read the shard (") for r, b in zip((2, 3), bad))
 
@@ -409,8 +409,8 @@ def test_one_shard_file_given_as_training_data_is_read_as_that_shard(tmp_path, p
     src = write(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(5)] + [chat(9, image="gone.png")])
     write_shards(src, tmp_path / "shards", rows=3, group_rows=2)
     ds = ConversationDataset(str(tmp_path / "shards" / "shard-00001.parquet"), processor, measure_images=True)
-    assert [ds[i]["id"] for i in range(len(ds))] == ["t3", "t4"] and ds.bad_lines == []
-    assert all(ds[i]["bad"] == [] for i in range(2))
+    assert [ds[i].id for i in range(len(ds))] == ["t3", "t4"] and ds.bad_lines == []
+    assert all(ds[i].bad == [] for i in range(2))
     whole = ConversationDataset(str(tmp_path / "shards"), processor)
     assert list(ds.lengths) == list(whole.lengths[3:]) and len(whole.bad_lines) == 1
 

@@ -86,9 +86,9 @@ def test_shards_give_the_same_samples_as_the_jsonl_they_were_written_from(mix, t
     assert len(shards) == len(jsonl) == 32
     for i in range(32):
         a, b = jsonl[i], shards[i]
-        assert a["id"] == b["id"] and a["bad"] == b["bad"] == []
-        assert a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"]
-        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert a.id == b.id and a.bad == b.bad == []
+        assert a.sample.input_ids == b.sample.input_ids and a.sample.labels == b.sample.labels
+        assert torch.equal(a.sample.pixel_values, b.sample.pixel_values)
     assert np.array_equal(jsonl.lengths, shards.lengths)  # the shard index holds the image sizes
 
 
@@ -126,7 +126,7 @@ def test_sharding_reports_bad_records_with_file_and_line_and_training_counts_the
                                        "left out\n" + "".join(f"  skipped {r}\n" for r in reasons))
     data = MMDataModule(train=str(tmp_path / "shards"), processor=processor)
     ds = data.dataset("train")
-    assert [ds[i]["id"] for i in range(2)] == ["t0", "t5"] and [str(b) for b in ds.bad_lines] == reasons
+    assert [ds[i].id for i in range(2)] == ["t0", "t5"] and [str(b) for b in ds.bad_lines] == reasons
     assert capsys.readouterr().out == "".join(f"[mmllm] skipped malformed line {r}\n" for r in reasons)
 
 
@@ -148,8 +148,8 @@ def test_a_corrupt_embedded_image_is_a_bad_sample_naming_shard_row_and_id(tmp_pa
     write_shards(src, tmp_path / "shards")
     ds = ConversationDataset(str(tmp_path / "shards"), processor)
     sample = ds[1]
-    assert sample["id"] == "t2" and len(sample["bad"]) == 1  # replaced by the next good record
-    assert sample["bad"][0].startswith(f"{tmp_path / 'shards' / 'shard-00000.parquet'} row 1 (id t1) from {src}:2: "
+    assert sample.id == "t2" and len(sample.bad) == 1  # replaced by the next good record
+    assert sample.bad[0].startswith(f"{tmp_path / 'shards' / 'shard-00000.parquet'} row 1 (id t1) from {src}:2: "
                                        "cannot decode embedded image 1.png: ")
 
 
@@ -196,7 +196,7 @@ def test_the_grouped_sampler_resumes_mid_epoch_with_the_rest_of_its_batches():
 
 def test_the_length_estimate_is_the_token_count_up_to_the_prompt_overhead(mix, processor):
     ds = ConversationDataset(str(mix), processor, measure_images=True)
-    real = np.array([len(ds[i]["input_ids"]) for i in range(len(ds))])
+    real = np.array([len(ds[i].sample.input_ids) for i in range(len(ds))])
     assert len(set(real.tolist())) > 10 and set((real - ds.lengths).tolist()) == {13}  # BOS, prefixes, EOS
     blind = ConversationDataset(str(mix), processor)  # sizes unknown: every image at its most tiles
     assert (blind.lengths >= ds.lengths).all() and (blind.lengths - ds.lengths).max() > 0
@@ -224,7 +224,7 @@ def test_a_sample_loss_is_the_same_alone_and_left_padded_in_a_batch(arch, extra)
              ("no image here", "ok", [])]
     samples = [model.processor.encode([{"from": "human", "value": q}, {"from": "gpt", "value": a}], ims)
                for q, a, ims in turns]
-    assert len({len(s["input_ids"]) for s in samples}) == 3
+    assert len({len(s.input_ids) for s in samples}) == 3
     with torch.no_grad():
         together = per_sample_loss(model, model.processor.collate(samples))
         alone = torch.cat([per_sample_loss(model, model.processor.collate([s])) for s in samples])

@@ -346,6 +346,6 @@ def test_a_100000_character_question_is_a_counted_skip_before_it_is_tokenised(ti
 
 def test_a_prompt_over_max_length_tokens_is_a_skipped_item_naming_its_count(tiny_model, eval_set):
     full = ItemsDataset(eval_set / "items.jsonl", tiny_model.processor, max_length=None)[0]
-    n = len(full["sample"]["input_ids"])
+    n = len(full.sample.input_ids)
     item = ItemsDataset(eval_set / "items.jsonl", tiny_model.processor, max_length=n - 1)[0]
-    assert (item["sample"], item["error"]) == (None, f"{eval_set / 'items.jsonl'}:1 (id i0): {n} tokens > max_length {n - 1}")
+    assert (item.sample, item.error) == (None, f"{eval_set / 'items.jsonl'}:1 (id i0): {n} tokens > max_length {n - 1}")

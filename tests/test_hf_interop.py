@@ -224,7 +224,7 @@ def test_auto_processor_gives_our_processor_which_encodes_exactly_as_the_models(
     turns = [{"from": "human", "value": "<image>\n<audio>\nRead and transcribe."}, {"from": "gpt", "value": "ab"}]
     ours, theirs = (p.encode(turns, [text_image("ab12")], audio=[wave]) for p in (model.processor, processor))
     assert encodings_equal(ours, theirs)
-    assert ours["input_ids"].count(processor.image_token_id) == 5 * 4 + 19  # 4x1 grid + thumbnail, then the clip
+    assert ours.input_ids.count(processor.image_token_id) == 5 * 4 + 19  # 4x1 grid + thumbnail, then the clip
 
 
 def test_auto_processor_never_runs_the_folders_own_tokenizer_code(tmp_path, monkeypatch):
@@ -259,13 +259,13 @@ def test_a_chat_template_frames_the_turns_and_the_labels_cover_exactly_the_assis
     image = text_image("abc")
     sample = proc.encode(CONVERSATION, [image])
     pixels, grid = proc.tiles(image)
-    pieces = [("<|im_start|>user\n", False), (proc.image_layout(len(pixels), grid, 0)["ids"], False),
+    pieces = [("<|im_start|>user\n", False), (proc.image_layout(len(pixels), grid, 0).ids, False),
               ("\nWhat text?<|im_end|>\n<|im_start|>assistant\n", False), ("abc<|im_end|>", True),
               ("\n<|im_start|>user\nAnd now?<|im_end|>\n<|im_start|>assistant\n", False), ("de<|im_end|>", True),
               ("\n", False)]
     ids = [text_ids(tok, p) if isinstance(p, str) else p for p, _ in pieces]
-    assert sample["input_ids"] == [i for part in ids for i in part]
-    assert sample["labels"] == [i if answer else IGNORE_INDEX for part, (_, answer) in zip(ids, pieces) for i in part]
+    assert sample.input_ids == [i for part in ids for i in part]
+    assert sample.labels == [i if answer else IGNORE_INDEX for part, (_, answer) in zip(ids, pieces) for i in part]
 
 
 def test_with_a_chat_template_the_eval_prompt_is_the_training_sequence_up_to_the_answer():
@@ -273,9 +273,9 @@ def test_with_a_chat_template_the_eval_prompt_is_the_training_sequence_up_to_the
     image = text_image("abc")
     trained = proc.encode(CONVERSATION[:2], [image])
     asked = proc.encode_prompt("What text?", [image])  # the marker goes first, as in the conversation
-    first_answer = next(i for i, label in enumerate(trained["labels"]) if label != IGNORE_INDEX)
-    assert asked["input_ids"] == trained["input_ids"][:first_answer]
-    assert proc.tokenizer.decode(trained["input_ids"][first_answer:]) == "abc<|im_end|>\n"
+    first_answer = next(i for i, label in enumerate(trained.labels) if label != IGNORE_INDEX)
+    assert asked.input_ids == trained.input_ids[:first_answer]
+    assert proc.tokenizer.decode(trained.input_ids[first_answer:]) == "abc<|im_end|>\n"
 
 
 def test_without_a_chat_template_the_plain_form_is_unchanged():
@@ -283,11 +283,11 @@ def test_without_a_chat_template_the_plain_form_is_unchanged():
     tok, image = proc.tokenizer, text_image("abc")
     sample = proc.encode(CONVERSATION[:2], [image])
     pixels, grid = proc.tiles(image)
-    asked = [tok.bos_token_id, *text_ids(tok, "User: "), *proc.image_layout(len(pixels), grid, 0)["ids"],
+    asked = [tok.bos_token_id, *text_ids(tok, "User: "), *proc.image_layout(len(pixels), grid, 0).ids,
              *text_ids(tok, "\nWhat text?"), *text_ids(tok, "\nAssistant: ")]
     answer = text_ids(tok, "abc") + [tok.eos_token_id]
-    assert sample["input_ids"] == asked + answer
-    assert sample["labels"] == [IGNORE_INDEX] * len(asked) + answer
+    assert sample.input_ids == asked + answer
+    assert sample.labels == [IGNORE_INDEX] * len(asked) + answer
 
 
 def test_a_template_that_rewrites_earlier_turns_is_refused():

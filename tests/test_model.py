@@ -24,13 +24,13 @@ def test_image_layout_and_labels(tiny_model):
     proc = tiny_model.processor
     conv = [{"from": "human", "value": "<image>\nWhat text?"}, {"from": "gpt", "value": "abc"}]
     sample = proc.encode(conv, [text_image("abc")])
-    n_tiles = sample["tiles_per_image"][0]
+    n_tiles = sample.tiles_per_image[0]
     assert n_tiles == 5  # 128x32 -> 4x1 grid + thumbnail
-    ids = torch.tensor(sample["input_ids"])
+    ids = torch.tensor(sample.input_ids)
     assert int((ids == proc.image_token_id).sum()) == n_tiles * proc.tokens_per_tile
-    text = proc.tokenizer.decode(sample["input_ids"], skip_special_tokens=True)
+    text = proc.tokenizer.decode(sample.input_ids, skip_special_tokens=True)
     assert "<Image><tile_1><tile_2><tile_3><tile_4><tile_global_thumbnail></Image>" in text
-    labels = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    labels = [t for t in sample.labels if t != IGNORE_INDEX]
     assert labels == proc.text_ids("abc") + [proc.tokenizer.eos_token_id]
 
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from mmllm.model import MMLLM, positions
+from mmllm.sample import Sample
 
 from conftest import text_image, tiny_config
 
 
-def samples(model: MMLLM) -> list[dict]:
+def samples(model: MMLLM) -> list[Sample]:
     proc = model.processor
 
     def conv(question: str, answer: str) -> list[dict]:
@@ -37,7 +38,7 @@ def opened(arch: str) -> MMLLM:
 def test_a_packed_batch_has_the_loss_of_the_same_samples_unpacked(arch):
     model = opened(arch)
     batch = samples(model)
-    longest = max(len(s["input_ids"]) for s in batch)
+    longest = max(len(s.input_ids) for s in batch)
     packed = model.processor.pack(batch, 2 * longest)
     assert packed.input_ids.shape[0] < len(batch)  # samples do share rows
     with torch.no_grad():
@@ -52,20 +53,20 @@ def test_a_packed_batch_has_the_loss_of_the_same_samples_unpacked(arch):
 def test_packing_fills_rows_first_fit_in_order_and_gives_a_long_sample_its_own_row():
     model = opened("nvlm_x")
     batch = samples(model)
-    n = [len(s["input_ids"]) for s in batch]
+    n = [len(s.input_ids) for s in batch]
     packed = model.processor.pack(batch, n[0] + n[1])
     assert packed.input_ids.shape == (3, max(n[0] + n[1], n[2], n[3]))
     assert packed.attention_mask.sum().item() == sum(n)  # every token kept, none twice
     first_row = packed.position_ids[0, -(n[0] + n[1]):]
     assert torch.equal(first_row, torch.cat([torch.arange(n[0]), torch.arange(n[1])]))
-    assert len(packed.pixel_values) == sum(len(s["pixel_values"]) for s in batch)
+    assert len(packed.pixel_values) == sum(len(s.pixel_values) for s in batch)
 
 
 def test_the_training_collator_packs_when_asked_and_keeps_every_sample_id():
-    from mmllm.train.data import Collator, MMDataModule
+    from mmllm.train.data import Collator, Loaded, MMDataModule
 
     model = opened("nvlm_d")
-    batch = [{**s, "id": f"s{i}", "bad": [], "truncated": []} for i, s in enumerate(samples(model))]
+    batch = [Loaded(s, f"s{i}") for i, s in enumerate(samples(model))]
     packed, plain = Collator(model.processor, pack_to=10_000)(batch), Collator(model.processor)(batch)
     assert packed.ids == plain.ids == ["s0", "s1", "s2", "s3"]
     assert packed.inputs.input_ids.shape[0] == 1 and plain.inputs.position_ids is None

@@ -3,7 +3,7 @@ and replaced (training) or dropped (val/test)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
@@ -15,14 +15,24 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from mmllm.config import DEFAULT_MAX_LENGTH
 from mmllm.jsonl import BadInput, Record
-from mmllm.processor import IGNORE_INDEX, ModelInputs, Processor
-from mmllm.sample import SampleError
+from mmllm.processor import IGNORE_INDEX, Processor
+from mmllm.sample import ModelInputs, Sample, SampleError
 
 from .index import Catalog, open_source
 from .lengths import estimate_lengths
 from .sampling import EpochSampler, LengthGroupedSampler
 
 LengthPolicy = Literal["skip", "truncate"]
+
+
+@dataclass
+class Loaded:
+    """One training item: the sample with its record's id (None: dropped, a val/test record that could not be
+    used) and the errors met getting it (a training item stands in for the bad record it names)."""
+
+    sample: Sample | None
+    id: str = ""
+    bad: list[str] = field(default_factory=list)
 
 
 class ConversationDataset(Dataset):
@@ -68,7 +78,7 @@ class ConversationDataset(Dataset):
             self._lengths = estimate_lengths(self.processor, self.records.features)
         return self._lengths
 
-    def load(self, index: int) -> dict:
+    def load(self, index: int) -> Loaded:
         """Record `index` as a processor sample with its id, or a SampleError saying where and why it
         cannot be used."""
         record = self.records[index]
@@ -77,11 +87,11 @@ class ConversationDataset(Dataset):
             self.check_text_length(turns)
             images, audio = self.records.media(index, record, self.processor)
             sample = self.processor.encode(turns, images, audio=audio)
-            if not self.has_answer(sample["labels"]):
+            if not self.has_answer(sample.labels):
                 raise SampleError("no assistant turn to train on")
             sample = self.fit_length(sample)
-            return {**sample, "id": record.id,
-                    "truncated": [f"{record.where()}: {note}" for note in sample["truncated"]]}
+            return Loaded(replace(sample, truncated=[f"{record.where()}: {note}" for note in sample.truncated]),
+                          record.id)
         except SampleError as exc:
             raise SampleError(f"{record.where()}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
@@ -93,27 +103,27 @@ class ConversationDataset(Dataset):
         if self.length_policy == "skip":
             check_chars(sum(len(turn["value"]) for turn in turns), self.max_length, self.chars_per_token)
 
-    def fit_length(self, sample: dict) -> dict:
+    def fit_length(self, sample: Sample) -> Sample:
         """The sample within `max_length` tokens as `length_policy` says, or a SampleError."""
-        n, limit = len(sample["input_ids"]), self.max_length
+        n, limit = len(sample.input_ids), self.max_length
         if limit is None or n <= limit:
             return sample
         over = f"{n} tokens > max_length {limit}"
         if self.length_policy == "skip":
             raise SampleError(over)
-        if sample["media_end"] > limit:
+        if sample.media_end > limit:
             raise SampleError(f"{over}; truncating would cut an image or audio clip")
-        cut = {key: sample[key][:limit] for key in ("input_ids", "labels", "token_media", "token_tile")}
-        if not self.has_answer(cut["labels"]):
+        cut = sample.cut(limit)
+        if not self.has_answer(cut.labels):
             raise SampleError(f"{over}; truncating would leave no answer token")
-        return {**sample, **cut, "truncated": [*sample["truncated"], f"{over}: truncated to {limit} tokens"]}
+        return replace(cut, truncated=[*sample.truncated, f"{over}: truncated to {limit} tokens"])
 
     def has_answer(self, labels: Sequence[int]) -> bool:
         """Whether any answer text is trained on (an end-of-sequence token alone is no answer), so a sample
         with nothing to learn is reported instead of adding a silent zero (or, alone in a batch, NaN) loss."""
         return any(label not in (IGNORE_INDEX, self.processor.tokenizer.eos_token_id) for label in labels)
 
-    def get(self, index: int) -> dict:
+    def get(self, index: int) -> Loaded:
         """`load` with memory: a record found bad once (in this worker) fails again without being decoded."""
         if index in self.known_bad:
             raise SampleError(self.known_bad[index])
@@ -123,16 +133,16 @@ class ConversationDataset(Dataset):
             self.known_bad[index] = str(exc)
             raise
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Loaded:
         try:
-            return {**self.get(index), "bad": []}
+            return self.get(index)
         except SampleError as exc:
             bad = [str(exc)]
         if not self.substitute:
-            return {"bad": bad, "truncated": []}  # no inputs: the Collator drops it
-        return {**self.stand_in(index), "bad": bad}
+            return Loaded(None, bad=bad)  # no sample: the Collator drops it
+        return replace(self.stand_in(index), bad=bad)
 
-    def stand_in(self, index: int) -> dict:
+    def stand_in(self, index: int) -> Loaded:
         """The next good record after `index`, wrapping round. However many bad records come in a row, the
         run goes on (`max_bad_fraction` is the rule); only a dataset with no good record at all is an error."""
         n = len(self.records)
@@ -199,10 +209,10 @@ class Collator:
     def __init__(self, processor: Processor, pack_to: int = 0) -> None:
         self.processor, self.pack_to = processor, pack_to
 
-    def __call__(self, samples: list[dict]) -> Batch:
-        good = [s for s in samples if "input_ids" in s]  # a dropped val/test sample comes without inputs
-        notes = Notes([s["id"] for s in good], bad=[b for s in samples for b in s["bad"]],
-                      truncated=[t for s in samples for t in s["truncated"]])
+    def __call__(self, items: list[Loaded]) -> Batch:
+        good = [it.sample for it in items if it.sample is not None]  # a dropped val/test item has none
+        notes = Notes([it.id for it in items if it.sample is not None], bad=[b for it in items for b in it.bad],
+                      truncated=[t for s in good for t in s.truncated])
         if not good:
             return Batch(None, notes)
         return Batch(self.processor.pack(good, self.pack_to) if self.pack_to else self.processor.collate(good), notes)

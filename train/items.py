@@ -7,15 +7,16 @@ conversations only the media loading and the `Batch` a loader yields.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from string import Formatter
 
 from torch.utils.data import Dataset
 
 from mmllm.config import DEFAULT_MAX_LENGTH
-from mmllm.jsonl import read_jsonl
+from mmllm.jsonl import Record, read_jsonl
 from mmllm.processor import Processor
-from mmllm.sample import SampleError
+from mmllm.sample import Sample, SampleError
 
 from .data import Batch, Notes, check_chars, chars_per_token
 from .media import load_media
@@ -32,6 +33,15 @@ def check_template(template: str) -> None:
         other = sorted(fields - {"question"})
         raise ValueError(f"prompt template {template!r} must hold {{question}} and no other field"
                          + (f"; it has {', '.join('{' + f + '}' for f in other)}" if other else ""))
+
+
+@dataclass
+class PromptItem:
+    """One eval item: its record and its prompt encoded, or (sample None) the error that kept it from encoding."""
+
+    record: Record
+    sample: Sample | None
+    error: str | None = None
 
 
 class ItemsDataset(Dataset):
@@ -51,7 +61,7 @@ class ItemsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> PromptItem:
         record = self.records[index]
         try:
             question = str(record.data["question"]).strip()
@@ -59,12 +69,11 @@ class ItemsDataset(Dataset):
             check_chars(len(prompt), self.max_length, self.chars_per_token)
             images, audio = load_media(self.processor, record)
             sample = self.processor.encode_prompt(prompt, images, audio)
-            if self.max_length is not None and len(sample["input_ids"]) > self.max_length:
-                raise SampleError(f"{len(sample['input_ids'])} tokens > max_length {self.max_length}")
-            notes = [f"{record.where()}: {note}" for note in sample["truncated"]]
-            return {"record": record, "sample": sample, "error": None, "truncated": notes}
+            if self.max_length is not None and len(sample.input_ids) > self.max_length:
+                raise SampleError(f"{len(sample.input_ids)} tokens > max_length {self.max_length}")
+            return PromptItem(record, replace(sample, truncated=[f"{record.where()}: {t}" for t in sample.truncated]))
         except (SampleError, KeyError, IndexError) as exc:
-            return {"record": record, "sample": None, "error": f"{record.where()}: {exc}", "truncated": []}
+            return PromptItem(record, None, f"{record.where()}: {exc}")
 
 
 class PromptCollator:
@@ -74,9 +83,9 @@ class PromptCollator:
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
-    def __call__(self, items: list[dict]) -> Batch:
-        good = [it for it in items if it["sample"] is not None]
-        records = [it["record"] for it in good]
-        notes = Notes([r.id for r in records], truncated=[t for it in items for t in it["truncated"]],
-                      skipped=[it["error"] for it in items if it["sample"] is None], records=records)
-        return Batch(self.processor.collate([it["sample"] for it in good]) if good else None, notes)
+    def __call__(self, items: list[PromptItem]) -> Batch:
+        good = [it for it in items if it.sample is not None]
+        records = [it.record for it in good]
+        notes = Notes([r.id for r in records], truncated=[t for it in good for t in it.sample.truncated],
+                      skipped=[it.error for it in items if it.sample is None], records=records)
+        return Batch(self.processor.collate([it.sample for it in good]) if good else None, notes)

@@ -102,4 +102,4 @@ def image_tokens(processor: Processor, width: int, height: int, layout: Callable
 def grid_tokens(processor: Processor, grid: tuple[int, int]) -> int:
     """Sequence tokens the processor lays out for an image tiled as `grid` (the thumbnail included)."""
     n_tiles = grid[0] * grid[1] + (processor.config.use_thumbnail and grid[0] * grid[1] > 1)
-    return len(processor.image_layout(n_tiles, grid, 0)["ids"])
+    return len(processor.image_layout(n_tiles, grid, 0).ids)
