@@ -12,7 +12,7 @@ from mmllm.config import AudioConfig
 from mmllm.encoders import build_audio_encoder
 from mmllm.eval.runner import score_predictions
 from mmllm.model import MMLLM
-from mmllm.processor import SampleError
+from mmllm.sample import SampleError
 from mmllm.train import synth
 from conftest import tiny_config
 
@@ -147,7 +147,7 @@ def test_a_local_pretrained_whisper_loads_with_a_shorter_window_and_round_trips(
     ours = model.audio_encoder.model
     assert torch.equal(ours.layers[0].fc1.weight, hf.encoder.layers[0].fc1.weight)
     assert torch.equal(ours.embed_positions.weight, hf.encoder.embed_positions.weight[:200])  # 4 s of the 30 s table
-    features = model.processor.encode_prompt("Transcribe.", [], [tone(1.0)])["audio_values"]
+    features = model.processor.encode_prompt("Transcribe.", [], [tone(1.0)]).audio_values
     model.save_pretrained(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(MMLLM.from_pretrained(tmp_path / "m").audio_encoder(features), model.audio_encoder(features))

@@ -6,7 +6,7 @@ import torch
 
 from mmllm.config import AudioConfig
 from mmllm.model import MMLLM, positions
-from mmllm.processor import SampleError
+from mmllm.sample import SampleError
 from conftest import text_image, tiny_config
 
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")

@@ -85,7 +85,7 @@ def test_decoder_length_per_arch_matches_the_formula():
         lengths[arch] = len(sample.input_ids)
         tpt = proc.tokens_per_tile
         tag_len = [len(proc.text_ids(t)) for t in tile_tags("1d", (4, 1), 5)]
-        text = len(proc.encode_prompt("\nWhat text?", [])["input_ids"]) + len(proc.text_ids("<Image></Image>"))
+        text = len(proc.encode_prompt("\nWhat text?", []).input_ids) + len(proc.text_ids("<Image></Image>"))
     assert lengths["nvlm_d"] == text + 5 * tpt + sum(tag_len)
     assert lengths["nvlm_x"] == text + sum(tag_len)
     assert lengths["nvlm_h"] == text + tpt + tag_len[-1]

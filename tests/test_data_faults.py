@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmllm.jsonl import BOM, read_records
 from mmllm.processor import IGNORE_INDEX
-from mmllm.train.data import Collator, ConversationDataset, MMDataModule
+from mmllm.train.data import Collator, ConversationDataset, Loaded, MMDataModule
 from mmllm.train.health import BadSampleMonitor, TrainingAborted
 from mmllm.train.shards import write_shards
 from mmllm.train.synth import synthesize
@@ -206,7 +206,7 @@ def test_bad_val_and_test_samples_are_dropped_counted_and_reported_never_replace
     module = tiny_module()
     data = MMDataModule(val=path, test=path, batch_size=2, processor=module.processor)
     ds, collate = data.dataset("val"), Collator(module.processor)
-    assert ds[0] == {"bad": reasons[:1], "truncated": []}
+    assert ds[0] == Loaded(None, bad=reasons[:1])
     first, second = collate([ds[0], ds[1]]), collate([ds[2], ds[3]])
     assert first.inputs is None and first.ids == [] and first.bad == reasons[:2]
     assert second.ids == ["t2"] and second.inputs.input_ids.shape[0] == 1 and second.bad == reasons[2:]
@@ -248,7 +248,7 @@ def test_a_llava_json_array_with_images_in_their_own_folder_is_read_item_by_item
     assert [str(b) for b in ds.bad_lines] == [f"{path} item 2: missing field(s) ['conversations']",
                                               f"{path} item 3: expected a JSON object, got int"]
     assert ds[0].bad == [] and len(ds[0].sample.pixel_values) == 5
-    assert ConversationDataset(str(path), processor)[0]["bad"] == [
+    assert ConversationDataset(str(path), processor)[0].bad == [
         f"{path} item 1 (id t0): image not found: {tmp_path / 'llava' / '0.png'}"]  # no folder: the JSON's own
 
 
@@ -283,7 +283,7 @@ def test_a_png_whose_decoder_refuses_it_is_a_counted_bad_sample_also_in_a_worker
     path = write(tmp_path / "train.jsonl", [chat(0, image="0.png"), chat(1, image="1.png")])
     reason = (f"{path}:2 (id t1): cannot decode image {tmp_path / '1.png'}: "
               "ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK")
-    assert ConversationDataset(path, processor)[1]["bad"] == [reason]
+    assert ConversationDataset(path, processor)[1].bad == [reason]
     data = MMDataModule(train=path, batch_size=2, num_workers=1, max_bad_fraction=0.5, processor=processor)
     assert next(iter(data.train_dataloader())).bad == [reason]
 
@@ -301,7 +301,7 @@ def test_an_image_over_the_decode_cap_that_cannot_decode_scaled_down_is_refused_
     monkeypatch.setattr("mmllm.processor.MAX_DECODE_PIXELS", 10_000)
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the image was decoded"))
     path = write(tmp_path / "train.jsonl", [chat(0), chat(1, image="wide.png")])
-    assert ConversationDataset(path, processor)[1]["bad"] == [
+    assert ConversationDataset(path, processor)[1].bad == [
         f"{path}:2 (id t1): image {tmp_path / 'wide.png'} of 200x100 pixels is over the 10,000 pixels decoded "
         "whole (only a JPEG decodes scaled down); downscale it"]
 
@@ -377,7 +377,7 @@ def test_the_training_image_folder_is_not_applied_to_val_which_reads_beside_its_
     module = tiny_module()
     data = MMDataModule(train=train, val=val, image_folder=str(tmp_path / "images"), batch_size=2,
                         processor=module.processor)
-    assert data.dataset("train")[0]["bad"] == []
+    assert data.dataset("train")[0].bad == []
     metrics = trainer().validate(module, data)[0]
     assert metrics["val_bad_samples"] == 0.0 and "val_loss" in metrics
 
@@ -387,8 +387,8 @@ def test_a_val_image_folder_of_its_own_is_where_val_paths_resolve(tmp_path, proc
     (tmp_path / "val").mkdir()
     val = write(tmp_path / "val" / "val.jsonl", [chat(1, image="b.png")])
     data = MMDataModule(val=val, test=val, val_image_folder=str(tmp_path), processor=processor)
-    assert data.dataset("val")[0]["bad"] == []
-    assert data.dataset("test")[0]["bad"] == [f"{val}:1 (id t1): image not found: {tmp_path / 'val' / 'b.png'}"]
+    assert data.dataset("val")[0].bad == []
+    assert data.dataset("test")[0].bad == [f"{val}:1 (id t1): image not found: {tmp_path / 'val' / 'b.png'}"]
 
 
 @pytest.mark.parametrize("split", ["val", "test"])

@@ -18,7 +18,7 @@ from mmllm.cli import main
 from mmllm.jsonl import BOM, read_records
 from mmllm.model import MMLLM
 from mmllm.processor import IGNORE_INDEX
-from mmllm.train.data import ConversationDataset, MMDataModule
+from mmllm.train.data import ConversationDataset, Loaded, MMDataModule
 from mmllm.train.health import BadSampleMonitor
 from mmllm.train.index import FileIndex
 from mmllm.train.sampling import LengthGroupedSampler, grouped_order
@@ -67,8 +67,7 @@ def test_a_file_rewritten_after_it_was_indexed_gives_bad_samples_not_a_crash(tmp
     path = write(tmp_path / "train.jsonl", [chat(0), chat(1)])
     ds = ConversationDataset(path, processor, substitute=False)
     write(tmp_path / "train.jsonl", [chat(0, answer="a much longer answer now"), chat(1)])
-    assert ds[1] == {"bad": [f"{path}:2: changed since it was indexed (invalid JSON (Expecting value at column 1))"],
-                     "truncated": []}
+    assert ds[1] == Loaded(None, bad=[f"{path}:2: changed since it was indexed (invalid JSON (Expecting value at column 1))"])
 
 
 def test_a_folder_without_a_shard_index_is_one_clear_error(tmp_path, processor):

@@ -3,6 +3,7 @@ processor, chat templates and generation configs. Tiny random models and a byte 
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from mmllm.config import AudioConfig, EncoderConfig
 from mmllm.encoders import build_encoder
 from mmllm.hf import MMLLMHFConfig
 from mmllm.model import MMLLM
-from mmllm.processor import IGNORE_INDEX, MMLLMProcessor, SampleError
+from mmllm.processor import IGNORE_INDEX, MMLLMProcessor
+from mmllm.sample import Sample, SampleError
 from mmllm.tokenizer import load_tokenizer
 from conftest import text_image, tiny_config
 
@@ -208,8 +210,9 @@ def test_a_folder_saved_before_the_transformers_config_still_loads(tmp_path):
 # -- 2. The processor ------------------------------------------------------------------------------------
 
 
-def encodings_equal(a: dict, b: dict) -> bool:
-    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+def encodings_equal(a: Sample, b: Sample) -> bool:
+    pairs = [(getattr(a, f.name), getattr(b, f.name)) for f in fields(Sample)]
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in pairs)
 
 
 def test_auto_processor_gives_our_processor_which_encodes_exactly_as_the_models(tmp_path):
