@@ -1,5 +1,13 @@
 import io
+import multiprocessing
+import os
+import runpy
+import signal
+import subprocess
 import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +75,162 @@ def as_terminal(monkeypatch) -> Terminal:
     monkeypatch.setattr(progress, "DELAY", 0)
     monkeypatch.setattr(sys, "stderr", Terminal())
     return sys.stderr
+
+
+# -- processes --------------------------------------------------------------------------------------------
+# What the forked processes start with already imported: every command's heavy imports (torch, transformers,
+# Lightning), paid for once per test worker instead of once per process (about 5 s each on 2 cores).
+PRELOAD = ["mmllm.train.cli", "mmllm.eval.runner", "mmllm.eval.compare", "conftest"]
+
+
+def _forked_main(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """The body of a forked process: `python *argv` run in `cwd` with exactly `env`, its output to files."""
+    os.setpgrp()  # a group of its own, so that a timeout stops its DDP ranks and loader workers with it
+    multiprocessing.set_start_method(None, force=True)  # the platform's default, as in a fresh interpreter
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(file, fd)
+        os.close(file)
+    if "OMP_NUM_THREADS" in env:  # torch read it when the server imported it; the caller's setting wins
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+@pytest.fixture(scope="session")
+def forked(tmp_path_factory):
+    """`forked(argv, cwd=..., env=None, timeout=600)`: `subprocess.run([sys.executable, *argv], ...)` with its
+    output captured, in a real process (a signal kills it, its exit code is its own, its children are real, and a
+    DDP rank 1 is launched from it as from the command line), forked from a server that has the imports done.
+    For the tests that need a process; a test of what a fresh interpreter imports runs `subprocess` itself."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    logs = tmp_path_factory.mktemp("forked")
+    count = iter(range(10**9))
+
+    def run(argv: list[str], cwd, env: dict[str, str] | None = None, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+        env = dict(os.environ if env is None else env)
+        n = next(count)
+        out, err = logs / f"{n}.out", logs / f"{n}.err"
+        process = context.Process(target=_forked_main, args=(list(argv), str(cwd), env, str(out), str(err)))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.join()
+            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, out.read_text(), err.read_text())
+        return subprocess.CompletedProcess([sys.executable, *argv], process.exitcode, out.read_text(),
+                                           err.read_text())
+
+    return run
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = str(REPO / "configs" / "nvlm_d_tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml() -> str:
+    """The shipped tiny config (`configs/nvlm_d_tiny.yaml`), as the CLI tests pass it to `--config`."""
+    return TINY_YAML
+
+
+@pytest.fixture(scope="session")
+def mmllm(forked):
+    """`mmllm(*args, cwd=..., check=True)`: the `mmllm` command, run as a user runs it (a process of its own, in
+    `cwd`; MMLLM_DEBUG unset, so errors read as a user sees them); a failure raises with the output when `check`."""
+
+    def run(*args: str, cwd, check: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "MMLLM_DEBUG"}
+        proc = forked(["-m", "mmllm.cli", *args], cwd=cwd, env=env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mmllm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+# Runs `mmllm fit` (reading sys.argv, as the DDP launcher re-runs it for rank 1) with two observers: one appends
+# every step's loss (exact repr) and sample ids to a file per rank, the other sends KILL_SIGNAL (SIGKILL: no
+# cleanup, no final checkpoint) right after step KILL_AT to the ranks in KILL_RANKS (default: all).
+FIT_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import lightning as L
+    from mmllm.train.cli import run
+
+    class LossLog(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            with open(f"loss-rank{trainer.global_rank}.tsv", "a") as fh:
+                fh.write(f"{trainer.global_step}\\t{outputs['loss'].item()!r} {batch.ids}\\n")
+
+    class KillAt(L.Callback):
+        def __init__(self, step):
+            self.step = step
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == self.step and str(trainer.global_rank) in os.environ.get("KILL_RANKS", "0 1"):
+                os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
+
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+    run(None, extra_callbacks=[LossLog(), *([KillAt(kill_at)] if kill_at else [])])
+""")
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """The short fit the process tests run and kill: 24 samples, batch 4, so 6 steps an epoch; 18 steps with a
+    checkpoint every 5, so step 13 (where a run is killed) is mid-epoch, in epoch 2, and so is the step-10
+    checkpoint. Attention dropout makes the model's own draws from the torch generator matter."""
+
+    steps: int = 18
+    every: int = 5
+    kill: int = 13
+
+    def args(self, data: Path, root: str, workers: int, devices: int) -> list[str]:
+        return [
+            "fit", "--config", TINY_YAML, "--data.train", str(data),
+            "--data.batch_size", "4", "--data.num_workers", str(workers), "--trainer.max_steps", str(self.steps),
+            "--trainer.val_check_interval", "null", "--trainer.default_root_dir", root,
+            "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
+            "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", str(self.every),
+            "--model.llm.options.attention_dropout", "0.1", "--model.warmup_steps", "2",
+        ]
+
+    @staticmethod
+    def losses(path: Path) -> dict[int, str]:
+        """step -> loss repr and sample ids; a step logged twice (killed run, then the resume) keeps the resume's."""
+        return dict(line.split("\t") for line in path.read_text().splitlines())
+
+
+@pytest.fixture(scope="session")
+def fit_plan() -> FitPlan:
+    return FitPlan()
+
+
+@pytest.fixture(scope="session")
+def drive(forked):
+    """`drive(cwd, args, kill_at=0, kill_signal="SIGKILL", expect=(0, -SIGKILL), kill_ranks="0 1")`: `mmllm fit
+    *args` in a process of its own in `cwd`, logging each step's loss per rank (`FitPlan.losses`) and, with
+    `kill_at`, sending itself `kill_signal` after that step; an exit code outside `expect` raises with the output."""
+
+    def run(cwd: Path, args: list[str], kill_at: int = 0, kill_signal: str = "SIGKILL",
+            expect: tuple[int, ...] = (0, -signal.SIGKILL), kill_ranks: str = "0 1") -> subprocess.CompletedProcess:
+        env = {**os.environ, "KILL_AT": str(kill_at), "KILL_SIGNAL": kill_signal, "KILL_RANKS": kill_ranks,
+               "OMP_NUM_THREADS": "1"}
+        env.pop("MMLLM_DEBUG", None)
+        (cwd / "driver.py").write_text(FIT_DRIVER)
+        proc = forked(["driver.py", *args], cwd=cwd, env=env)
+        if proc.returncode not in expect:
+            raise AssertionError(f"fit exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run

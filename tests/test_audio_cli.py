@@ -1,24 +1,24 @@
 """Audio through the command line: synth asr, a 3-step fit per architecture, eval --task asr."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmllm.train.synth import synthesize
-from test_cli import CONFIG, REPO, mmllm
 
-AUDIO_CONFIG = str(REPO / "configs" / "asr_tiny.yaml")
+AUDIO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "asr_tiny.yaml")
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_three_step_fit_per_arch_with_audio(arch, tmp_path):
+def test_three_step_fit_per_arch_with_audio(arch, tmp_path, mmllm, tiny_yaml):
     if arch == "nvlm_d":
         mmllm("data", "synth", "--task", "asr", "--n", "8", "--out", "d", cwd=tmp_path)
     else:  # in-process: one subprocess less
         synthesize("asr", tmp_path / "d", 8)
-    proc = mmllm("fit", "--config", CONFIG, "--config", AUDIO_CONFIG, "--model.arch", arch, "--data.train", "d/train.jsonl",
-                 "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.default_root_dir", "out", cwd=tmp_path)
+    proc = mmllm("fit", "--config", tiny_yaml, "--config", AUDIO_CONFIG, "--model.arch", arch,
+                 "--data.train", "d/train.jsonl", "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.default_root_dir", "out", cwd=tmp_path)
     assert f"arch={arch}" in proc.stdout and "whisper audio" in proc.stdout and "audio stack x4 + MLP" in proc.stdout
     ckpt = next((tmp_path / "out").rglob("last.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)

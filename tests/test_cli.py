@@ -3,34 +3,22 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "nvlm_d_tiny.yaml")
-MMLLM = [sys.executable, "-m", "mmllm.cli"]
 pytestmark = pytest.mark.slow
 
 
-def mmllm(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MMLLM_DEBUG"}
-    proc = subprocess.run([*MMLLM, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mmllm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["data", "synth"], ["demo"]])
-def test_every_command_has_help(command, tmp_path):
+def test_every_command_has_help(command, tmp_path, mmllm):
     proc = mmllm(*command, "--help", cwd=tmp_path)
     assert "usage" in proc.stdout.lower()
 
 
-def test_fit_then_eval_then_resume(tmp_path):
+def test_fit_then_eval_then_resume(tmp_path, mmllm, tiny_yaml):
     mmllm("data", "synth", "--task", "ocr", "--n", "24", "--out", "d", "--seed", "0", cwd=tmp_path)
-    fit = ["fit", "--config", CONFIG, "--data.train", "d/train.jsonl", "--data.val", "d/train.jsonl",
+    fit = ["fit", "--config", tiny_yaml, "--data.train", "d/train.jsonl", "--data.val", "d/train.jsonl",
            "--data.batch_size", "4", "--trainer.val_check_interval", "3", "--trainer.default_root_dir", "out"]
     proc = mmllm(*fit, "--trainer.max_steps", "3", cwd=tmp_path)
     assert "connector (pixel shuffle + MLPProjector)" in proc.stdout  # the parameter table is printed at start
@@ -52,27 +40,27 @@ def test_fit_then_eval_then_resume(tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5
 
 
-def test_config_alone_runs_on_synthesised_data(tmp_path):
-    mmllm("fit", "--config", CONFIG, "--trainer.max_steps", "3", "--data.synth_n", "32",
+def test_config_alone_runs_on_synthesised_data(tmp_path, mmllm, tiny_yaml):
+    mmllm("fit", "--config", tiny_yaml, "--trainer.max_steps", "3", "--data.synth_n", "32",
           "--trainer.default_root_dir", "out", cwd=tmp_path)
     assert list((tmp_path / "out").rglob("*.ckpt"))
     assert (tmp_path / "runs" / "data" / "ocr-easy-n32" / "train" / "items.jsonl").is_file()
 
 
-def test_a_run_logged_to_a_file_prints_progress_lines_and_no_engine_adverts(tmp_path):
-    proc = mmllm("fit", "--config", CONFIG, "--trainer.max_steps", "20", "--data.synth_n", "32", cwd=tmp_path)
+def test_a_run_logged_to_a_file_prints_progress_lines_and_no_engine_adverts(tmp_path, mmllm, tiny_yaml):
+    proc = mmllm("fit", "--config", tiny_yaml, "--trainer.max_steps", "20", "--data.synth_n", "32", cwd=tmp_path)
     steps = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("[mmllm] step ")]
     assert steps == [f"{k}/20" for k in range(2, 21, 2)]
     assert "Tip:" not in proc.stderr and "tensorboardX" not in proc.stderr and "LeafSpec" not in proc.stderr
 
 
-def test_unknown_arch_is_rejected_with_the_valid_names(tmp_path):
-    proc = mmllm("fit", "--config", CONFIG, "--model.arch", "nvlm_q", cwd=tmp_path, check=False)
+def test_unknown_arch_is_rejected_with_the_valid_names(tmp_path, mmllm, tiny_yaml):
+    proc = mmllm("fit", "--config", tiny_yaml, "--model.arch", "nvlm_q", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "nvlm_q" in proc.stderr and "nvlm_d" in proc.stderr
 
 
-def test_errors_are_one_line_not_a_traceback(tmp_path):
+def test_errors_are_one_line_not_a_traceback(tmp_path, mmllm):
     proc = mmllm("eval", "--task", "ocr", "--ckpt", "nope.ckpt", "--data", "d", "--out", "o", cwd=tmp_path,
                  check=False)
     assert proc.returncode == 1
@@ -82,9 +70,9 @@ def test_errors_are_one_line_not_a_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_three_step_fit_per_arch(arch, tmp_path):
+def test_three_step_fit_per_arch(arch, tmp_path, mmllm, tiny_yaml):
     mmllm("data", "synth", "--task", "chart", "--n", "8", "--out", "d", cwd=tmp_path)
-    proc = mmllm("fit", "--config", CONFIG, "--model.arch", arch, "--data.train", "d/train.jsonl",
+    proc = mmllm("fit", "--config", tiny_yaml, "--model.arch", arch, "--data.train", "d/train.jsonl",
                  "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.default_root_dir", "out", cwd=tmp_path)
     assert f"arch={arch}" in proc.stdout and "1 gated cross-attn" in proc.stdout
     state = torch.load(next((tmp_path / "out").rglob("last.ckpt")), map_location="cpu", weights_only=True)

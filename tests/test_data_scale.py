@@ -5,6 +5,7 @@ import json
 import pickle
 import signal
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -26,8 +27,8 @@ from mmllm.train.shards import SHARD_INDEX, ShardReader, write_shards
 from conftest import text_image, tiny_config
 from test_data import tiny_module
 from test_data_faults import chat, write
-from test_resume import REPO, drive, fit_args, losses
 
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from data_scale import synth_mix  # noqa: E402 (the script is no package)
 
@@ -67,7 +68,8 @@ def test_a_file_rewritten_after_it_was_indexed_gives_bad_samples_not_a_crash(tmp
     path = write(tmp_path / "train.jsonl", [chat(0), chat(1)])
     ds = ConversationDataset(path, processor, substitute=False)
     write(tmp_path / "train.jsonl", [chat(0, answer="a much longer answer now"), chat(1)])
-    assert ds[1] == Loaded(None, bad=[f"{path}:2: changed since it was indexed (invalid JSON (Expecting value at column 1))"])
+    reason = "changed since it was indexed (invalid JSON (Expecting value at column 1))"
+    assert ds[1] == Loaded(None, bad=[f"{path}:2: {reason}"])
 
 
 def test_a_folder_without_a_shard_index_is_one_clear_error(tmp_path, processor):
@@ -261,15 +263,15 @@ def test_the_padding_fraction_is_logged_per_epoch_and_printed_for_the_run_and_gr
 
 
 @pytest.mark.slow
-def test_a_killed_grouped_run_on_shards_resumes_with_identical_per_step_losses(mix, tmp_path):
+def test_a_killed_grouped_run_on_shards_resumes_with_identical_per_step_losses(mix, tmp_path, drive, fit_plan):
     write_shards(mix, tmp_path / "shards", rows=10, group_rows=4)
     data = tmp_path / "shards"
-    args = [*fit_args(data, "out", 2, 2), "--data.group_by_length", "true"]
+    args = [*fit_plan.args(data, "out", 2, 2), "--data.group_by_length", "true"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir(), broken.mkdir()
     assert drive(whole, args).returncode == 0
-    assert drive(broken, args, kill_at=13).returncode == -signal.SIGKILL
+    assert drive(broken, args, kill_at=fit_plan.kill).returncode == -signal.SIGKILL
     assert drive(broken, [*args, "--ckpt_path", "last"]).returncode == 0
     for rank in range(2):
-        assert losses(broken / f"loss-rank{rank}.tsv") == losses(whole / f"loss-rank{rank}.tsv")
-    assert len(losses(whole / "loss-rank0.tsv")) == 18
+        assert fit_plan.losses(broken / f"loss-rank{rank}.tsv") == fit_plan.losses(whole / f"loss-rank{rank}.tsv")
+    assert len(fit_plan.losses(whole / "loss-rank0.tsv")) == fit_plan.steps

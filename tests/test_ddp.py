@@ -5,19 +5,17 @@ import re
 
 import pytest
 
-from test_resume import drive, fit_args
-
 pytestmark = pytest.mark.slow
 
 
-def test_bad_sample_counts_are_summed_over_ranks_and_listed_once_by_rank_zero(tmp_path):
+def test_bad_sample_counts_are_summed_over_ranks_and_listed_once_by_rank_zero(tmp_path, drive, fit_plan):
     from mmllm.train.synth import synthesize
 
     synthesize("ocr", tmp_path / "d", 24, seed=0, level="easy")
     lines = (tmp_path / "d" / "train.jsonl").read_text().splitlines()
     missing = [json.dumps({**json.loads(lines[0]), "id": f"gone-{k}", "image": "images/none.png"}) for k in range(4)]
     (tmp_path / "d" / "train.jsonl").write_text("\n".join(lines + missing) + "\n")
-    args = fit_args(tmp_path / "d" / "train.jsonl", "out", 0, 2)
+    args = fit_plan.args(tmp_path / "d" / "train.jsonl", "out", 0, 2)
     proc = drive(tmp_path, [*args, "--trainer.max_steps", "8", "--data.max_bad_fraction", "0.2",
                      "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "out",
                      "--data.val", str(tmp_path / "d" / "train.jsonl"), "--trainer.check_val_every_n_epoch", "1"])

@@ -14,17 +14,16 @@ from mmllm.train.items import ItemsDataset, PromptCollator
 from mmllm.train.load import load_model
 from mmllm.train.synth import synthesize
 from conftest import tiny_config
-from test_cli import CONFIG, mmllm
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory) -> tuple[Path, Path]:
+def fitted(tmp_path_factory, mmllm, tiny_yaml) -> tuple[Path, Path]:
     """A scratch folder with 16 synthetic OCR items in d/ and the checkpoint of a 3-step fit on them."""
     root = tmp_path_factory.mktemp("fitted")
     mmllm("data", "synth", "--task", "ocr", "--n", "16", "--out", "d", cwd=root)
-    mmllm("fit", "--config", CONFIG, "--data.train", "d/train.jsonl", "--data.batch_size", "4",
+    mmllm("fit", "--config", tiny_yaml, "--data.train", "d/train.jsonl", "--data.batch_size", "4",
           "--trainer.max_steps", "3", "--trainer.default_root_dir", "fit", cwd=root)
     return root, root / "fit" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
@@ -52,10 +51,10 @@ def first_batch(model: MMLLM, root: Path, n: int = 4):
     return PromptCollator(model.processor)([items[i] for i in range(n)])
 
 
-def test_predict_writes_every_item_once_beside_the_run_config_and_reports_the_skipped(fitted):
+def test_predict_writes_every_item_once_beside_the_run_config_and_reports_the_skipped(fitted, mmllm, tiny_yaml):
     root, ckpt = fitted
     data, ids, skipped = items_with_bad_ones(root)
-    proc = mmllm("predict", "--config", CONFIG, "--data.predict", data, "--data.batch_size", "4",
+    proc = mmllm("predict", "--config", tiny_yaml, "--data.predict", data, "--data.batch_size", "4",
                  "--ckpt_path", str(ckpt), "--trainer.default_root_dir", "pred", cwd=root)
     run = root / "pred" / "lightning_logs" / "version_0"
     rows = read_rows(run / "predictions.jsonl")
@@ -69,10 +68,10 @@ def test_predict_writes_every_item_once_beside_the_run_config_and_reports_the_sk
     assert [f"[mmllm] skipped {s}" for s in skipped] == [l for l in proc.stdout.splitlines() if "skipped d/" in l]
 
 
-def test_two_ddp_processes_write_one_file_in_input_order_and_count_each_skip_once(fitted):
+def test_two_ddp_processes_write_one_file_in_input_order_and_count_each_skip_once(fitted, mmllm, tiny_yaml):
     root, ckpt = fitted
     data, ids, skipped = items_with_bad_ones(root)
-    mmllm("predict", "--config", CONFIG, "--data.predict", data, "--data.batch_size", "3", "--ckpt_path", str(ckpt),
+    mmllm("predict", "--config", tiny_yaml, "--data.predict", data, "--data.batch_size", "3", "--ckpt_path", str(ckpt),
           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", "ddp",
           "--predictions.dirpath", "preds", cwd=root)
     assert sorted(p.name for p in (root / "preds").iterdir()) == ["predictions.jsonl", "summary.json"]
@@ -81,9 +80,10 @@ def test_two_ddp_processes_write_one_file_in_input_order_and_count_each_skip_onc
     assert (summary["n"], summary["skipped"], summary["skipped_items"]) == (16, 2, skipped)
 
 
-def test_predict_generates_the_max_new_tokens_given_not_the_checkpoints_and_the_summary_says_so(fitted):
+def test_predict_generates_the_max_new_tokens_given_not_the_checkpoints_and_the_summary_says_so(
+        fitted, mmllm, tiny_yaml):
     root, ckpt = fitted
-    mmllm("predict", "--config", CONFIG, "--data.predict", "d/items.jsonl", "--data.batch_size", "4",
+    mmllm("predict", "--config", tiny_yaml, "--data.predict", "d/items.jsonl", "--data.batch_size", "4",
           "--ckpt_path", str(ckpt), "--model.max_new_tokens", "3", "--predictions.dirpath", "short", cwd=root)
     model = load_model(ckpt)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_a_batch_of_items_survives_the_input_casts_of_half_precision_and_of_fsdp
         assert model.to(torch.bfloat16)(moved.inputs).logits.dtype == torch.bfloat16
 
 
-def test_export_writes_a_folder_whose_model_gives_the_checkpoints_logits_exactly(fitted):
+def test_export_writes_a_folder_whose_model_gives_the_checkpoints_logits_exactly(fitted, mmllm):
     root, ckpt = fitted
     proc = mmllm("export", str(ckpt), "model", cwd=root)
     files = sorted(p.relative_to(root) for p in (root / "model").rglob("*") if p.is_file())
@@ -126,7 +126,7 @@ def test_export_writes_a_folder_whose_model_gives_the_checkpoints_logits_exactly
         assert torch.equal(original(batch.inputs).logits, exported(batch.inputs).logits)
 
 
-def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_path):
+def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_path, mmllm):
     root, ckpt = fitted
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "notes.txt").write_text("mine")
@@ -139,14 +139,14 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
 
 
-def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_path, monkeypatch):
+def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_path, monkeypatch, tiny_yaml):
     """In-process: the config names a 2000-sample synthetic training set that predict never reads."""
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(1)  # not the run's seed: predictions equal the folder's only if its weights are loaded
     exported = MMLLM(tiny_config()).eval()
     exported.save_pretrained("export")  # what `mmllm export` writes
     synthesize("ocr", "d", 4)
-    assert main(["predict", "--config", CONFIG, "--ckpt_path", "export", "--data.predict", "d/items.jsonl",
+    assert main(["predict", "--config", tiny_yaml, "--ckpt_path", "export", "--data.predict", "d/items.jsonl",
                  "--trainer.default_root_dir", "pred", "--predictions.dirpath", "preds",
                  "--model.max_new_tokens", "4"]) == 0
     rows = read_rows(tmp_path / "preds" / "predictions.jsonl")
@@ -156,10 +156,10 @@ def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_pa
     assert not (tmp_path / "runs").exists()  # the config's synth_dir
 
 
-def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(tmp_path, monkeypatch, capsys):
+def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(tmp_path, monkeypatch, capsys, tiny_yaml):
     monkeypatch.chdir(tmp_path)
     MMLLM(tiny_config()).save_pretrained("export")
-    assert main(["fit", "--config", CONFIG, "--ckpt_path", "export", "--trainer.default_root_dir", "fit"]) == 1
+    assert main(["fit", "--config", tiny_yaml, "--ckpt_path", "export", "--trainer.default_root_dir", "fit"]) == 1
     assert capsys.readouterr().err == ("mmllm: error: ValueError: export is an exported model, not a run to resume: "
                                        "start from its weights with --model.init_from\n")
     assert not (tmp_path / "runs").exists()

@@ -3,9 +3,6 @@ per-step losses as a run that was never interrupted (workers 0 and 2, one proces
 import errno
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from io import BufferedWriter, RawIOBase
 from pathlib import Path
 
@@ -14,66 +11,7 @@ import torch
 
 from mmllm.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-# Runs `mmllm fit` (reading sys.argv, as the DDP launcher re-runs it for rank 1) with two observers: one appends every step's loss (exact repr) to a file
-# per rank, the other sends KILL_SIGNAL (SIGKILL: no cleanup, no final checkpoint) right after step KILL_AT
-# to the ranks in KILL_RANKS (default: all).
-DRIVER = textwrap.dedent("""
-    import os, signal, sys
-    import lightning as L
-    from mmllm.train.cli import run
-
-    class LossLog(L.Callback):
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            with open(f"loss-rank{trainer.global_rank}.tsv", "a") as fh:
-                fh.write(f"{trainer.global_step}\\t{outputs['loss'].item()!r} {batch.ids}\\n")
-
-    class KillAt(L.Callback):
-        def __init__(self, step):
-            self.step = step
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.global_step == self.step and str(trainer.global_rank) in os.environ.get("KILL_RANKS", "0 1"):
-                os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
-
-    kill_at = int(os.environ.get("KILL_AT", "0"))
-    run(None, extra_callbacks=[LossLog(), *([KillAt(kill_at)] if kill_at else [])])
-""")
-
-# 24 samples, batch 4: 6 steps an epoch, so step 13 is mid-epoch (epoch 2) and the checkpoint at step 10
-# is mid-epoch too. Dropout makes the model's own draws from the torch generator matter.
-STEPS, EVERY, KILL = 18, 5, 13
-
-
-def fit_args(data: Path, root: str, workers: int, devices: int) -> list[str]:
-    return [
-        "fit", "--config", str(REPO / "configs" / "nvlm_d_tiny.yaml"), "--data.train", str(data),
-        "--data.batch_size", "4", "--data.num_workers", str(workers), "--trainer.max_steps", str(STEPS),
-        "--trainer.val_check_interval", "null", "--trainer.default_root_dir", root,
-        "--trainer.devices", str(devices), *(["--trainer.strategy", "ddp"] if devices > 1 else []),
-        "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", str(EVERY),
-        "--model.llm.options.attention_dropout", "0.1", "--model.warmup_steps", "2",
-    ]
-
-
-def drive(cwd: Path, args: list[str], kill_at: int = 0, kill_signal: str = "SIGKILL",
-          expect: tuple[int, ...] = (0, -signal.SIGKILL), kill_ranks: str = "0 1") -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_SIGNAL": kill_signal, "KILL_RANKS": kill_ranks,
-           "OMP_NUM_THREADS": "1"}
-    env.pop("MMLLM_DEBUG", None)
-    (cwd / "driver.py").write_text(DRIVER)
-    proc = subprocess.run([sys.executable, "driver.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode not in expect:
-        raise AssertionError(f"fit exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def losses(path: Path) -> dict[int, str]:
-    """step -> loss repr and sample ids; a step logged twice (killed run, then the resume) keeps the resume's value."""
-    return dict(line.split("\t") for line in path.read_text().splitlines())
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -85,7 +23,7 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def uninterrupted(data, tmp_path_factory, drive, fit_plan):
     """`uninterrupted(workers, devices, *args)`: every rank's per-step losses of a run never stopped, run once
     for the module (checkpoint intervals change no loss, so the runs compared with it may set their own)."""
     done: dict[tuple, list[dict[int, str]]] = {}
@@ -94,26 +32,28 @@ def uninterrupted(data, tmp_path_factory):
         key = (workers, devices, *args)
         if key not in done:
             cwd = tmp_path_factory.mktemp("whole")
-            drive(cwd, [*fit_args(data, "out", workers, devices), *args])
-            done[key] = [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+            drive(cwd, [*fit_plan.args(data, "out", workers, devices), *args])
+            done[key] = [fit_plan.losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
         return done[key]
 
     return run
 
 
-def resumed_losses(cwd: Path, devices: int = 1) -> list[dict[int, str]]:
-    return [losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
+def resumed_losses(cwd: Path, plan, devices: int = 1) -> list[dict[int, str]]:
+    return [plan.losses(cwd / f"loss-rank{rank}.tsv") for rank in range(devices)]
 
 
 @pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
-def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(data, tmp_path, uninterrupted, workers, devices):
-    assert drive(tmp_path, fit_args(data, "out", workers, devices), kill_at=KILL).returncode == -signal.SIGKILL
-    killed = losses(tmp_path / "loss-rank0.tsv")
-    assert max(map(int, killed)) == KILL  # it really died mid-run
-    assert drive(tmp_path, [*fit_args(data, "out", workers, devices), "--ckpt_path", "last"]).returncode == 0
+def test_a_run_killed_mid_epoch_resumes_with_identical_per_step_losses(
+        data, tmp_path, uninterrupted, workers, devices, drive, fit_plan):
+    killed = drive(tmp_path, fit_plan.args(data, "out", workers, devices), kill_at=fit_plan.kill)
+    assert killed.returncode == -signal.SIGKILL
+    killed = fit_plan.losses(tmp_path / "loss-rank0.tsv")
+    assert max(map(int, killed)) == fit_plan.kill  # it really died mid-run
+    assert drive(tmp_path, [*fit_plan.args(data, "out", workers, devices), "--ckpt_path", "last"]).returncode == 0
     expected = uninterrupted(workers, devices)
-    assert [len(e) for e in expected] == [STEPS] * devices
-    assert resumed_losses(tmp_path, devices) == expected  # steps 11..18 recomputed after the resume, bit for bit
+    assert [len(e) for e in expected] == [fit_plan.steps] * devices
+    assert resumed_losses(tmp_path, fit_plan, devices) == expected  # steps 11..18 recomputed after the resume, exactly
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -147,9 +87,9 @@ def test_resume_skips_an_unreadable_last_checkpoint_for_the_newest_intact_one(tm
         io.load_checkpoint(cut)
 
 
-def test_resume_finds_the_checkpoint_under_a_logger_folder_outside_the_root(data, tmp_path):
+def test_resume_finds_the_checkpoint_under_a_logger_folder_outside_the_root(data, tmp_path, drive, fit_plan):
     logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs"]
-    args = [*fit_args(data, "out", 0, 1), *logger, "--checkpoint.every_n_train_steps", "3"]
+    args = [*fit_plan.args(data, "out", 0, 1), *logger, "--checkpoint.every_n_train_steps", "3"]
     drive(tmp_path, [*args, "--trainer.max_steps", "3"])
     assert not (tmp_path / "out").exists() and list((tmp_path / "logs").rglob("last.ckpt"))
     drive(tmp_path, [*args, "--trainer.max_steps", "5", "--ckpt_path", "last"])
@@ -165,28 +105,29 @@ def last_step(root: Path) -> int:
 
 @pytest.mark.parametrize("workers,devices", [(0, 1), (2, 1), (0, 2)], ids=["workers0", "workers2", "ddp2"])
 def test_a_run_resumed_from_a_checkpoint_on_an_epochs_last_batch_sees_the_next_epoch_in_the_same_order(
-        data, tmp_path, uninterrupted, workers, devices):
+        data, tmp_path, uninterrupted, workers, devices, drive, fit_plan):
     every = ["--checkpoint.every_n_train_steps", "6"]  # 6 steps an epoch: every checkpoint on an epoch's end
-    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every], kill_at=8)
+    drive(tmp_path, [*fit_plan.args(data, "out", workers, devices), *every], kill_at=8)
     assert last_step(tmp_path / "out") == 6
-    drive(tmp_path, [*fit_args(data, "out", workers, devices), *every, "--ckpt_path", "last"])
-    assert resumed_losses(tmp_path, devices) == uninterrupted(workers, devices)
+    drive(tmp_path, [*fit_plan.args(data, "out", workers, devices), *every, "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path, fit_plan, devices) == uninterrupted(workers, devices)
 
 
 @pytest.mark.parametrize("devices,ranks", [(1, "0"), (2, "1")], ids=["one-process", "ddp2-rank1-only"])
 def test_sigterm_during_fit_writes_last_ckpt_at_the_signal_exits_143_and_resumes_exactly(
-        data, tmp_path, uninterrupted, devices, ranks):
+        data, tmp_path, uninterrupted, devices, ranks, drive, fit_plan):
     """Under DDP a scheduler signals each rank at its own moment: here only rank 1 hears it, and both stop
     after that step with one checkpoint of it."""
-    proc = drive(tmp_path, fit_args(data, "out", 0, devices), kill_at=KILL, kill_signal="SIGTERM", kill_ranks=ranks,
-                 expect=(143,))
+    kill = fit_plan.kill
+    proc = drive(tmp_path, fit_plan.args(data, "out", 0, devices), kill_at=kill, kill_signal="SIGTERM",
+                 kill_ranks=ranks, expect=(143,))
     (last,) = (tmp_path / "out").rglob("last.ckpt")
-    assert last_step(tmp_path / "out") == KILL  # not the step-10 checkpoint before it
-    assert (f"[mmllm] SIGTERM at step {KILL}: {last.relative_to(tmp_path)} holds step {KILL}; resume with "
+    assert last_step(tmp_path / "out") == kill  # not the step-10 checkpoint before it
+    assert (f"[mmllm] SIGTERM at step {kill}: {last.relative_to(tmp_path)} holds step {kill}; resume with "
             "--ckpt_path last") in proc.stdout
-    assert all(max(steps) == KILL for steps in (map(int, log) for log in resumed_losses(tmp_path, devices)))
-    drive(tmp_path, [*fit_args(data, "out", 0, devices), "--ckpt_path", "last"])
-    assert resumed_losses(tmp_path, devices) == uninterrupted(0, devices)
+    assert all(max(map(int, log)) == kill for log in resumed_losses(tmp_path, fit_plan, devices))
+    drive(tmp_path, [*fit_plan.args(data, "out", 0, devices), "--ckpt_path", "last"])
+    assert resumed_losses(tmp_path, fit_plan, devices) == uninterrupted(0, devices)
 
 
 def test_a_full_disk_during_a_save_says_so_with_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -252,23 +193,24 @@ def test_resume_passes_over_a_last_ckpt_symlink_to_no_file_for_the_intact_checkp
 
 @pytest.mark.parametrize("before,after", [(0, 2), (2, 0)])
 def test_a_run_resumed_with_another_worker_count_continues_at_the_same_sample_with_identical_losses(
-        data, tmp_path, uninterrupted, before, after):
-    drive(tmp_path, fit_args(data, "out", before, 1), kill_at=KILL)
-    proc = drive(tmp_path, [*fit_args(data, "out", after, 1), "--ckpt_path", "last"])
+        data, tmp_path, uninterrupted, before, after, drive, fit_plan):
+    drive(tmp_path, fit_plan.args(data, "out", before, 1), kill_at=fit_plan.kill)
+    proc = drive(tmp_path, [*fit_plan.args(data, "out", after, 1), "--ckpt_path", "last"])
     assert (f"[mmllm] resuming with --data.num_workers {after} where the checkpoint's run had {before}: the loader "
             "restarts at sample 16 of epoch 1 with fresh workers") in proc.stdout
-    assert resumed_losses(tmp_path) == uninterrupted(before, 1)
+    assert resumed_losses(tmp_path, fit_plan) == uninterrupted(before, 1)
 
 
-def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp_path):
+def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp_path, drive, fit_plan):
     from mmllm.train.synth import synthesize
 
     synthesize("ocr", tmp_path / "other", 30, seed=1, level="easy")
-    drive(tmp_path, fit_args(data, "out", 0, 1), kill_at=KILL)
-    args = [*fit_args(tmp_path / "other" / "train.jsonl", "out", 0, 1), "--data.batch_size", "2", "--ckpt_path", "last"]
+    drive(tmp_path, fit_plan.args(data, "out", 0, 1), kill_at=fit_plan.kill)
+    other = tmp_path / "other" / "train.jsonl"
+    args = [*fit_plan.args(other, "out", 0, 1), "--data.batch_size", "2", "--ckpt_path", "last"]
     out = drive(tmp_path, args).stdout
     then = "in the checkpoint's run; the epoch goes on at its sample position, in the order of this run's data"
-    assert (f"[mmllm] resuming with another training set: {tmp_path / 'other' / 'train.jsonl'} (30 records) now, "
+    assert (f"[mmllm] resuming with another training set: {other} (30 records) now, "
             f"{data} (24 records) {then}") in out
     assert f"[mmllm] resuming with another --data.batch_size: 2 now, 4 {then}" in out
 
@@ -277,10 +219,10 @@ def test_a_run_resumed_with_another_training_set_or_batch_size_says_so(data, tmp
                                        (12, ["--trainer.max_epochs", "2", "--trainer.max_steps", "-1"])],
                          ids=["mid_epoch", "epoch_end", "max_epochs"])
 def test_a_finished_run_continued_to_more_steps_from_its_final_checkpoint_matches_one_run(
-        data, tmp_path, uninterrupted, end, limit):
+        data, tmp_path, uninterrupted, end, limit, drive, fit_plan):
     """At lr 0, since the schedule follows max_steps: what is compared is the data order and the generators."""
-    args = [*fit_args(data, "out", 0, 1), "--model.lr", "0"]
+    args = [*fit_plan.args(data, "out", 0, 1), "--model.lr", "0"]
     drive(tmp_path, [*args, *limit])
     assert last_step(tmp_path / "out") == end  # 16 and 12: between two checkpoint intervals (every 5)
     drive(tmp_path, [*args, "--ckpt_path", "last"])
-    assert resumed_losses(tmp_path) == uninterrupted(0, 1, "--model.lr", "0")
+    assert resumed_losses(tmp_path, fit_plan) == uninterrupted(0, 1, "--model.lr", "0")
