@@ -14,14 +14,8 @@ from mmllm.eval.runner import score_predictions
 from mmllm.model import MMLLM
 from mmllm.sample import SampleError
 from mmllm.train import synth
-from conftest import tiny_config
 
 TINY_WHISPER = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64}
-
-
-def tone(seconds: float, rate: int = SAMPLE_RATE, hz: float = 440.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
 def peak_hz(wave: np.ndarray) -> float:
@@ -30,7 +24,7 @@ def peak_hz(wave: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
-def test_log_mel_features_and_encoder_states_have_whisper_shapes(n_mels):
+def test_log_mel_features_and_encoder_states_have_whisper_shapes(n_mels, tone):
     front = AudioFrontEnd(n_mels, 30, lambda frames: frames)
     values, frames, note = front.features(tone(2.0))
     assert values.shape == (n_mels, 3000) and frames == 200 and note is None
@@ -40,7 +34,7 @@ def test_log_mel_features_and_encoder_states_have_whisper_shapes(n_mels):
         encoder(values[None, :, :400])
 
 
-def test_padding_adds_no_tokens_2s_and_20s_clips_in_a_30s_window():
+def test_padding_adds_no_tokens_2s_and_20s_clips_in_a_30s_window(tiny_config, tone):
     torch.manual_seed(0)
     model = MMLLM(tiny_config(audio=AudioConfig(options=TINY_WHISPER))).eval()  # 30 s window, stack 5
     proc = model.processor
@@ -60,7 +54,7 @@ def test_padding_adds_no_tokens_2s_and_20s_clips_in_a_30s_window():
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
 @pytest.mark.parametrize("rate", [8000, 44100])
-def test_any_rate_and_channel_count_loads_as_mono_16khz(fmt, rate, tmp_path):
+def test_any_rate_and_channel_count_loads_as_mono_16khz(fmt, rate, tmp_path, tone):
     left, right = tone(1.0, rate, 440.0), 0.5 * tone(1.0, rate, 440.0)
     path = tmp_path / f"clip.{fmt.lower()}"
     sf.write(path, np.stack([left, right], axis=1), rate, format=fmt, subtype="PCM_16")
@@ -71,25 +65,13 @@ def test_any_rate_and_channel_count_loads_as_mono_16khz(fmt, rate, tmp_path):
     np.testing.assert_allclose(np.abs(wave[middle]).max(), 0.75 * 0.3, rtol=0.02)  # the channel mean
 
 
-def bad_files(root):
-    """One file per bad-audio class, with the words its message must contain."""
-    sf.write(root / "nan.wav", np.array([0.1, np.nan, 0.2], dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
-    (root / "empty.wav").write_bytes(b"")
-    (root / "corrupt.flac").write_bytes(b"fLaC not really a flac stream")
-    (root / "clip.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
-    sf.write(root / "silent.wav", np.zeros((0, 1), dtype=np.float32), SAMPLE_RATE)
-    return {"missing.wav": "audio not found", "nan.wav": "NaN or infinite samples", "empty.wav": "empty audio file",
-            "corrupt.flac": "cannot decode audio", "clip.m4a": "unsupported audio format '.m4a'",
-            "silent.wav": "has no samples"}
-
-
-def test_each_bad_audio_file_has_its_own_message(tmp_path):
-    for name, message in bad_files(tmp_path).items():
+def test_each_bad_audio_file_has_its_own_message(tmp_path, bad_audio_files):
+    for name, message in bad_audio_files(tmp_path).items():
         with pytest.raises(SampleError, match=message):
             load_audio(tmp_path / name)
 
 
-def test_a_clip_longer_than_the_window_is_truncated_with_a_note():
+def test_a_clip_longer_than_the_window_is_truncated_with_a_note(tone):
     front = AudioFrontEnd(80, 4, lambda frames: frames)
     values, frames, note = front.features(tone(6.5))
     assert values.shape == (80, 400) and frames == 400
@@ -133,7 +115,7 @@ def test_asr_is_scored_with_corpus_wer_and_cer(tmp_path):
     assert summary["corpus_cer"] == pytest.approx(5 / 22)  # 5 deletions over 13 + 9 characters
 
 
-def test_a_local_pretrained_whisper_loads_with_a_shorter_window_and_round_trips(tmp_path):
+def test_a_local_pretrained_whisper_loads_with_a_shorter_window_and_round_trips(tmp_path, tiny_config, tone):
     from transformers import WhisperConfig, WhisperModel
 
     torch.manual_seed(0)

@@ -11,22 +11,20 @@ from mmllm.train.data import ConversationDataset, MMDataModule
 from mmllm.train.health import BadSampleMonitor
 from mmllm.train.module import MMLLMModule, ModuleConfig
 from mmllm.train.synth import synthesize
-from conftest import tiny_config
-from test_audio import bad_files, tone
-from test_audio_model import AUDIO
 
 
-def module() -> MMLLMModule:
+def module(tiny_config, audio_config) -> MMLLMModule:
     cfg = tiny_config()
     torch.manual_seed(0)
-    return MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm, audio=AUDIO, stage="sft", train_encoder=True))
+    return MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm=cfg.llm, audio=audio_config, stage="sft",
+                                    train_encoder=True))
 
 
-def messy_audio(root) -> tuple:
+def messy_audio(root, tone, bad_audio_files) -> tuple:
     """8 good synthetic clips, one 6.5 s clip (window: 4 s) and one record per bad-audio class."""
     synthesize("asr", root, 8, seed=0)
     sf.write(root / "long.wav", tone(6.5), 16000)
-    messages = bad_files(root)
+    messages = bad_audio_files(root)
     records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
     for k, name in enumerate(["long.wav", *messages]):
         records.append({"id": f"bad{k}", "audio": name, "conversations": [
@@ -35,9 +33,10 @@ def messy_audio(root) -> tuple:
     return root / "train.jsonl", messages
 
 
-def test_bad_audio_is_replaced_and_reported_and_long_clips_are_kept_truncated(tmp_path, capsys):
-    train, messages = messy_audio(tmp_path)
-    model = module()
+def test_bad_audio_is_replaced_and_reported_and_long_clips_are_kept_truncated(
+        tmp_path, capsys, tiny_config, audio_config, tone, bad_audio_files):
+    train, messages = messy_audio(tmp_path, tone, bad_audio_files)
+    model = module(tiny_config, audio_config)
     ds = ConversationDataset(str(train), model.processor)
     long = ds[8]
     assert long.id == "bad0" and long.bad == [] and len(long.sample.truncated) == 1

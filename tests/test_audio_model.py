@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from mmllm.config import AudioConfig
 from mmllm.model import MMLLM, positions
 from mmllm.sample import SampleError
-from conftest import text_image, tiny_config
 
 ARCHS = ("nvlm_d", "nvlm_x", "nvlm_h")
-AUDIO = AudioConfig(max_seconds=4, factor=4, options={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                                      "encoder_ffn_dim": 64})
 
 
-def build(arch: str) -> MMLLM:
-    torch.manual_seed(0)
-    return MMLLM(tiny_config(arch=arch, audio=AUDIO)).eval()
+@pytest.fixture
+def build(tiny_config, audio_config):
+    """`build(arch)`: the seeded tiny model of `arch` with the tiny audio tower."""
+
+    def make(arch: str) -> MMLLM:
+        torch.manual_seed(0)
+        return MMLLM(tiny_config(arch=arch, audio=audio_config)).eval()
+
+    return make
 
 
 def open_gates(model: MMLLM, value: float = 0.7) -> None:
@@ -40,12 +42,19 @@ def bare(model, batch):
     return model.llm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions(mask)).logits
 
 
-def mixed(model, text="<image> look, then <audio> listen: what?"):
-    sample = model.processor.encode([{"from": "human", "value": text}], [text_image("ab")], audio=[clip(1.5, 500)])
-    return sample, model.processor.collate([sample])
+@pytest.fixture
+def mixed(text_image):
+    """`mixed(model, text=...)`: `text` with an image and a 1.5 s clip, encoded, and as a batch of one."""
+
+    def encode(model, text="<image> look, then <audio> listen: what?"):
+        sample = model.processor.encode([{"from": "human", "value": text}], [text_image("ab")],
+                                        audio=[clip(1.5, 500)])
+        return sample, model.processor.collate([sample])
+
+    return encode
 
 
-def test_d_splices_the_clip_between_audio_tags_and_checks_the_count():
+def test_d_splices_the_clip_between_audio_tags_and_checks_the_count(build):
     model = build("nvlm_d")
     proc = model.processor
     sample = proc.encode_prompt("Transcribe.", [], [clip(1.5, 500)])
@@ -62,7 +71,7 @@ def test_d_splices_the_clip_between_audio_tags_and_checks_the_count():
         proc.encode([{"from": "human", "value": "<audio> hi"}], [], audio=[clip(1, 500), clip(1, 600)])
 
 
-def test_d_fills_placeholders_in_order_of_appearance():
+def test_d_fills_placeholders_in_order_of_appearance(build, mixed):
     model = build("nvlm_d")
     sample, batch = mixed(model, "<audio> first, then <image>")
     with torch.no_grad():
@@ -75,7 +84,7 @@ def test_d_fills_placeholders_in_order_of_appearance():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_x_and_h_keep_audio_out_of_the_sequence_and_equal_the_bare_llm_at_gate_zero(arch):
+def test_x_and_h_keep_audio_out_of_the_sequence_and_equal_the_bare_llm_at_gate_zero(arch, build):
     model = build(arch)
     sample = model.processor.encode_prompt("Transcribe.", [], [clip(1.5, 500)])
     assert model.processor.image_token_id not in sample.input_ids  # only <Audio></Audio> is in the sequence
@@ -87,7 +96,7 @@ def test_x_and_h_keep_audio_out_of_the_sequence_and_equal_the_bare_llm_at_gate_z
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
 @pytest.mark.parametrize("text", ["Before any media, <image> look, then <audio> listen", "Words <audio> then <image> end"])
-def test_image_and_audio_follow_the_most_recent_media_rule(arch, text):
+def test_image_and_audio_follow_the_most_recent_media_rule(arch, text, build, mixed):
     model = build(arch)
     sample, batch = mixed(model, text)
     layout = batch.layout
@@ -111,7 +120,7 @@ def test_image_and_audio_follow_the_most_recent_media_rule(arch, text):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_generation_equals_uncached_and_batch_equals_singles_with_audio(arch):
+def test_cached_generation_equals_uncached_and_batch_equals_singles_with_audio(arch, build, text_image):
     model = build(arch)
     open_gates(model)
     questions = ["Transcribe.", "<image> and <audio>?", "no media"]
@@ -126,7 +135,7 @@ def test_cached_generation_equals_uncached_and_batch_equals_singles_with_audio(a
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_h"])
-def test_save_load_round_trip_with_audio(arch, tmp_path):
+def test_save_load_round_trip_with_audio(arch, tmp_path, build, mixed):
     model = build(arch)
     open_gates(model, 0.3)
     model.save_pretrained(tmp_path / "m")
@@ -136,7 +145,7 @@ def test_save_load_round_trip_with_audio(arch, tmp_path):
     assert torch.equal(run(model, batch), run(loaded, batch))
 
 
-def test_batches_without_audio_keep_the_audio_parts_in_the_graph():
+def test_batches_without_audio_keep_the_audio_parts_in_the_graph(build, text_image):
     model = build("nvlm_x")
     batch = model.processor.collate([model.processor.encode_prompt("What text?", [text_image("ab")])])
     run(model, batch).sum().backward()

@@ -4,10 +4,9 @@ import torch
 from mmllm.eval.controls import controls, swap_tiles
 from mmllm.model import MMLLM
 from mmllm.train.synth import synthesize_once
-from conftest import text_image, tiny_config
 
 
-def test_swap_tiles_trades_the_first_and_third_tile_of_each_image_that_has_them():
+def test_swap_tiles_trades_the_first_and_third_tile_of_each_image_that_has_them(tiny_config, text_image):
     torch.manual_seed(0)
     model = MMLLM(tiny_config())
     proc = model.processor
@@ -20,7 +19,7 @@ def test_swap_tiles_trades_the_first_and_third_tile_of_each_image_that_has_them(
     assert torch.equal(after[1], before[1]) and torch.equal(after[3:], before[3:])  # thumbnail, lone tile kept
 
 
-def test_controls_score_every_variant_on_the_same_items(tmp_path):
+def test_controls_score_every_variant_on_the_same_items(tmp_path, tiny_config):
     data = tmp_path / "ocr"
     synthesize_once("ocr", data, 6, seed=0, level="easy")
     rows = {}

@@ -11,7 +11,6 @@ from mmllm.layers import CrossAttentionDecoderLayer
 from mmllm.connectors import GatedCrossAttention
 from mmllm.model import MMLLM, positions
 from mmllm.tiling import tile_tags
-from conftest import text_image, tiny_config
 
 FAMILIES = {
     "llama": LLMConfig(options={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -22,9 +21,15 @@ FAMILIES = {
 }
 
 
-def build(arch: str, family: str = "llama", **kw) -> MMLLM:
-    torch.manual_seed(0)
-    return MMLLM(tiny_config(**{"arch": arch, "llm": FAMILIES[family], **kw})).eval()
+@pytest.fixture
+def build(tiny_config):
+    """`build(arch, family="llama", **kw)`: the seeded tiny model of `arch` on the LLM of `family`."""
+
+    def make(arch: str, family: str = "llama", **kw) -> MMLLM:
+        torch.manual_seed(0)
+        return MMLLM(tiny_config(**{"arch": arch, "llm": FAMILIES[family], **kw})).eval()
+
+    return make
 
 
 def open_gates(model: MMLLM, value: float = 0.7) -> None:
@@ -50,7 +55,7 @@ def bare(model, batch):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_gates_start_at_zero_and_text_only_equals_the_bare_llm(arch, family):
+def test_gates_start_at_zero_and_text_only_equals_the_bare_llm(arch, family, build):
     model = build(arch, family)
     assert all(b.attn_gate.item() == 0 and b.ffn_gate.item() == 0 for b in model.cross_blocks().values())
     batch = batch_for(model, ["no image in this one", "nor here"], [[], []])
@@ -58,7 +63,7 @@ def test_gates_start_at_zero_and_text_only_equals_the_bare_llm(arch, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_x_with_images_equals_bare_llm_until_a_gate_opens(family):
+def test_x_with_images_equals_bare_llm_until_a_gate_opens(family, build, text_image):
     model = build("nvlm_x", family)
     batch = batch_for(model, ["What text?", "Read."], [[text_image("ab")], [text_image("cd", (64, 64))]])
     assert torch.equal(run(model, batch), bare(model, batch))  # X's sequence is text + tags only
@@ -66,7 +71,7 @@ def test_x_with_images_equals_bare_llm_until_a_gate_opens(family):
     assert not torch.allclose(run(model, batch), bare(model, batch))
 
 
-def test_cross_attention_layers_follow_the_config():
+def test_cross_attention_layers_follow_the_config(build):
     four = LLMConfig(options=dict(FAMILIES["llama"].options, num_hidden_layers=8))
     assert list(build("nvlm_x").cross_layers()) == [1]  # never layer 0 by default: its queries carry no position
     assert list(build("nvlm_x", llm=four).cross_layers()) == [3, 7]  # OpenFlamingo: before layers k-1, 2k-1, ...
@@ -75,7 +80,7 @@ def test_cross_attention_layers_follow_the_config():
     assert build("nvlm_d").cross_layers() == {}
 
 
-def test_decoder_length_per_arch_matches_the_formula():
+def test_decoder_length_per_arch_matches_the_formula(build, text_image):
     """128x32 -> 4 tiles + thumbnail (k = 4): D = text + 5 (tokens + tag), H = text + thumbnail, X = text + tags."""
     lengths = {}
     for arch in ("nvlm_d", "nvlm_x", "nvlm_h"):
@@ -91,7 +96,7 @@ def test_decoder_length_per_arch_matches_the_formula():
     assert lengths["nvlm_h"] == text + tpt + tag_len[-1]
 
 
-def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
+def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image(build, text_image):
     model = build("nvlm_x")
     batch = batch_for(model, ["What text?"], [[text_image("ab")]])
     layout = batch.layout
@@ -122,7 +127,7 @@ def test_x_tag_tokens_see_only_their_tile_and_text_sees_the_whole_image():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_text_before_any_image_is_untouched(arch):
+def test_text_before_any_image_is_untouched(arch, build, text_image):
     model = build(arch)
     open_gates(model)
     conv = [{"from": "human", "value": "Some words first, then <image> and a question"}]
@@ -133,7 +138,7 @@ def test_text_before_any_image_is_untouched(arch):
     assert torch.equal(run(model, batch)[:, :before], bare(model, batch)[:, :before])
 
 
-def test_two_images_follow_the_most_recent_rule():
+def test_two_images_follow_the_most_recent_rule(build, text_image):
     for arch in ("nvlm_x", "nvlm_h"):
         model = build(arch)
         conv = [{"from": "human", "value": "<image> first, <image> second"}]
@@ -149,7 +154,7 @@ def test_two_images_follow_the_most_recent_rule():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_generation_cached_equals_uncached_and_batch_equals_singles(arch):
+def test_generation_cached_equals_uncached_and_batch_equals_singles(arch, build, text_image):
     model = build(arch)
     open_gates(model)
     questions = ["What text?", "Read the image please.", "no image"]
@@ -162,7 +167,7 @@ def test_generation_cached_equals_uncached_and_batch_equals_singles(arch):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_keys_and_values_are_computed_once_per_image(arch, monkeypatch):
+def test_keys_and_values_are_computed_once_per_image(arch, monkeypatch, build, text_image):
     model = build(arch)
     calls = []
     original = GatedCrossAttention.kv
@@ -173,7 +178,7 @@ def test_keys_and_values_are_computed_once_per_image(arch, monkeypatch):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_save_load_round_trip(arch, family, tmp_path):
+def test_save_load_round_trip(arch, family, tmp_path, build, text_image):
     model = build(arch, family)
     open_gates(model, 0.3)
     model.save_pretrained(tmp_path / "m")
@@ -183,7 +188,7 @@ def test_save_load_round_trip(arch, family, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_text_only_batch_keeps_cross_attention_in_the_graph(arch):
+def test_text_only_batch_keeps_cross_attention_in_the_graph(arch, build):
     model = build(arch)
     proc = model.processor
     batch = proc.collate([proc.encode([{"from": "human", "value": "just"}, {"from": "gpt", "value": "text"}], [])])
@@ -199,7 +204,7 @@ def swap_tiles(batch, a: int, b: int):
 
 @pytest.mark.parametrize("tile_tag", ["1d", "none"])
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_swapping_two_tiles_changes_the_answer_logits(arch, tile_tag):
+def test_swapping_two_tiles_changes_the_answer_logits(arch, tile_tag, build, text_image):
     """Each tile is encoded alone with the same ViT positions: only the tile identity in the keys/values
     (the default, a learned embedding per tile slot) tells the cross-attention which tile it reads."""
     model = build(arch, processor=ProcessorConfig(tile_tag=tile_tag))
@@ -210,7 +215,7 @@ def test_swapping_two_tiles_changes_the_answer_logits(arch, tile_tag):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_tags_as_separate_entries_cannot_tell_tiles_apart(arch):
+def test_tags_as_separate_entries_cannot_tell_tiles_apart(arch, build, text_image):
     """The paper's wording read literally (tags as extra keys/values) binds nothing: a set of keys has no
     order, so swapping two tiles changes nothing. Kept as an ablation (`tile_identity: tag_entries`);
     the bound form (`tag`) does tell them apart."""
@@ -225,7 +230,7 @@ def test_tags_as_separate_entries_cannot_tell_tiles_apart(arch):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_a_deep_copy_keeps_its_cross_attention(arch):
+def test_a_deep_copy_keeps_its_cross_attention(arch, build, text_image):
     """EMA and teacher copies: the copy must run its own blocks, not silently fall back to the bare LLM."""
     model = build(arch)
     open_gates(model)
@@ -238,7 +243,7 @@ def test_a_deep_copy_keeps_its_cross_attention(arch):
     assert not torch.equal(run(twin, batch), run(model, batch))
 
 
-def test_cross_attention_layers_are_visible_in_the_model_tree():
+def test_cross_attention_layers_are_visible_in_the_model_tree(build):
     model = build("nvlm_x")
     layers = model.llm.model.layers
     assert isinstance(layers[1], CrossAttentionDecoderLayer) and not isinstance(layers[0], CrossAttentionDecoderLayer)
@@ -249,7 +254,7 @@ def test_cross_attention_layers_are_visible_in_the_model_tree():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_generate_never_emits_the_placeholder_token(arch):
+def test_generate_never_emits_the_placeholder_token(arch, build, text_image):
     model = build(arch)
     open_gates(model)
     with torch.no_grad():  # make the placeholder the model's favourite token
@@ -259,7 +264,7 @@ def test_generate_never_emits_the_placeholder_token(arch):
     assert out.numel() and not (out == model.image_token_id).any()
 
 
-def test_input_positions_keep_cached_generation_exact():
+def test_input_positions_keep_cached_generation_exact(build, text_image):
     model = build("nvlm_x", input_positions=128)
     open_gates(model)
     batch = batch_for(model, ["What text?", "Read it please."], [[text_image("ab12")], [text_image("cd", (64, 64))]])
@@ -269,7 +274,7 @@ def test_input_positions_keep_cached_generation_exact():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_rope_cross_attention_keeps_the_equivalences(arch):
+def test_rope_cross_attention_keeps_the_equivalences(arch, build, text_image):
     """Gates at 0 => the model without the blocks; cached generation => uncached; a batch => its singles."""
     model = build(arch, cross_attention_positions="rope")
     questions, images = ["What text?", "Read it please."], [[text_image("ab12")], [text_image("cd", (64, 64))]]
@@ -282,7 +287,7 @@ def test_rope_cross_attention_keeps_the_equivalences(arch):
         model.answer([q], [i], max_new_tokens=8)[0] for q, i in zip(questions, images)]
 
 
-def test_rope_key_positions_count_from_the_image_in_the_sequence():
+def test_rope_key_positions_count_from_the_image_in_the_sequence(build, text_image):
     model = build("nvlm_x", cross_attention_positions="rope", processor=ProcessorConfig(tile_tag="none"))
     conv = [{"from": "human", "value": "Some words <image> and <image>"}]
     sample = model.processor.encode(conv, [text_image("ab", (64, 32)), text_image("cd", (64, 32))])
@@ -295,7 +300,7 @@ def test_rope_key_positions_count_from_the_image_in_the_sequence():
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch):
+def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch, tiny_config, text_image):
     """Each beam and each returned sequence reads its own prompt's media (the memory is repeated per copy)."""
     torch.manual_seed(0)
     model = MMLLM(tiny_config(arch=arch)).eval()
@@ -316,7 +321,7 @@ def test_beam_search_of_a_batch_equals_beam_search_of_each_prompt_alone(arch):
 
 
 @pytest.mark.parametrize("arch", ["nvlm_x", "nvlm_h"])
-def test_a_prompt_fed_through_the_cache_in_chunks_equals_one_pass(arch):
+def test_a_prompt_fed_through_the_cache_in_chunks_equals_one_pass(arch, build, text_image):
     """A layer reads which positions a call holds from the KV cache, not from the call's length: a prompt
     prefilled in two chunks gets the prompt's mask rows (text before the image sees nothing) as in one pass."""
     model = build(arch)

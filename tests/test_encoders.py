@@ -257,9 +257,8 @@ def test_hf_local_directory_round_trip(tmp_path):
         assert not torch.allclose(fresh(x), expected)
 
 
-def test_mmllm_with_an_hf_tower_from_a_directory_reloads_offline(tmp_path):
+def test_mmllm_with_an_hf_tower_from_a_directory_reloads_offline(tmp_path, tiny_config, text_image):
     """The tower's directory is not needed again: its architecture and normalisation travel in config.json."""
-    from conftest import text_image, tiny_config
     from mmllm.model import MMLLM
 
     torch.manual_seed(0)

@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-from conftest import text_bomb_png, text_image, tiny_config
 from mmllm.cli import main as cli
 from mmllm.eval.runner import TASKS, evaluate, score_predictions
 from mmllm.jsonl import read_jsonl
@@ -18,7 +17,7 @@ def write_items(folder, items: list[dict]) -> None:
 
 
 @pytest.fixture
-def eval_set(tmp_path):
+def eval_set(tmp_path, text_image):
     """Ten readable OCR items in `tmp_path/set`."""
     folder = tmp_path / "set"
     (folder / "images").mkdir(parents=True)
@@ -37,7 +36,7 @@ def rows_of(out) -> list[dict]:
     return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
 
-def another_model():
+def another_model(tiny_config):
     from mmllm.model import MMLLM
 
     torch.manual_seed(1)
@@ -59,9 +58,10 @@ def test_the_folder_records_what_it_was_started_with(tiny_model, eval_set, tmp_p
     assert json.loads((tmp_path / "copy" / "run.json").read_text()) == run  # same weights, same identity
 
 
-def test_a_rerun_with_another_checkpoint_into_the_same_folder_is_refused(tiny_model, eval_set, tmp_path, capsys):
+def test_a_rerun_with_another_checkpoint_into_the_same_folder_is_refused(
+        tiny_model, eval_set, tmp_path, capsys, tiny_config):
     tiny_model.save_pretrained(tmp_path / "a")
-    another_model().save_pretrained(tmp_path / "b")
+    another_model(tiny_config).save_pretrained(tmp_path / "b")
     args = ["eval", "--task", "ocr", "--data", str(eval_set), "--out", str(tmp_path / "out")]
     assert cli([*args, "--ckpt", str(tmp_path / "a")]) == 0
     before = (tmp_path / "out" / "predictions.jsonl").read_text()
@@ -263,7 +263,7 @@ def test_a_crash_while_writing_the_outputs_leaves_the_previous_ones_whole(tmp_pa
 
 @pytest.mark.parametrize("change", ["image", "question"])
 def test_a_rerun_with_a_replaced_image_or_an_edited_question_under_the_same_ids_is_refused(
-        tiny_model, eval_set, tmp_path, change):
+        tiny_model, eval_set, tmp_path, change, text_image):
     evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
     if change == "image":
         text_image("other").save(eval_set / "images" / "3.png")
@@ -319,7 +319,7 @@ def test_a_prompt_without_its_question_or_with_another_field_is_refused_before_a
 # 12. Inputs that kill an eval
 
 
-def test_an_image_its_decoder_refuses_is_a_counted_skip(tiny_model, eval_set, tmp_path):
+def test_an_image_its_decoder_refuses_is_a_counted_skip(tiny_model, eval_set, tmp_path, text_bomb_png):
     text_bomb_png(eval_set / "images" / "4.png")
     summary = evaluate(tiny_model, "ocr", eval_set, tmp_path / "out", max_new_tokens=4)
     assert (summary["n"], summary["skipped"]) == (9, 1)

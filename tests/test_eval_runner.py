@@ -3,11 +3,10 @@ import json
 import pytest
 
 from mmllm.eval.runner import evaluate
-from conftest import text_image
 
 
 @pytest.fixture
-def eval_set(tmp_path):
+def eval_set(tmp_path, text_image):
     (tmp_path / "images").mkdir()
     items = []
     for i in range(10):

@@ -21,7 +21,6 @@ from mmllm.model import MMLLM
 from mmllm.processor import IGNORE_INDEX, MMLLMProcessor
 from mmllm.sample import Sample, SampleError
 from mmllm.tokenizer import load_tokenizer
-from conftest import text_image, tiny_config
 
 AUDIO = AudioConfig(max_seconds=4, factor=4, options={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
                                                       "encoder_ffn_dim": 64})
@@ -38,13 +37,25 @@ def chatml_tokenizer():
     return tok
 
 
-def build(tokenizer=None, **overrides) -> MMLLM:
-    torch.manual_seed(0)
-    return MMLLM(tiny_config(**overrides), tokenizer=tokenizer).eval()
+@pytest.fixture
+def build(tiny_config):
+    """`build(tokenizer=None, **overrides)`: the seeded tiny model, with `tokenizer` if given."""
+
+    def make(tokenizer=None, **overrides) -> MMLLM:
+        torch.manual_seed(0)
+        return MMLLM(tiny_config(**overrides), tokenizer=tokenizer).eval()
+
+    return make
 
 
-def prompt(model):
-    return model.processor.collate([model.processor.encode_prompt("What text?", [text_image("ab12")])])
+@pytest.fixture
+def prompt(text_image):
+    """`prompt(model)`: a batch of one question about one image, for `model`."""
+
+    def batch(model):
+        return model.processor.collate([model.processor.encode_prompt("What text?", [text_image("ab12")])])
+
+    return batch
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
@@ -55,7 +66,7 @@ def text_ids(tokenizer, text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("first", ["mmllm", "transformers"])
-def test_import_mmllm_loads_no_torch_yet_the_auto_classes_then_load_a_saved_folder(tmp_path, first):
+def test_import_mmllm_loads_no_torch_yet_the_auto_classes_then_load_a_saved_folder(tmp_path, first, build):
     build().save_pretrained(tmp_path)
     autos = "from transformers import AutoConfig, AutoModel, AutoProcessor\n"
     imports = {"mmllm": f"import mmllm\nassert 'torch' not in sys.modules\n{autos}",
@@ -69,7 +80,7 @@ def test_import_mmllm_loads_no_torch_yet_the_auto_classes_then_load_a_saved_fold
 
 
 @pytest.mark.parametrize("auto", [AutoModel, AutoModelForImageTextToText])
-def test_the_auto_model_classes_load_a_saved_folder_to_the_same_outputs(tmp_path, auto):
+def test_the_auto_model_classes_load_a_saved_folder_to_the_same_outputs(tmp_path, auto, build, prompt):
     model = build(arch="nvlm_h")  # a thumbnail in the sequence, the tiles through cross-attention
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MMLLMHFConfig)
@@ -79,7 +90,7 @@ def test_the_auto_model_classes_load_a_saved_folder_to_the_same_outputs(tmp_path
     assert torch.equal(loaded(batch).logits, model(batch).logits)
 
 
-def test_bfloat16_on_a_device_map_loads_exactly_the_cast_weights(tmp_path):
+def test_bfloat16_on_a_device_map_loads_exactly_the_cast_weights(tmp_path, build, prompt):
     model = build(arch="nvlm_x")
     model.save_pretrained(tmp_path)
     loaded = MMLLM.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map="cpu")
@@ -89,7 +100,7 @@ def test_bfloat16_on_a_device_map_loads_exactly_the_cast_weights(tmp_path):
     assert loaded(prompt(loaded)).logits.dtype == torch.bfloat16
 
 
-def test_building_through_transformers_keeps_each_parts_own_initialisation():
+def test_building_through_transformers_keeps_each_parts_own_initialisation(tiny_config):
     config = tiny_config(arch="nvlm_x")
     torch.manual_seed(0)
     model = MMLLM(config)
@@ -98,7 +109,7 @@ def test_building_through_transformers_keeps_each_parts_own_initialisation():
     assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), tower.state_dict().values()))
 
 
-def test_a_tower_whose_constructor_computes_unsaved_buffers_loads_to_the_same_outputs(tmp_path):
+def test_a_tower_whose_constructor_computes_unsaved_buffers_loads_to_the_same_outputs(tmp_path, build, prompt):
     """timm's relative-position ViT keeps its position index out of its state dict; transformers rebuilds a
     loaded model on the meta device and could not recompute it, so the saved folder holds it."""
     encoder = EncoderConfig(model="vit_relpos_small_patch16_224", feature_layer=-1,
@@ -111,7 +122,7 @@ def test_a_tower_whose_constructor_computes_unsaved_buffers_loads_to_the_same_ou
     assert torch.equal(MMLLM.from_pretrained(tmp_path)(batch).logits, model(batch).logits)
 
 
-def test_weights_that_do_not_fill_the_model_are_refused(tmp_path):
+def test_weights_that_do_not_fill_the_model_are_refused(tmp_path, build):
     build().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     del weights["projector.0.weight"]
@@ -121,7 +132,7 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_path, value):
+def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_path, value, build, tiny_config):
     from mmllm.train.load import load_model
     from mmllm.train.module import MMLLMModule, ModuleConfig
 
@@ -151,7 +162,7 @@ def test_weights_holding_nan_or_inf_are_refused_on_load_naming_the_tensor(tmp_pa
     (("llm_config",), "x", "llm_config must be a mapping (the LLM's own config), got str"),
 ])
 def test_a_config_json_field_of_the_wrong_type_is_one_error_naming_the_file_and_the_field(
-        tmp_path, where, value, message):
+        tmp_path, where, value, message, build):
     build().save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     parent = meta
@@ -169,7 +180,7 @@ def test_a_config_json_field_of_the_wrong_type_is_one_error_naming_the_file_and_
     ("tokenizer_config.json", "\xff", "tokenizer_config.json is not valid JSON ("),
     ("tokenizer.json", '{"version": "1.0", "model": 5}', "tokenizer.json is not a tokenizer `tokenizers` can read ("),
 ])
-def test_a_corrupt_tokenizer_file_is_one_error_naming_which_file_of_the_folder(tmp_path, file, text, reason):
+def test_a_corrupt_tokenizer_file_is_one_error_naming_which_file_of_the_folder(tmp_path, file, text, reason, build):
     build().save_pretrained(tmp_path)
     (tmp_path / file).write_text(text)
     with pytest.raises(ValueError) as err:
@@ -177,7 +188,7 @@ def test_a_corrupt_tokenizer_file_is_one_error_naming_which_file_of_the_folder(t
     assert str(err.value).startswith(f"cannot load the tokenizer of {tmp_path}: {reason}")
 
 
-def test_push_to_hub_is_transformers_own_and_uploads_the_processor_with_the_model(monkeypatch):
+def test_push_to_hub_is_transformers_own_and_uploads_the_processor_with_the_model(monkeypatch, build):
     import transformers.utils.hub as hub
 
     class Repo:
@@ -194,7 +205,7 @@ def test_push_to_hub_is_transformers_own_and_uploads_the_processor_with_the_mode
             "tokenizer.json", "tokenizer_config.json"} <= set(uploaded)
 
 
-def test_a_folder_saved_before_the_transformers_config_still_loads(tmp_path):
+def test_a_folder_saved_before_the_transformers_config_still_loads(tmp_path, build, prompt):
     """The earlier layout: config.json with only "mmllm" and "llm_config", weights by safetensors, tokenizer."""
     model = build(arch="nvlm_x")
     meta = {"mmllm": model.config.mmllm.to_dict(), "llm_config": model.llm.config.to_dict()}
@@ -215,7 +226,7 @@ def encodings_equal(a: Sample, b: Sample) -> bool:
     return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in pairs)
 
 
-def test_auto_processor_gives_our_processor_which_encodes_exactly_as_the_models(tmp_path):
+def test_auto_processor_gives_our_processor_which_encodes_exactly_as_the_models(tmp_path, build, text_image):
     model = build(chatml_tokenizer(), audio=AUDIO)
     model.save_pretrained(tmp_path)
     processor = AutoProcessor.from_pretrained(tmp_path)
@@ -230,7 +241,7 @@ def test_auto_processor_gives_our_processor_which_encodes_exactly_as_the_models(
     assert ours.input_ids.count(processor.image_token_id) == 5 * 4 + 19  # 4x1 grid + thumbnail, then the clip
 
 
-def test_auto_processor_never_runs_the_folders_own_tokenizer_code(tmp_path, monkeypatch):
+def test_auto_processor_never_runs_the_folders_own_tokenizer_code(tmp_path, monkeypatch, build):
     build().save_pretrained(tmp_path)
     ran = tmp_path / "RAN"  # transformers would import the file from its module cache, not from here
     (tmp_path / "evil.py").write_text(f"from pathlib import Path\nPath({str(ran)!r}).write_text('ran')\n")
@@ -244,7 +255,7 @@ def test_auto_processor_never_runs_the_folders_own_tokenizer_code(tmp_path, monk
     assert not asked and not ran.exists()
 
 
-def test_a_processor_saved_on_its_own_round_trips(tmp_path):
+def test_a_processor_saved_on_its_own_round_trips(tmp_path, build, text_image):
     processor = build(chatml_tokenizer(), arch="nvlm_x").processor
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
@@ -256,7 +267,7 @@ def test_a_processor_saved_on_its_own_round_trips(tmp_path):
 # -- 3. Chat templates -----------------------------------------------------------------------------------
 
 
-def test_a_chat_template_frames_the_turns_and_the_labels_cover_exactly_the_assistant_turns():
+def test_a_chat_template_frames_the_turns_and_the_labels_cover_exactly_the_assistant_turns(build, text_image):
     tok = chatml_tokenizer()
     proc = build(tok).processor
     image = text_image("abc")
@@ -271,7 +282,7 @@ def test_a_chat_template_frames_the_turns_and_the_labels_cover_exactly_the_assis
     assert sample.labels == [i if answer else IGNORE_INDEX for part, (_, answer) in zip(ids, pieces) for i in part]
 
 
-def test_with_a_chat_template_the_eval_prompt_is_the_training_sequence_up_to_the_answer():
+def test_with_a_chat_template_the_eval_prompt_is_the_training_sequence_up_to_the_answer(build, text_image):
     proc = build(chatml_tokenizer()).processor
     image = text_image("abc")
     trained = proc.encode(CONVERSATION[:2], [image])
@@ -281,7 +292,7 @@ def test_with_a_chat_template_the_eval_prompt_is_the_training_sequence_up_to_the
     assert proc.tokenizer.decode(trained.input_ids[first_answer:]) == "abc<|im_end|>\n"
 
 
-def test_without_a_chat_template_the_plain_form_is_unchanged():
+def test_without_a_chat_template_the_plain_form_is_unchanged(build, text_image):
     proc = build().processor
     tok, image = proc.tokenizer, text_image("abc")
     sample = proc.encode(CONVERSATION[:2], [image])
@@ -293,7 +304,7 @@ def test_without_a_chat_template_the_plain_form_is_unchanged():
     assert sample.labels == [IGNORE_INDEX] * len(asked) + answer
 
 
-def test_a_template_that_rewrites_earlier_turns_is_refused():
+def test_a_template_that_rewrites_earlier_turns_is_refused(build, text_image):
     tok = chatml_tokenizer()
     tok.chat_template = "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m['content'] }}\n{% endfor %}"
     with pytest.raises(SampleError, match="renders earlier turns differently"):
@@ -303,7 +314,7 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
 # -- 4. Generation configs -------------------------------------------------------------------------------
 
 
-def test_a_passed_generation_config_decides_the_length():
+def test_a_passed_generation_config_decides_the_length(build, prompt):
     model = build()
     batch = prompt(model)
     out = model.generate(batch, generation_config=GenerationConfig(max_new_tokens=4))
@@ -311,7 +322,7 @@ def test_a_passed_generation_config_decides_the_length():
     assert torch.equal(out, model.generate(batch, max_new_tokens=4))
 
 
-def test_the_saved_generation_config_round_trips_and_is_what_the_loaded_model_generates_with(tmp_path):
+def test_the_saved_generation_config_round_trips_and_is_what_the_loaded_model_generates_with(tmp_path, build, prompt):
     model = build()
     model.generation_config.max_new_tokens = 3
     model.save_pretrained(tmp_path)
@@ -329,12 +340,18 @@ def test_the_saved_generation_config_round_trips_and_is_what_the_loaded_model_ge
 QUESTIONS = ["What text?", "Read it"]
 
 
-def images():
-    return [text_image("ab12"), text_image("zz")]
+@pytest.fixture
+def images(text_image):
+    """`images()`: fresh images for the two QUESTIONS."""
+
+    def make() -> list:
+        return [text_image("ab12"), text_image("zz")]
+
+    return make
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_the_processor_call_gives_keywords_the_model_generates_from_exactly_as_answer_does(arch):
+def test_the_processor_call_gives_keywords_the_model_generates_from_exactly_as_answer_does(arch, build, images):
     model = build(arch=arch)
     inputs = model.processor(text=QUESTIONS, images=images(), return_tensors="pt")
     assert {"input_ids", "attention_mask", "pixel_values", "media_layout"} <= set(inputs)
@@ -345,7 +362,7 @@ def test_the_processor_call_gives_keywords_the_model_generates_from_exactly_as_a
     assert torch.equal(model(**inputs).logits, model(direct).logits)
 
 
-def test_a_prompt_the_chat_template_rendered_is_taken_as_it_stands_and_a_bare_question_is_framed():
+def test_a_prompt_the_chat_template_rendered_is_taken_as_it_stands_and_a_bare_question_is_framed(build, images):
     processor = build().processor
     messages = [{"role": "user", "content": [{"type": "image", "image": images()[0]},
                                              {"type": "text", "text": "What text?"}]}]
@@ -356,7 +373,7 @@ def test_a_prompt_the_chat_template_rendered_is_taken_as_it_stands_and_a_bare_qu
     assert torch.equal(from_text, processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
-def test_apply_chat_template_tokenized_is_the_training_encoding_with_labels_on_the_answers():
+def test_apply_chat_template_tokenized_is_the_training_encoding_with_labels_on_the_answers(build, images):
     processor = build(chatml_tokenizer()).processor
     messages = [{"role": "user", "content": [{"type": "image", "image": images()[0]},
                                              {"type": "text", "text": "What text?"}]},
@@ -366,14 +383,14 @@ def test_apply_chat_template_tokenized_is_the_training_encoding_with_labels_on_t
     assert torch.equal(got["input_ids"], want.input_ids) and torch.equal(got["labels"], want.labels)
 
 
-def test_a_message_image_by_url_is_refused_naming_the_message_since_nothing_is_fetched():
+def test_a_message_image_by_url_is_refused_naming_the_message_since_nothing_is_fetched(build):
     processor = build().processor
     messages = [{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}]
     with pytest.raises(SampleError, match="message 0: image 'https://example.com/a.png' is not a local file"):
         processor.apply_chat_template(messages, tokenize=True)
 
 
-def test_a_saved_processor_carries_the_plain_form_as_its_chat_template(tmp_path):
+def test_a_saved_processor_carries_the_plain_form_as_its_chat_template(tmp_path, build):
     build().save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert (tmp_path / "chat_template.jinja").is_file()
@@ -384,7 +401,7 @@ def test_a_saved_processor_carries_the_plain_form_as_its_chat_template(tmp_path)
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x"])
 def test_the_image_text_to_text_pipeline_answers_plain_prompts_batches_and_chat_messages_as_answer_does(
-        tmp_path, arch):
+        tmp_path, arch, build, images):
     from transformers import pipeline
 
     model = build(arch=arch)
@@ -399,14 +416,14 @@ def test_the_image_text_to_text_pipeline_answers_plain_prompts_batches_and_chat_
     assert pipe(text=chat, max_new_tokens=4, return_full_text=False)[0]["generated_text"] == expected[1]
 
 
-def test_answer_takes_one_image_per_question_as_a_flat_list_or_a_question_alone():
+def test_answer_takes_one_image_per_question_as_a_flat_list_or_a_question_alone(build, images):
     model = build(arch="nvlm_h")
     nested = model.answer(QUESTIONS, [[im] for im in images()], max_new_tokens=4)
     assert model.answer(QUESTIONS, images(), max_new_tokens=4) == nested
     assert model.answer(QUESTIONS[0], images()[:1], max_new_tokens=4) == nested[:1]
 
 
-def test_a_prompt_only_forward_has_no_loss_and_bare_input_ids_run_as_text():
+def test_a_prompt_only_forward_has_no_loss_and_bare_input_ids_run_as_text(build, images):
     model = build(arch="nvlm_x")
     assert model(**model.processor(text="What text?", images=images()[0])).loss is None
     ids = torch.tensor([text_ids(model.tokenizer, "hello there")])
@@ -416,7 +433,7 @@ def test_a_prompt_only_forward_has_no_loss_and_bare_input_ids_run_as_text():
         model(input_ids=ids, pixel_values=torch.zeros(1, 3, 32, 32))
 
 
-def test_added_tokens_resize_the_embeddings_and_the_saved_folder_reloads_at_the_new_size(tmp_path):
+def test_added_tokens_resize_the_embeddings_and_the_saved_folder_reloads_at_the_new_size(tmp_path, build, images):
     model = build(arch="nvlm_d")
     before = model.get_input_embeddings().num_embeddings
     model.tokenizer.add_tokens(["<cell>", "<row>"])
@@ -429,7 +446,7 @@ def test_added_tokens_resize_the_embeddings_and_the_saved_folder_reloads_at_the_
     assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
 
 
-def test_saved_weights_and_atomically_written_reports_are_as_readable_as_any_file_the_user_creates(tmp_path):
+def test_saved_weights_and_atomically_written_reports_are_as_readable_as_any_file_the_user_creates(tmp_path, build):
     from mmllm.jsonl import write_text_atomic
 
     build().save_pretrained(tmp_path / "model")

@@ -13,21 +13,23 @@ import torch
 import torch.multiprocessing
 from PIL import Image
 
-from conftest import text_image, tiny_config
 from mmllm.eval.lmms_adapter import MMLLMLmms, manifest, truncate
-
-# doc_to_visual gives a list, nothing, several images, or a bare image
-DOCS = [
-    {"visual": [text_image("ab12")], "context": "What text?"},
-    {"visual": None, "context": "Say hi."},
-    {"visual": [text_image("x", (64, 64)), text_image("hello", (200, 40))], "context": "Compare the two images."},
-    {"visual": text_image("zz", (40, 90)), "context": "Read."},
-    {"visual": [text_image("long line of text", (256, 32))], "context": "What is written in the image? Be brief."},
-]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def docs(text_image) -> list[dict]:
+    """The fake task's docs: doc_to_visual gives a list, nothing, several images, or a bare image."""
+    return [
+        {"visual": [text_image("ab12")], "context": "What text?"},
+        {"visual": None, "context": "Say hi."},
+        {"visual": [text_image("x", (64, 64)), text_image("hello", (200, 40))], "context": "Compare the two images."},
+        {"visual": text_image("zz", (40, 90)), "context": "Read."},
+        {"visual": [text_image("long line of text", (256, 32))], "context": "What is written in the image? Be brief."},
+    ]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny_config):
     from mmllm.model import MMLLM
 
     torch.manual_seed(0)
@@ -41,22 +43,22 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "lmms_eval_task"
 
 
-def adapter(path: Path, **kwargs) -> MMLLMLmms:
+def adapter(path: Path, docs: list[dict], **kwargs) -> MMLLMLmms:
     """On the CPU unless told otherwise: answers are compared with the model's own, computed there."""
     lm = MMLLMLmms(pretrained=str(path), **{"device": "cpu", **kwargs})
-    lm.task_dict = {"fake": {"test": DOCS}}  # what lmms-eval's evaluator sets before generating
+    lm.task_dict = {"fake": {"test": docs}}  # what lmms-eval's evaluator sets before generating
     return lm
 
 
-def requests(gen_kwargs: list[dict], doc_ids: list[int]) -> list[SimpleNamespace]:
+def requests(docs: list[dict], gen_kwargs: list[dict], doc_ids: list[int]) -> list[SimpleNamespace]:
     """Shaped like lmms-eval's Instance: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
-    return [SimpleNamespace(args=(DOCS[i]["context"], kw, lambda doc: doc["visual"], i, "fake", "test"))
+    return [SimpleNamespace(args=(docs[i]["context"], kw, lambda doc: doc["visual"], i, "fake", "test"))
             for kw, i in zip(gen_kwargs, doc_ids)]
 
 
-def choice_requests(doc_id: int, choices: list[str]) -> list[SimpleNamespace]:
+def choice_requests(docs: list[dict], doc_id: int, choices: list[str]) -> list[SimpleNamespace]:
     """Shaped like lmms-eval's multiple-choice requests: one loglikelihood request per choice."""
-    return [SimpleNamespace(args=(DOCS[doc_id]["context"], choice, lambda doc: doc["visual"], doc_id, "fake", "test"))
+    return [SimpleNamespace(args=(docs[doc_id]["context"], choice, lambda doc: doc["visual"], doc_id, "fake", "test"))
             for choice in choices]
 
 
@@ -75,73 +77,73 @@ def images(doc: dict) -> list:
     return [] if visual is None else visual if isinstance(visual, list) else [visual]
 
 
-def test_answers_equal_model_answer_in_request_order_for_any_batch_size(saved):
+def test_answers_equal_model_answer_in_request_order_for_any_batch_size(saved, docs):
     model, path = saved
     doc_ids = [3, 0, 4, 1, 2, 0]
     budgets = [6, 10, 6, 10, 6, 6]  # two budgets: batched separately, answered in request order
-    expected = [model.answer([DOCS[i]["context"]], [images(DOCS[i])], max_new_tokens=n)[0]
+    expected = [model.answer([docs[i]["context"]], [images(docs[i])], max_new_tokens=n)[0]
                 for i, n in zip(doc_ids, budgets)]
-    reqs = requests([{"max_new_tokens": n, "until": None, "do_sample": False} for n in budgets], doc_ids)
-    one = adapter(path, batch_size=1).generate_until(reqs)
-    three = adapter(path, batch_size="3").generate_until(reqs)  # lmms-eval may pass it as a string
+    reqs = requests(docs, [{"max_new_tokens": n, "until": None, "do_sample": False} for n in budgets], doc_ids)
+    one = adapter(path, docs, batch_size=1).generate_until(reqs)
+    three = adapter(path, docs, batch_size="3").generate_until(reqs)  # lmms-eval may pass it as a string
     assert one == three == expected
     assert all(expected) and len(set(expected)) > 2
 
 
-def test_until_truncates_at_the_first_stop_string(saved):
+def test_until_truncates_at_the_first_stop_string(saved, docs):
     model, path = saved
-    lm = adapter(path, batch_size=2, max_new_tokens=12)
-    full = lm.generate_until(requests([{}] * 5, range(5)))  # no gen_kwargs: the constructor's max_new_tokens
-    assert full == [model.answer([d["context"]], [images(d)], max_new_tokens=12)[0] for d in DOCS]
+    lm = adapter(path, docs, batch_size=2, max_new_tokens=12)
+    full = lm.generate_until(requests(docs, [{}] * 5, range(5)))  # no gen_kwargs: the constructor's max_new_tokens
+    assert full == [model.answer([d["context"]], [images(d)], max_new_tokens=12)[0] for d in docs]
     text = full[4]
     stops = [text[5:7], text[2]]  # the second one occurs first
     cut = min(text.index(s) for s in stops)
     assert 0 < cut < len(text) - 1
     kwargs = [{"until": stops}, {"until": text[0]}, {"until": "\x00never"}, {"until": ["", text[-1]]}, {"until": []}]
-    got = lm.generate_until(requests(kwargs, [4] * 5))
+    got = lm.generate_until(requests(docs, kwargs, [4] * 5))
     assert got == [text[:cut], "", text, text[: text.index(text[-1])], text]
     assert truncate("a\n\nb\nc", ["\n", "\n\n"]) == "a"
 
 
-def test_a_rejected_request_answers_empty_and_the_others_are_unaffected(saved):
+def test_a_rejected_request_answers_empty_and_the_others_are_unaffected(saved, docs):
     model, path = saved
-    lm = adapter(path, batch_size=4)
-    reqs = requests([{"max_new_tokens": 5}] * 3, [0, 1, 4])
+    lm = adapter(path, docs, batch_size=4)
+    reqs = requests(docs, [{"max_new_tokens": 5}] * 3, [0, 1, 4])
     reqs[1].args = ("<image> <image> Two markers, no image.", *reqs[1].args[1:])
     with pytest.warns(UserWarning, match="fake/test doc 1: .*marker"):
         got = lm.generate_until(reqs)
-    first, last = (model.answer([DOCS[i]["context"]], [images(DOCS[i])], max_new_tokens=5)[0] for i in (0, 4))
+    first, last = (model.answer([docs[i]["context"]], [images(docs[i])], max_new_tokens=5)[0] for i in (0, 4))
     assert got == [first, "", last]
 
 
-def test_unsupported_requests_and_arguments_fail_clearly(saved):
+def test_unsupported_requests_and_arguments_fail_clearly(saved, docs):
     _, path = saved
     with pytest.raises(ValueError, match="batch_size"):
         MMLLMLmms(pretrained=str(path), batch_size="auto")
-    lm = adapter(path)
+    lm = adapter(path, docs)
     with pytest.warns(UserWarning, match="greedily"):
-        assert lm.generate_until(requests([{"max_new_tokens": 2, "temperature": 0.7}], [0])) == [
-            lm.generate_until(requests([{"max_new_tokens": 2}], [0]))[0]]
+        assert lm.generate_until(requests(docs, [{"max_new_tokens": 2, "temperature": 0.7}], [0])) == [
+            lm.generate_until(requests(docs, [{"max_new_tokens": 2}], [0]))[0]]
     video = [SimpleNamespace(args=("q", {}, lambda doc: ["clip.mp4"], 0, "fake", "test"))]
     with pytest.raises(TypeError, match="PIL images"):
         lm.generate_until(video)
 
 
-def test_multi_round_follows_the_task_rounds(saved):
+def test_multi_round_follows_the_task_rounds(saved, docs):
     """lmms-eval's protocol: doc_to_text gets the answers so far and returns the next round's input."""
     model, path = saved
-    lm = adapter(path, max_new_tokens=6)
+    lm = adapter(path, docs, max_new_tokens=6)
     calls = []
 
     def doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
         calls.append((list(previous_output), round_idx, previous_round_info))
         if round_idx == 1:  # round 2: another doc's images and question
-            return DOCS[2]["visual"], DOCS[2]["context"], False, previous_output, {"seen": 1}
+            return docs[2]["visual"], docs[2]["context"], False, previous_output, {"seen": 1}
         if round_idx == 2:  # round 3: text only, the history folded into the context
             return None, "Earlier: " + " | ".join(previous_output), False, previous_output, {"seen": 2}
         return None, None, True, [a.upper() for a in previous_output], None
 
-    reqs = [SimpleNamespace(args=(DOCS[i]["context"], {"until": ["\x00never"]}, lambda doc: doc["visual"], doc_to_text,
+    reqs = [SimpleNamespace(args=(docs[i]["context"], {"until": ["\x00never"]}, lambda doc: doc["visual"], doc_to_text,
                                   i, "fake", "test")) for i in (0, 3)]
     got = lm.generate_until_multi_round(reqs)
 
@@ -149,8 +151,8 @@ def test_multi_round_follows_the_task_rounds(saved):
         return model.answer([context], [imgs], max_new_tokens=6)[0]
 
     for k, (i, result) in enumerate(zip((0, 3), got)):
-        first = answer(DOCS[i]["context"], images(DOCS[i]))
-        second = answer(DOCS[2]["context"], images(DOCS[2]))
+        first = answer(docs[i]["context"], images(docs[i]))
+        second = answer(docs[2]["context"], images(docs[2]))
         third = answer(f"Earlier: {first} | {second}", [])
         assert result == [first.upper(), second.upper(), third.upper()] and len({first, second, third}) == 3
         assert calls[3 * k : 3 * k + 3] == [([first], 1, None), ([first, second], 2, {"seen": 1}),
@@ -161,7 +163,7 @@ def test_multi_round_follows_the_task_rounds(saved):
                                    lambda doc, previous_output, **kw: (None, "Again.", False, previous_output, None),
                                    3, "fake", "test"))]
     with pytest.warns(UserWarning, match="fake/test doc 3: no terminal signal after 2 rounds"):
-        assert len(adapter(path, max_rounds=2).generate_until_multi_round(never)[0]) == 2
+        assert len(adapter(path, docs, max_rounds=2).generate_until_multi_round(never)[0]) == 2
 
 
 def test_entry_point_is_declared_and_registers_the_adapter(monkeypatch):
@@ -194,35 +196,35 @@ def by_hand(model, context: str, doc_images: list, continuation: str) -> tuple[f
     return sum(r[t].item() for r, t in zip(rows, answer)), all(int(r.argmax()) == t for r, t in zip(rows, answer))
 
 
-def test_loglikelihood_is_minus_the_summed_log_prob_of_the_continuation_as_the_answer(saved):
+def test_loglikelihood_is_minus_the_summed_log_prob_of_the_continuation_as_the_answer(saved, docs):
     model, path = saved
-    lm = adapter(path)
+    lm = adapter(path, docs)
     targets = ["ab12", lambda doc: "ab12", "ab12 and more", "z"]
-    reqs = [SimpleNamespace(args=(DOCS[0]["context"], t, lambda d: d["visual"], 0, "fake", "test")) for t in targets]
+    reqs = [SimpleNamespace(args=(docs[0]["context"], t, lambda d: d["visual"], 0, "fake", "test")) for t in targets]
     scores = scored(lm, reqs)
     assert scores[0] == scores[1] and scores[2][0] > scores[0][0] > 0  # a string or doc_to_target; longer is less likely
     for (nll, greedy), text in zip(scores, ["ab12", "ab12", "ab12 and more", "z"]):
-        expected_lp, expected_greedy = by_hand(model, DOCS[0]["context"], images(DOCS[0]), text)
+        expected_lp, expected_greedy = by_hand(model, docs[0]["context"], images(docs[0]), text)
         assert nll == pytest.approx(-expected_lp, abs=1e-4) and greedy == expected_greedy
     # the model's own greedy token (the argmax after the prompt) is greedy by definition
-    prompt = model.processor.collate([model.processor.encode_prompt(DOCS[1]["context"], [])])
+    prompt = model.processor.collate([model.processor.encode_prompt(docs[1]["context"], [])])
     with torch.no_grad():
         first = int(model(prompt).logits[0, -1].argmax())
     token = model.tokenizer.decode([first])
-    req = SimpleNamespace(args=(DOCS[1]["context"], token, lambda d: d["visual"], 1, "fake", "test"))
+    req = SimpleNamespace(args=(docs[1]["context"], token, lambda d: d["visual"], 1, "fake", "test"))
     assert model.tokenizer(token, add_special_tokens=False).input_ids == [first]  # seed 0: an ASCII byte
     assert scored(lm, [req])[0][1] is True
 
 
-def test_lmms_evals_argmin_picks_the_choice_the_model_finds_most_likely(saved):
+def test_lmms_evals_argmin_picks_the_choice_the_model_finds_most_likely(saved, docs):
     """lmms-eval answers a multiple-choice item with the argmin of the first values (its own models return a
     loss) and acc_norm with the argmin per character: both must be the model's favourite, by summed log-prob."""
     model, path = saved
-    lm = adapter(path)
+    lm = adapter(path, docs)
     choices = ["ab12", "z", "hello there", "x1", "ab12 and more"]
     picks = []
-    for doc_id, doc in enumerate(DOCS):
-        values = [nll for nll, _ in scored(lm, choice_requests(doc_id, choices))]
+    for doc_id, doc in enumerate(docs):
+        values = [nll for nll, _ in scored(lm, choice_requests(docs, doc_id, choices))]
         log_probs = [by_hand(model, doc["context"], images(doc), c)[0] for c in choices]
         favourite = max(range(len(choices)), key=log_probs.__getitem__)
         per_char = max(range(len(choices)), key=lambda k: log_probs[k] / len(choices[k]))
@@ -235,17 +237,17 @@ def test_lmms_evals_argmin_picks_the_choice_the_model_finds_most_likely(saved):
         assert scored(lm, [rejected]) == [(float("inf"), False)]  # never the pick
 
 
-def answer_as_rank(rank: int, world_size: int, port: int, path: str, out: str) -> None:
+def answer_as_rank(rank: int, world_size: int, port: int, path: str, out: str, docs: list[dict]) -> None:
     """One process of a `torchrun --nproc_per_node 2` launch on CPUs: the launcher's environment, then this
     rank's share of the docs as lmms-eval deals them (doc_id % world_size == rank), and its gather."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), ACCELERATE_USE_CPU="1",
                       OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    lm = adapter(Path(path), batch_size=2, device=None)  # the launcher's device
-    doc_ids = list(range(len(DOCS)))[rank::world_size]
-    answers = lm.generate_until(requests([{"max_new_tokens": 6}] * len(doc_ids), doc_ids))
-    pairs = scored(lm, choice_requests(doc_ids[0], ["ab12", "z"]))
+    lm = adapter(Path(path), docs, batch_size=2, device=None)  # the launcher's device
+    doc_ids = list(range(len(docs)))[rank::world_size]
+    answers = lm.generate_until(requests(docs, [{"max_new_tokens": 6}] * len(doc_ids), doc_ids))
+    pairs = scored(lm, choice_requests(docs, doc_ids[0], ["ab12", "z"]))
     counts = lm.accelerator.gather(torch.tensor([len(doc_ids)], device=lm.device)).tolist()  # as lmms-eval's evaluator
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "rank": lm.rank, "world_size": lm.world_size, "device": lm.device.type, "doc_ids": doc_ids,
@@ -253,33 +255,33 @@ def answer_as_rank(rank: int, world_size: int, port: int, path: str, out: str) -
     torch.distributed.destroy_process_group()
 
 
-def test_two_processes_each_answer_their_share_and_together_answer_as_one(saved, tmp_path):
+def test_two_processes_each_answer_their_share_and_together_answer_as_one(saved, tmp_path, docs):
     _, path = saved
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(answer_as_rank, args=(2, port, str(path), str(tmp_path)), nprocs=2,
+    torch.multiprocessing.start_processes(answer_as_rank, args=(2, port, str(path), str(tmp_path), docs), nprocs=2,
                                           start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world_size"], r["device"], r["doc_ids"], r["counts"]) for r in ranks] == [
         (0, 2, "cpu", [0, 2, 4], [3, 2]), (1, 2, "cpu", [1, 3], [3, 2])]
-    lm = adapter(path, batch_size=2)
-    alone = lm.generate_until(requests([{"max_new_tokens": 6}] * len(DOCS), range(len(DOCS))))
+    lm = adapter(path, docs, batch_size=2)
+    alone = lm.generate_until(requests(docs, [{"max_new_tokens": 6}] * len(docs), range(len(docs))))
     together = {i: a for r in ranks for i, a in zip(r["doc_ids"], r["answers"])}
-    assert [together[i] for i in range(len(DOCS))] == alone
+    assert [together[i] for i in range(len(docs))] == alone
     for r in ranks:
-        expected = scored(lm, choice_requests(r["doc_ids"][0], ["ab12", "z"]))
+        expected = scored(lm, choice_requests(docs, r["doc_ids"][0], ["ab12", "z"]))
         assert [g for _, g in r["pairs"]] == [g for _, g in expected]
         assert [v for v, _ in r["pairs"]] == pytest.approx([v for v, _ in expected], abs=1e-4)
 
 
-def test_a_cpu_torchrun_that_accelerate_does_not_see_fails_naming_the_fix(saved, monkeypatch):
+def test_a_cpu_torchrun_that_accelerate_does_not_see_fails_naming_the_fix(saved, monkeypatch, docs):
     """torchrun without GPUs: lmms-eval would shard by WORLD_SIZE while accelerate gathers one process."""
     _, path = saved
-    adapter(path)  # accelerate's one-process state now exists, as lmms-eval creates it before the model
+    adapter(path, docs)  # accelerate's one-process state now exists, as lmms-eval creates it before the model
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="launched as 2 processes but accelerate sees 1; .*ACCELERATE_USE_CPU=1"):
-        adapter(path)
+        adapter(path, docs)
 
 
 def lmms_eval(tmp_path: Path, include: Path, task: str, model: Path) -> tuple[dict, list[dict]]:

@@ -6,40 +6,39 @@ from mmllm.config import LLMConfig
 from mmllm.model import MMLLM
 from mmllm.train.module import MMLLMModule, ModuleConfig
 
-from conftest import text_image, tiny_config
-
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
 
 
-def lora_llm(rank: int = 4) -> LLMConfig:
+def lora_llm(tiny_config, rank: int = 4) -> LLMConfig:
     return LLMConfig(options=tiny_config().llm.options, lora_rank=rank)
 
 
-def module(stage: str, rank: int = 4) -> MMLLMModule:
+def module(tiny_config, stage: str, rank: int = 4) -> MMLLMModule:
     torch.manual_seed(0)
-    return MMLLMModule(ModuleConfig(encoder=tiny_config().encoder, llm=lora_llm(rank), stage=stage))
+    return MMLLMModule(ModuleConfig(encoder=tiny_config().encoder, llm=lora_llm(tiny_config, rank), stage=stage))
 
 
-def test_adapters_are_modules_of_the_tree_and_only_they_train_in_the_llm():
-    m = module("sft")
+def test_adapters_are_modules_of_the_tree_and_only_they_train_in_the_llm(tiny_config):
+    m = module(tiny_config, "sft")
     assert "lora_A" in str(m.model) and "LoRA r=4" in m.describe()
     llm = dict(m.model.llm.named_parameters())
     trainable = {n for n, p in llm.items() if p.requires_grad}
     assert trainable and trainable == {n for n in llm if ".lora_" in n}
     assert all(p.requires_grad for p in m.model.projector.parameters())
-    assert not any(p.requires_grad for p in module("pretrain").model.llm.parameters())
+    assert not any(p.requires_grad for p in module(tiny_config, "pretrain").model.llm.parameters())
 
 
-def test_fresh_adapters_leave_the_llm_as_it_was():
+def test_fresh_adapters_leave_the_llm_as_it_was(tiny_config):
     torch.manual_seed(0)
     bare = MMLLM(tiny_config()).eval()
     torch.manual_seed(0)
-    adapted = MMLLM(tiny_config(llm=lora_llm())).eval()
+    adapted = MMLLM(tiny_config(llm=lora_llm(tiny_config))).eval()
     assert torch.equal(adapted.llm(input_ids=IDS).logits, bare.llm(input_ids=IDS).logits)
 
 
-def test_a_training_step_moves_only_adapters_and_connector_and_the_saved_model_reloads_them(tmp_path):
-    m = module("sft").train()
+def test_a_training_step_moves_only_adapters_and_connector_and_the_saved_model_reloads_them(
+        tmp_path, tiny_config, text_image):
+    m = module(tiny_config, "sft").train()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     proc = m.model.processor
     conv = [{"from": "human", "value": "<image>\nRead it."}, {"from": "gpt", "value": "hi"}]

@@ -5,7 +5,6 @@ import torch
 
 from mmllm.model import MMLLM, positions
 from mmllm.processor import IGNORE_INDEX
-from conftest import text_image
 
 
 def prompt_batch(model, questions, images):
@@ -20,7 +19,7 @@ def test_text_only_equals_bare_llm(tiny_model):
     assert torch.equal(ours, bare)
 
 
-def test_image_layout_and_labels(tiny_model):
+def test_image_layout_and_labels(tiny_model, text_image):
     proc = tiny_model.processor
     conv = [{"from": "human", "value": "<image>\nWhat text?"}, {"from": "gpt", "value": "abc"}]
     sample = proc.encode(conv, [text_image("abc")])
@@ -34,7 +33,7 @@ def test_image_layout_and_labels(tiny_model):
     assert labels == proc.text_ids("abc") + [proc.tokenizer.eos_token_id]
 
 
-def test_loss_ignores_image_positions_and_backpropagates_to_every_part(tiny_model):
+def test_loss_ignores_image_positions_and_backpropagates_to_every_part(tiny_model, text_image):
     proc = tiny_model.processor
     conv = [{"from": "human", "value": "<image>\nWhat text?"}, {"from": "gpt", "value": "abc"}]
     batch = proc.collate([proc.encode(conv, [text_image("abc")])])
@@ -44,7 +43,7 @@ def test_loss_ignores_image_positions_and_backpropagates_to_every_part(tiny_mode
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
 
 
-def test_placeholder_count_mismatch_is_a_clear_error(tiny_model):
+def test_placeholder_count_mismatch_is_a_clear_error(tiny_model, text_image):
     proc = tiny_model.processor
     batch = prompt_batch(tiny_model, ["What text?"], [[text_image("abc")]])
     with pytest.raises(ValueError, match="placeholder tokens but"):
@@ -62,14 +61,14 @@ def test_text_only_batch_keeps_trainable_parameters_in_graph(tiny_model):
     assert all(p.grad is not None for p in tiny_model.projector.parameters())
 
 
-def test_cached_generation_equals_uncached(tiny_model):
+def test_cached_generation_equals_uncached(tiny_model, text_image):
     batch = prompt_batch(tiny_model, ["What text?", "Read it."], [[text_image("ab12")], [text_image("zz", (64, 64))]])
     cached = tiny_model.generate(batch, max_new_tokens=12, use_cache=True)
     uncached = tiny_model.generate(batch, max_new_tokens=12, use_cache=False)
     assert torch.equal(cached, uncached)
 
 
-def test_batch_of_four_equals_four_single_runs(tiny_model):
+def test_batch_of_four_equals_four_single_runs(tiny_model, text_image):
     questions = ["What text?", "Read the image please.", "?", "Text in image, exactly:"]
     images = [[text_image("ab12")], [text_image("hello", (96, 48))], [text_image("x", (32, 64))], []]
     batched = tiny_model.answer(questions, images, max_new_tokens=10)
@@ -77,7 +76,7 @@ def test_batch_of_four_equals_four_single_runs(tiny_model):
     assert batched == singles
 
 
-def test_sampling_is_seeded(tiny_model):
+def test_sampling_is_seeded(tiny_model, text_image):
     q, ims = ["What text?"], [[text_image("ab")]]
     torch.manual_seed(1)
     a = tiny_model.answer(q, ims, max_new_tokens=8, do_sample=True, temperature=1.0, top_k=50)
@@ -86,7 +85,7 @@ def test_sampling_is_seeded(tiny_model):
     assert a == b
 
 
-def test_save_pretrained_round_trip(tiny_model, tmp_path):
+def test_save_pretrained_round_trip(tiny_model, tmp_path, text_image):
     tiny_model.save_pretrained(tmp_path / "m")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     loaded = MMLLM.from_pretrained(tmp_path / "m")

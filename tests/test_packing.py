@@ -8,10 +8,8 @@ import torch
 from mmllm.model import MMLLM, positions
 from mmllm.sample import Sample
 
-from conftest import text_image, tiny_config
 
-
-def samples(model: MMLLM) -> list[Sample]:
+def samples(model: MMLLM, text_image) -> list[Sample]:
     proc = model.processor
 
     def conv(question: str, answer: str) -> list[dict]:
@@ -25,7 +23,7 @@ def samples(model: MMLLM) -> list[Sample]:
     ]
 
 
-def opened(arch: str) -> MMLLM:
+def opened(tiny_config, arch: str) -> MMLLM:
     torch.manual_seed(0)
     model = MMLLM(tiny_config(arch=arch)).eval()
     for block in model.cross_blocks().values():  # open the gates: the images must matter
@@ -35,9 +33,9 @@ def opened(arch: str) -> MMLLM:
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_a_packed_batch_has_the_loss_of_the_same_samples_unpacked(arch):
-    model = opened(arch)
-    batch = samples(model)
+def test_a_packed_batch_has_the_loss_of_the_same_samples_unpacked(arch, tiny_config, text_image):
+    model = opened(tiny_config, arch)
+    batch = samples(model, text_image)
     longest = max(len(s.input_ids) for s in batch)
     packed = model.processor.pack(batch, 2 * longest)
     assert packed.input_ids.shape[0] < len(batch)  # samples do share rows
@@ -50,9 +48,9 @@ def test_a_packed_batch_has_the_loss_of_the_same_samples_unpacked(arch):
     assert not torch.allclose(leaky, unpacked_loss, rtol=1e-5, atol=1e-6)  # the test can tell
 
 
-def test_packing_fills_rows_first_fit_in_order_and_gives_a_long_sample_its_own_row():
-    model = opened("nvlm_x")
-    batch = samples(model)
+def test_packing_fills_rows_first_fit_in_order_and_gives_a_long_sample_its_own_row(tiny_config, text_image):
+    model = opened(tiny_config, "nvlm_x")
+    batch = samples(model, text_image)
     n = [len(s.input_ids) for s in batch]
     packed = model.processor.pack(batch, n[0] + n[1])
     assert packed.input_ids.shape == (3, max(n[0] + n[1], n[2], n[3]))
@@ -62,11 +60,11 @@ def test_packing_fills_rows_first_fit_in_order_and_gives_a_long_sample_its_own_r
     assert len(packed.pixel_values) == sum(len(s.pixel_values) for s in batch)
 
 
-def test_the_training_collator_packs_when_asked_and_keeps_every_sample_id():
+def test_the_training_collator_packs_when_asked_and_keeps_every_sample_id(tiny_config, text_image):
     from mmllm.train.data import Collator, Loaded, MMDataModule
 
-    model = opened("nvlm_d")
-    batch = [Loaded(s, f"s{i}") for i, s in enumerate(samples(model))]
+    model = opened(tiny_config, "nvlm_d")
+    batch = [Loaded(s, f"s{i}") for i, s in enumerate(samples(model, text_image))]
     packed, plain = Collator(model.processor, pack_to=10_000)(batch), Collator(model.processor)(batch)
     assert packed.ids == plain.ids == ["s0", "s1", "s2", "s3"]
     assert packed.inputs.input_ids.shape[0] == 1 and plain.inputs.position_ids is None

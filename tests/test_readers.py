@@ -14,7 +14,6 @@ from PIL import Image
 from mmllm.cli import main
 from mmllm.eval.metrics import score
 from mmllm.eval.readers import READERS, Conversion, convert
-from conftest import as_terminal
 
 
 def image(path: Path, colour: str = "white") -> None:
@@ -597,7 +596,7 @@ def test_max_skipped_must_be_a_fraction(tmp_path):
         convert("ocrbench", tmp_path, tmp_path / "out", max_skipped=5)
 
 
-def test_convert_draws_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+def test_convert_draws_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, as_terminal):
     terminal = as_terminal(monkeypatch)
     convert("ocrbench", missing_most_images(tmp_path / "src", n=2), tmp_path / "out")
     assert "convert OCRBench.json: " in terminal.getvalue()

@@ -8,7 +8,6 @@ import torch
 from mmllm.model import MMLLM
 from mmllm.tokenizer import load_tokenizer
 
-from conftest import tiny_config
 
 HOSTILE_TOKENIZER = """
 from pathlib import Path
@@ -28,7 +27,7 @@ def test_a_tokenizer_folder_with_its_own_code_is_refused_even_when_the_user_woul
     assert not asked and not (tmp_path / "RAN").exists()
 
 
-def test_a_saved_folder_whose_config_outgrows_its_weights_is_refused_before_building(tmp_path):
+def test_a_saved_folder_whose_config_outgrows_its_weights_is_refused_before_building(tmp_path, tiny_config):
     torch.manual_seed(0)
     MMLLM(tiny_config()).save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
@@ -38,7 +37,7 @@ def test_a_saved_folder_whose_config_outgrows_its_weights_is_refused_before_buil
         MMLLM.from_pretrained(tmp_path)
 
 
-def test_a_saved_folder_still_loads_to_the_same_outputs(tmp_path):
+def test_a_saved_folder_still_loads_to_the_same_outputs(tmp_path, tiny_config):
     torch.manual_seed(0)
     model = MMLLM(tiny_config()).eval()
     model.save_pretrained(tmp_path)

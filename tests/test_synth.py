@@ -11,7 +11,6 @@ from PIL import Image
 from mmllm.cli import main
 from mmllm.train.shards import write_shards
 from mmllm.train.synth import CHART_KINDS, PROMPT_TEMPLATES, QUESTION_TYPES, synthesize
-from conftest import as_terminal
 
 COMBOS = [(task, level) for task in ("ocr", "chart") for level in ("easy", "hard")]
 EASY_SIZE = {"ocr": (128, 32), "chart": (128, 64)}
@@ -173,7 +172,7 @@ def test_synth_overwrite_refuses_a_folder_holding_other_files(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_synth_and_shard_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_log(tmp_path, monkeypatch):
+def test_synth_and_shard_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_log(tmp_path, monkeypatch, as_terminal):
     terminal = as_terminal(monkeypatch)
     synthesize("ocr", tmp_path / "d", 3)
     write_shards(tmp_path / "d" / "train.jsonl", tmp_path / "shards")
