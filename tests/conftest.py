@@ -18,8 +18,7 @@ from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig
 # The helpers the test files share, each given to them by a session-scoped fixture of its name that returns the
 # helper itself (`def test_x(tiny_config): tiny_config(arch="nvlm_x")`): test files take them as fixtures, never
 # by importing conftest or each other; session scope lets module-scoped fixtures use them too. The helpers are
-# private (`_tiny_config`) and each fixture is registered by `name=`, which leaves the plain names free for the
-# aliases further down.
+# private (`_tiny_config`) and each fixture is registered by `name=`.
 
 
 def _tiny_config(**overrides) -> MMLLMConfig:
@@ -171,15 +170,6 @@ def audio_config() -> AudioConfig:
     """The tiny Whisper audio tower (4 s window, 4x token stack) of the audio model tests."""
     return AudioConfig(max_seconds=4, factor=4, options={"d_model": 32, "encoder_layers": 1,
                                                          "encoder_attention_heads": 2, "encoder_ffn_dim": 64})
-
-
-# The plain names that test files not yet on fixtures still import (test_fsdp, test_precision, test_predict_export,
-# test_data_scale; the last also through test_data and test_data_faults). Drop each with its last importer.
-tiny_config = _tiny_config
-tiny_module = _tiny_module
-text_image = _text_image
-chat = _chat
-write = _write_jsonl
 
 
 @pytest.fixture(scope="session", name="as_terminal")

@@ -118,10 +118,3 @@ def test_lr_schedule_cosine_and_warmup_stable_decay():
     assert cosine == pytest.approx([1 / 11, 10 / 11, 1.0, 0.55, 0.1])
     wsd = [lr_factor(s, total=100, warmup=10, decay=20) for s in (10, 50, 80, 90, 100)]
     assert wsd == pytest.approx([1.0, 1.0, 1.0, 0.55, 0.1])
-
-
-# tests/test_data_scale.py, not on fixtures yet, still imports `tiny_module` from here: the conftest helper (the
-# `tiny_module` fixture) under its old name, until it takes the fixture too.
-import conftest  # noqa: E402
-
-tiny_module = conftest.tiny_module

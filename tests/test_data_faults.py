@@ -423,10 +423,3 @@ def test_validate_synthesises_the_val_set_and_not_the_training_set(tmp_path, tin
     data = MMDataModule(synth_task="ocr", synth_n=8, synth_dir=str(tmp_path), processor=module.processor)
     trainer().validate(module, data)
     assert sorted(p.name for p in (tmp_path / "ocr-easy-n8").iterdir()) == ["val"]
-
-
-# tests/test_data_scale.py, not on fixtures yet, still imports `chat` and `write` from here: the conftest helpers
-# (the `chat` and `write_jsonl` fixtures) under their old names, until it takes the fixtures too.
-import conftest  # noqa: E402
-
-chat, write = conftest.chat, conftest.write

@@ -24,9 +24,6 @@ from mmllm.train.health import BadSampleMonitor
 from mmllm.train.index import FileIndex
 from mmllm.train.sampling import LengthGroupedSampler, grouped_order
 from mmllm.train.shards import SHARD_INDEX, ShardReader, write_shards
-from conftest import text_image, tiny_config
-from test_data import tiny_module
-from test_data_faults import chat, write
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -34,7 +31,7 @@ from data_scale import synth_mix  # noqa: E402 (the script is no package)
 
 
 @pytest.fixture(scope="module")
-def processor():
+def processor(tiny_module):
     return tiny_module().processor
 
 
@@ -47,7 +44,7 @@ def mix(tmp_path_factory):
 
 # Index ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["jsonl", "json"])
-def test_the_index_gives_the_records_and_bad_lines_the_in_ram_reader_gives_keeping_only_arrays(tmp_path, layout):
+def test_the_index_gives_the_records_and_bad_lines_the_in_ram_reader_gives_keeping_only_arrays(tmp_path, layout, chat):
     rows = [chat(i, answer="é😀" * (i % 5)) for i in range(1000)]
     rows[10], rows[20] = {"id": "nofield"}, 7
     if layout == "jsonl":
@@ -64,10 +61,10 @@ def test_the_index_gives_the_records_and_bad_lines_the_in_ram_reader_gives_keepi
     assert len(pickle.dumps(index)) < 48 * len(index)  # arrays: line, start, end and length features a record
 
 
-def test_a_file_rewritten_after_it_was_indexed_gives_bad_samples_not_a_crash(tmp_path, processor):
-    path = write(tmp_path / "train.jsonl", [chat(0), chat(1)])
+def test_a_file_rewritten_after_it_was_indexed_gives_bad_samples_not_a_crash(tmp_path, processor, chat, write_jsonl):
+    path = write_jsonl(tmp_path / "train.jsonl", [chat(0), chat(1)])
     ds = ConversationDataset(path, processor, substitute=False)
-    write(tmp_path / "train.jsonl", [chat(0, answer="a much longer answer now"), chat(1)])
+    write_jsonl(tmp_path / "train.jsonl", [chat(0, answer="a much longer answer now"), chat(1)])
     reason = "changed since it was indexed (invalid JSON (Expecting value at column 1))"
     assert ds[1] == Loaded(None, bad=[f"{path}:2: {reason}"])
 
@@ -109,12 +106,13 @@ def test_shards_are_read_one_row_group_at_a_time_from_memory_mapped_files(mix, t
     assert clone._files == {} and clone[17].id == reader[17].id
 
 
-def test_sharding_reports_bad_records_with_file_and_line_and_training_counts_them(tmp_path, processor, capsys):
+def test_sharding_reports_bad_records_with_file_and_line_and_training_counts_them(
+        tmp_path, processor, capsys, text_image, chat, write_jsonl):
     text_image("w").save(tmp_path / "0.png")
     (tmp_path / "notes.png").write_text("not an image")
     rows = [chat(0, image="0.png"), chat(1, image="missing.png"), chat(2, image="notes.png"),
             chat(3, audio="a.wav"), chat(4, image=5), chat(5)]
-    src = write(tmp_path / "train.jsonl", rows)
+    src = write_jsonl(tmp_path / "train.jsonl", rows)
     with open(src, "a") as fh:
         fh.write("{broken\n")
     assert main(["data", "shard", "--src", src, "--out", str(tmp_path / "shards"), "--rows", "1"]) == 0
@@ -131,8 +129,9 @@ def test_sharding_reports_bad_records_with_file_and_line_and_training_counts_the
     assert capsys.readouterr().out == "".join(f"[mmllm] skipped malformed line {r}\n" for r in reasons)
 
 
-def test_the_shard_command_fails_when_nothing_could_be_written_and_refuses_a_used_folder(tmp_path, capsys):
-    src = write(tmp_path / "train.jsonl", [chat(0, image="missing.png")])
+def test_the_shard_command_fails_when_nothing_could_be_written_and_refuses_a_used_folder(
+        tmp_path, capsys, chat, write_jsonl):
+    src = write_jsonl(tmp_path / "train.jsonl", [chat(0, image="missing.png")])
     assert main(["data", "shard", "--src", src, "--out", str(tmp_path / "shards")]) == 1
     assert capsys.readouterr().err == (f"mmllm: error: ValueError: no record of {src} could be sharded: 1 bad; "
                                        f"first: {src}:1 (id t0): image not found: {tmp_path / 'missing.png'}\n")
@@ -141,11 +140,12 @@ def test_the_shard_command_fails_when_nothing_could_be_written_and_refuses_a_use
     assert "is not empty; shard into a new folder" in capsys.readouterr().err
 
 
-def test_a_corrupt_embedded_image_is_a_bad_sample_naming_shard_row_and_id(tmp_path, processor):
+def test_a_corrupt_embedded_image_is_a_bad_sample_naming_shard_row_and_id(
+        tmp_path, processor, text_image, chat, write_jsonl):
     for i in range(3):
         text_image(f"w{i}").save(tmp_path / f"{i}.png")
     (tmp_path / "1.png").write_bytes((tmp_path / "1.png").read_bytes()[:80])  # header intact, pixels cut off
-    src = write(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(3)])
+    src = write_jsonl(tmp_path / "train.jsonl", [chat(i, image=f"{i}.png") for i in range(3)])
     write_shards(src, tmp_path / "shards")
     ds = ConversationDataset(str(tmp_path / "shards"), processor)
     sample = ds[1]
@@ -213,7 +213,7 @@ def per_sample_loss(model: MMLLM, inputs) -> torch.Tensor:
 @pytest.mark.parametrize("arch,extra", [("nvlm_d", {}), ("nvlm_d", {"input_positions": 512}), ("nvlm_x", {}),
                                         ("nvlm_x", {"cross_attention_positions": "rope"}), ("nvlm_h", {}),
                                         ("nvlm_h", {"cross_attention_positions": "rope"})])
-def test_a_sample_loss_is_the_same_alone_and_left_padded_in_a_batch(arch, extra):
+def test_a_sample_loss_is_the_same_alone_and_left_padded_in_a_batch(arch, extra, tiny_config, text_image):
     torch.manual_seed(0)
     model = MMLLM(tiny_config(arch=arch, **extra)).eval()
     with torch.no_grad():
@@ -241,19 +241,20 @@ class Masks(L.Callback):
         self.masks.append(batch.inputs.attention_mask.clone())
 
 
-def fit_padding(train: str, group: bool) -> tuple[L.Trainer, list[torch.Tensor]]:
-    module, masks = tiny_module(), Masks()
+def fit_padding(module, train: str, group: bool) -> tuple[L.Trainer, list[torch.Tensor]]:
+    masks = Masks()
     trainer = L.Trainer(max_epochs=1, callbacks=[BadSampleMonitor(), masks], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, MMDataModule(train=train, batch_size=2, group_by_length=group, processor=module.processor))
     return trainer, masks.masks
 
 
-def test_the_padding_fraction_is_logged_per_epoch_and_printed_for_the_run_and_grouping_brings_it_to_the_least(tmp_path, capsys):
+def test_the_padding_fraction_is_logged_per_epoch_and_printed_for_the_run_and_grouping_brings_it_to_the_least(
+        tmp_path, capsys, chat, write_jsonl, tiny_module):
     answers = [1, 40, 3, 25, 7, 31, 12, 2]  # 23 + len tokens each
-    path = write(tmp_path / "train.jsonl", [chat(i, "x" * n) for i, n in enumerate(answers)])
+    path = write_jsonl(tmp_path / "train.jsonl", [chat(i, "x" * n) for i, n in enumerate(answers)])
     for group in (False, True):
-        trainer, masks = fit_padding(path, group)
+        trainer, masks = fit_padding(tiny_module(), path, group)
         pad, total = sum(int((m == 0).sum()) for m in masks), sum(m.numel() for m in masks)
         assert trainer.callback_metrics["padding_fraction"].item() == pytest.approx(pad / total, rel=1e-6)
         assert (f"[mmllm] padding_fraction {pad / total:.4f} over the run ({pad:,} pad of "

@@ -21,8 +21,6 @@ from mmllm.layers import CrossAttentionDecoderLayer
 from mmllm.model import MMLLM
 from mmllm.train.fsdp import NamedUnitsFSDP, recomputed_types, repeated_blocks, shard_units
 
-from conftest import tiny_config
-
 REPO = Path(__file__).resolve().parents[1]
 
 # Reads one fit per line of a runs file ("name args..."), runs each in this process pair and records per rank the
@@ -200,12 +198,11 @@ def unit_trace(module, batch) -> list[tuple[str, bool]]:
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_text_only_batch_runs_the_same_units_forward_and_backward_as_one_with_images(arch, stage):
+def test_a_text_only_batch_runs_the_same_units_forward_and_backward_as_one_with_images(
+        arch, stage, tiny_config, text_image):
     """What keeps ranks in step under FSDP: a rank whose batch holds no image must gather (forward) and
     reduce (backward) exactly the units the others do, or the job hangs."""
     from mmllm.train.module import MMLLMModule, ModuleConfig
-
-    from conftest import text_image
 
     cfg = tiny_config()
     torch.manual_seed(0)
@@ -223,7 +220,7 @@ def test_a_text_only_batch_runs_the_same_units_forward_and_backward_as_one_with_
     ("nvlm_x", {LlamaDecoderLayer, GatedCrossAttention, Block}),
     ("nvlm_h", {LlamaDecoderLayer, GatedCrossAttention, Block}),
 ])
-def test_units_are_the_layers_the_blocks_and_each_part_apart_and_recompute_the_blocks(arch, units):
+def test_units_are_the_layers_the_blocks_and_each_part_apart_and_recompute_the_blocks(arch, units, tiny_config):
     torch.manual_seed(0)
     model = MMLLM(tiny_config(arch=arch))
     found = shard_units(model)
@@ -239,7 +236,7 @@ def test_units_are_the_layers_the_blocks_and_each_part_apart_and_recompute_the_b
         assert found.index(cross.layer) < found.index(cross) and cross in layers
 
 
-def test_a_tied_output_head_stays_with_its_embeddings():
+def test_a_tied_output_head_stays_with_its_embeddings(tiny_config):
     cfg = tiny_config()
     cfg.llm.options["tie_word_embeddings"] = True
     torch.manual_seed(0)
@@ -272,12 +269,11 @@ def test_a_config_names_the_strategy_by_class_path(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_training_forward_reads_nothing_back_from_the_device_in_our_code(arch, monkeypatch):
+def test_a_training_forward_reads_nothing_back_from_the_device_in_our_code(
+        arch, monkeypatch, tiny_config, text_image):
     """Every such read waits for the device (a GPU stalls on each): the collator lays out what the model
     would otherwise read per step (placeholder counts, slots, cross-attention keys)."""
     from mmllm.train.module import MMLLMModule, ModuleConfig
-
-    from conftest import text_image
 
     ours = tuple(str(REPO / folder) for folder in ("mmllm", "connectors", "encoders"))
     reads = []

@@ -11,7 +11,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mmllm.tokenizer import byte_tokenizer
 from mmllm.train.module import MMLLMModule, ModuleConfig
 
-from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -28,7 +27,7 @@ def bf16_llama(tmp_path_factory) -> str:
     return str(out)
 
 
-def test_a_bf16_checkpoint_loads_as_fp32_master_weights_and_the_table_says_so(bf16_llama):
+def test_a_bf16_checkpoint_loads_as_fp32_master_weights_and_the_table_says_so(bf16_llama, tiny_config):
     cfg = tiny_config()
     module = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm={"name_or_path": bf16_llama}, stage="sft"))
     assert {p.dtype for p in module.parameters()} == {torch.float32}
@@ -36,7 +35,7 @@ def test_a_bf16_checkpoint_loads_as_fp32_master_weights_and_the_table_says_so(bf
     assert table[1].split()[-1] == "dtype" and all(row.split()[-1] == "float32" for row in table[2:5])
 
 
-def test_the_attention_kernel_is_a_config_choice_with_the_same_outputs():
+def test_the_attention_kernel_is_a_config_choice_with_the_same_outputs(tiny_config):
     torch.manual_seed(0)
     cfg = tiny_config()
     eager = MMLLMModule(ModuleConfig(encoder=cfg.encoder, llm={**vars(cfg.llm), "attn_implementation": "eager"})).model.llm

@@ -13,7 +13,6 @@ from mmllm.train.data import MMDataModule
 from mmllm.train.items import ItemsDataset, PromptCollator
 from mmllm.train.load import load_model
 from mmllm.train.synth import synthesize
-from conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +138,8 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(fitted, tmp_
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
 
 
-def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_path, monkeypatch, tiny_yaml):
+def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(
+        tmp_path, monkeypatch, tiny_yaml, tiny_config):
     """In-process: the config names a 2000-sample synthetic training set that predict never reads."""
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(1)  # not the run's seed: predictions equal the folder's only if its weights are loaded
@@ -156,7 +156,8 @@ def test_predict_takes_an_exported_folder_and_synthesises_no_training_set(tmp_pa
     assert not (tmp_path / "runs").exists()  # the config's synth_dir
 
 
-def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(tmp_path, monkeypatch, capsys, tiny_yaml):
+def test_fit_refuses_to_resume_an_exported_folder_and_names_init_from(
+        tmp_path, monkeypatch, capsys, tiny_yaml, tiny_config):
     monkeypatch.chdir(tmp_path)
     MMLLM(tiny_config()).save_pretrained("export")
     assert main(["fit", "--config", tiny_yaml, "--ckpt_path", "export", "--trainer.default_root_dir", "fit"]) == 1
