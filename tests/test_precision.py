@@ -1,8 +1,5 @@
 """Precision and memory policy for real checkpoints: fp32 master weights whatever the checkpoint's dtype,
 the compute dtype set by `--trainer.precision`, and the attention kernel a config choice."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +9,6 @@ from mmllm.tokenizer import byte_tokenizer
 from mmllm.train.module import MMLLMModule, ModuleConfig
 
 
-REPO = Path(__file__).resolve().parents[1]
 LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=300, max_position_embeddings=512)
 
@@ -48,15 +44,12 @@ def test_the_attention_kernel_is_a_config_choice_with_the_same_outputs(tiny_conf
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision,stored", [("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)])
-def test_bf16_mixed_keeps_fp32_weights_and_bf16_true_trains_bf16_weights(tmp_path, precision, stored):
-    subprocess.run([sys.executable, "-m", "mmllm.cli", "data", "synth", "--task", "ocr", "--n", "8", "--out", "d"],
-                   cwd=tmp_path, check=True, capture_output=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mmllm.cli", "fit", "--config", str(REPO / "configs" / "nvlm_d_tiny.yaml"),
-         "--data.train", "d/train.jsonl", "--data.batch_size", "4", "--trainer.max_steps", "2",
-         "--trainer.precision", precision, "--trainer.default_root_dir", "out"],
-        cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_bf16_mixed_keeps_fp32_weights_and_bf16_true_trains_bf16_weights(tmp_path, precision, stored, mmllm,
+                                                                         tiny_yaml):
+    mmllm("data", "synth", "--task", "ocr", "--n", "8", "--out", "d", cwd=tmp_path)
+    mmllm("fit", "--config", tiny_yaml, "--data.train", "d/train.jsonl", "--data.batch_size", "4",
+          "--trainer.max_steps", "2", "--trainer.precision", precision, "--trainer.default_root_dir", "out",
+          cwd=tmp_path)
     state = torch.load(next((tmp_path / "out").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     weights = [v for k, v in state["state_dict"].items() if v.is_floating_point()]
     assert {w.dtype for w in weights} == {stored}

@@ -1,8 +1,6 @@
 """The real-parts recipe (configs/real/*.yaml) runs as shipped, with only paths and sizes overridden: a small
 random Qwen2 and SigLIP written with `save_pretrained` stand in for the downloads. Stage 1 trains the connector
 alone; stage 2 starts from stage 1's weights and trains the LLM too; D, X and H alike."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory) -> dict[str, Path]:
+def parts(tmp_path_factory, mmllm) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
     tokenizer = byte_tokenizer()
@@ -30,12 +28,11 @@ def parts(tmp_path_factory) -> dict[str, Path]:
                                 patch_size=14, image_size=42)
     SiglipVisionModel(siglip).save_pretrained(root / "siglip")
     SiglipImageProcessor(size={"height": 42, "width": 42}).save_pretrained(root / "siglip")
-    subprocess.run([sys.executable, "-m", "mmllm.cli", "data", "synth", "--task", "ocr", "--n", "16", "--out",
-                    str(root / "data")], check=True, capture_output=True)
+    mmllm("data", "synth", "--task", "ocr", "--n", "16", "--out", str(root / "data"), cwd=root)
     return {"qwen2": root / "qwen2", "siglip": root / "siglip", "data": root / "data" / "train.jsonl"}
 
 
-def fit(stage: str, arch: str, parts: dict[str, Path], root: Path, *extra: str) -> dict:
+def fit(mmllm, stage: str, arch: str, parts: dict[str, Path], root: Path, *extra: str) -> dict:
     args = ["fit", "--config", str(REPO / "configs" / "real" / "siglip_qwen2.yaml"),
             "--config", str(REPO / "configs" / "real" / f"{stage}.yaml"), "--model.arch", arch,
             "--model.encoder.pretrained", str(parts["siglip"]), "--model.encoder.image_size", "42",
@@ -43,15 +40,14 @@ def fit(stage: str, arch: str, parts: dict[str, Path], root: Path, *extra: str) 
             "--data.train", str(parts["data"]), "--data.batch_size", "4", "--data.num_workers", "0",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_steps", "2",
             "--trainer.default_root_dir", str(root), *extra]
-    proc = subprocess.run([sys.executable, "-m", "mmllm.cli", *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    mmllm(*args, cwd=root.parent)
     return torch.load(next(root.rglob("last.ckpt")), map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
-def test_the_staged_recipe_trains_the_connector_then_the_llm_from_saved_parts(parts, tmp_path, arch):
+def test_the_staged_recipe_trains_the_connector_then_the_llm_from_saved_parts(parts, tmp_path, arch, mmllm):
     qwen = AutoModelForCausalLM.from_pretrained(parts["qwen2"]).state_dict()
-    pretrain = fit("pretrain", arch, parts, tmp_path / "pretrain")
+    pretrain = fit(mmllm, "pretrain", arch, parts, tmp_path / "pretrain")
     assert pretrain["global_step"] == 2 and pretrain["hyper_parameters"]["stage"] == "pretrain"
     weights = pretrain["state_dict"]
     # The frozen LLM is the saved Qwen2, bit for bit (the cross-attention wrappers move its layers' keys;
@@ -61,7 +57,7 @@ def test_the_staged_recipe_trains_the_connector_then_the_llm_from_saved_parts(pa
     assert set(qwen) <= set(llm)
     assert all(torch.equal(llm[k][: len(v)], v) for k, v in qwen.items())
     last = next((tmp_path / "pretrain").rglob("last.ckpt"))
-    sft = fit("sft", arch, parts, tmp_path / "sft", "--model.init_from", str(last))
+    sft = fit(mmllm, "sft", arch, parts, tmp_path / "sft", "--model.init_from", str(last))
     assert sft["hyper_parameters"]["stage"] == "sft" and sft["global_step"] == 2  # a fresh run, not a resume
     tuned = {k: v for k, v in sft["state_dict"].items() if k.startswith("model.llm.") and ".cross." not in k}
     assert any(not torch.equal(v, weights[k]) for k, v in tuned.items())  # the LLM now trains
