@@ -9,11 +9,15 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import torch
-from PIL import Image, ImageDraw
+# The tests' models are tiny: one thread a test process (xdist runs one a core) is the fastest, and the processes
+# the tests start inherit it. Set before torch loads, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from mmllm.config import AudioConfig, EncoderConfig, LLMConfig, MMLLMConfig  # noqa: E402
 
 # The helpers the test files share, each given to them by a session-scoped fixture of its name that returns the
 # helper itself (`def test_x(tiny_config): tiny_config(arch="nvlm_x")`): test files take them as fixtures, never

@@ -1,8 +1,10 @@
 """`mmllm fit|validate|test|predict`: LightningCLI over MMLLMModule and MMDataModule."""
 from __future__ import annotations
 
+import atexit
 import signal
 
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -97,7 +99,7 @@ def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI
     quiet_engine()
     callbacks = [BadSampleMonitor(), FlatLoss(), RNGStates(), DataResume(), ProgressLines(), *(extra_callbacks or [])]
     try:
-        return MMLLMCLI(
+        cli = MMLLMCLI(
             MMLLMModule,
             MMDataModule,
             args=args,
@@ -106,3 +108,15 @@ def run(args: list[str] | None, extra_callbacks: list | None = None) -> MMLLMCLI
         )
     except SIGTERMException:  # a SystemExit without a code, which would exit 0: the run did not finish
         raise SystemExit(128 + signal.SIGTERM) from None
+    atexit.unregister(close_process_group)
+    atexit.register(close_process_group)
+    return cli
+
+
+def close_process_group() -> None:
+    """Destroy the process group Lightning leaves up, at the exit of a process whose runs finished (while a run is
+    failing, another rank may still wait in a collective). Left to the interpreter's teardown, gloo's threads can
+    abort a process that finished its work (SIGABRT, "terminate called without an active exception"). Not after
+    each run: the next run of the process (`mmllm compare`, a driver of several fits) uses the same group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
