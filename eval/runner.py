@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from mmllm.model import MMLLM
+    from mmllm.train.data import Batch
 
 
 @dataclass(frozen=True)
@@ -241,29 +242,18 @@ def evaluate(
     todo = [i for i, r in enumerate(items.records) if first[r.id] is r and r.id not in done]
     loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
     skipped, truncated = [str(b) for b in items.bad_lines] + duplicates, []
-    device = next(model.parameters()).device
-    model.eval()
     start = time.perf_counter()
     with pred_file.open("a", encoding="utf-8") as fh:
         for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
             skipped += batch.skipped
             truncated += batch.truncated
-            if batch.inputs is None:
-                continue
-            generated = model.generate(batch.inputs.to(device), max_new_tokens=max_new_tokens)
-            for record, ids in zip(batch.records, generated.tolist()):
-                done[record.id] = _row(record.data, model.processor.decode(ids), record.id)
-                fh.write(dumps_line(done[record.id]))
+            for row in generate_rows(model, batch, max_new_tokens):
+                done[row["id"]] = row
+                fh.write(dumps_line(row))
             fh.flush()
     elapsed = time.perf_counter() - start
-    rows = []
-    for item_id, record in first.items():  # gold answers and fields from the items file, never from old rows
-        if item_id not in done:  # the item failed to load: skipped above
-            continue
-        try:
-            rows.append(score_row(task, _row(record.data, done[item_id]["prediction"], item_id), record.data))
-        except (ValueError, TypeError) as exc:  # no or empty gold answers: a data error, not a 0
-            skipped.append(f"{record.where()}: cannot score: {exc}")
+    rows, unscorable = score_rows(task, first, done)
+    skipped += unscorable
     write_jsonl(pred_file, rows)
     for s in skipped:
         print(f"[mmllm] skipped {s}")
@@ -274,6 +264,31 @@ def evaluate(
             "batch_size": batch_size, "generated": len(todo), "time_s": round(elapsed, 3),
             "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
     return require_scored(summarise(task, rows, skipped, meta, out), out)
+
+
+def generate_rows(model: MMLLM, batch: Batch, max_new_tokens: int) -> list[dict]:
+    """The prediction rows of one batch's items that encoded (none when none did)."""
+    if batch.inputs is None:
+        return []
+    model.eval()
+    generated = model.generate(batch.inputs.to(next(model.parameters()).device), max_new_tokens=max_new_tokens)
+    return [_row(record.data, model.processor.decode(ids), record.id)
+            for record, ids in zip(batch.records, generated.tolist())]
+
+
+def score_rows(task: str, first: dict[str, Record], done: dict[str, dict]) -> tuple[list[dict], list[str]]:
+    """Every predicted item scored in the items file's order, with its gold answers and fields from that file
+    (never from old rows), and the items that cannot be scored (no or empty gold answers: a data error, not a 0).
+    An item without a prediction failed to load and was skipped when it was met."""
+    rows, unscorable = [], []
+    for item_id, record in first.items():
+        if item_id not in done:
+            continue
+        try:
+            rows.append(score_row(task, _row(record.data, done[item_id]["prediction"], item_id), record.data))
+        except (ValueError, TypeError) as exc:
+            unscorable.append(f"{record.where()}: cannot score: {exc}")
+    return rows, unscorable
 
 
 def require_scored(summary: dict, out: Path) -> dict:
