@@ -1,4 +1,5 @@
 import io
+import itertools
 import multiprocessing
 import os
 import runpy
@@ -237,7 +238,7 @@ def forked(tmp_path_factory):
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     logs = tmp_path_factory.mktemp("forked")
-    count = iter(range(10**9))
+    count = itertools.count()
 
     def run(argv: list[str], cwd, env: dict[str, str] | None = None, timeout: float = 600
             ) -> subprocess.CompletedProcess:
