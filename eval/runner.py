@@ -242,6 +242,7 @@ def evaluate(
     todo = [i for i, r in enumerate(items.records) if first[r.id] is r and r.id not in done]
     loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
     skipped, truncated = [str(b) for b in items.bad_lines] + duplicates, []
+    model.eval()
     start = time.perf_counter()
     with pred_file.open("a", encoding="utf-8") as fh:
         for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
@@ -270,7 +271,6 @@ def generate_rows(model: MMLLM, batch: Batch, max_new_tokens: int) -> list[dict]
     """The prediction rows of one batch's items that encoded (none when none did)."""
     if batch.inputs is None:
         return []
-    model.eval()
     generated = model.generate(batch.inputs.to(next(model.parameters()).device), max_new_tokens=max_new_tokens)
     return [_row(record.data, model.processor.decode(ids), record.id)
             for record, ids in zip(batch.records, generated.tolist())]

@@ -14,7 +14,8 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .config import ArchKnobs, ProcessorConfig
-from .sample import KEY_FIELDS, KEY_FILL, KeyLayout, KVSegment, MediaLayout, ModelInputs, Placement, Sample, SampleError
+from .sample import (KEY_FIELDS, KEY_FILL, TOKEN_FIELDS, KeyLayout, KVSegment, MediaLayout, ModelInputs, Placement,
+                     Sample, SampleError)
 from .tiling import choose_grid, tile_image, tile_tags
 from .tokenizer import IMAGE_PAD
 
@@ -447,7 +448,7 @@ class MMLLMProcessor(ProcessorMixin):
         slots, kv, tiles, clips = [], [], 0, 0
         for row, s in enumerate(samples):
             n = len(s.input_ids)
-            for key in ("input_ids", "labels", "token_media", "token_tile"):
+            for key in TOKEN_FIELDS:
                 batch[key][row, width - n:] = torch.tensor(getattr(s, key))
             batch["attention_mask"][row, width - n:] = 1
             first = {"tile": tiles, "audio": n_tiles + clips}  # the sample's first segment of each kind

@@ -59,8 +59,14 @@ class Sample:
 
     def cut(self, limit: int) -> "Sample":
         """The sample's first `limit` tokens (its media untouched: the caller checks `media_end`)."""
-        return replace(self, input_ids=self.input_ids[:limit], labels=self.labels[:limit],
-                       token_media=self.token_media[:limit], token_tile=self.token_tile[:limit])
+        return replace(self, **{f: getattr(self, f)[:limit] for f in TOKEN_FIELDS})
+
+    def located(self, where: str) -> "Sample":
+        """The sample with its notes saying where it came from (file:line and id)."""
+        return replace(self, truncated=[f"{where}: {note}" for note in self.truncated])
+
+
+TOKEN_FIELDS = ("input_ids", "labels", "token_media", "token_tile")  # a Sample's lists with one entry per token
 
 
 @dataclass

@@ -90,8 +90,7 @@ class ConversationDataset(Dataset):
             if not self.has_answer(sample.labels):
                 raise SampleError("no assistant turn to train on")
             sample = self.fit_length(sample)
-            return Loaded(replace(sample, truncated=[f"{record.where()}: {note}" for note in sample.truncated]),
-                          record.id)
+            return Loaded(sample.located(record.where()), record.id)
         except SampleError as exc:
             raise SampleError(f"{record.where()}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
@@ -210,9 +209,10 @@ class Collator:
         self.processor, self.pack_to = processor, pack_to
 
     def __call__(self, items: list[Loaded]) -> Batch:
-        good = [it.sample for it in items if it.sample is not None]  # a dropped val/test item has none
-        notes = Notes([it.id for it in items if it.sample is not None], bad=[b for it in items for b in it.bad],
-                      truncated=[t for s in good for t in s.truncated])
+        kept = [it for it in items if it.sample is not None]  # a dropped val/test item has no sample
+        notes = Notes([it.id for it in kept], bad=[b for it in items for b in it.bad],
+                      truncated=[t for it in kept for t in it.sample.truncated])
+        good = [it.sample for it in kept]
         if not good:
             return Batch(None, notes)
         return Batch(self.processor.pack(good, self.pack_to) if self.pack_to else self.processor.collate(good), notes)

@@ -7,7 +7,7 @@ conversations only the media loading and the `Batch` a loader yields.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
 
@@ -71,7 +71,7 @@ class ItemsDataset(Dataset):
             sample = self.processor.encode_prompt(prompt, images, audio)
             if self.max_length is not None and len(sample.input_ids) > self.max_length:
                 raise SampleError(f"{len(sample.input_ids)} tokens > max_length {self.max_length}")
-            return PromptItem(record, replace(sample, truncated=[f"{record.where()}: {t}" for t in sample.truncated]))
+            return PromptItem(record, sample.located(record.where()))
         except (SampleError, KeyError, IndexError) as exc:
             return PromptItem(record, None, f"{record.where()}: {exc}")
 
