@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_REGISTRY_NAMES = ("AUDIO_ENCODERS", "ENCODERS", "AudioEncoder", "VisionEncoder", "build_audio_encoder",
-                   "build_encoder")
+_REGISTRY_NAMES = ("AUDIO_ENCODERS", "ENCODERS", "AudioEncoder", "TowerShape", "VisionEncoder", "audio_stride",
+                   "build_audio_encoder", "build_encoder", "tower_shape")
 
 
 def __getattr__(name: str) -> Any:

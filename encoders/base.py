@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -32,6 +33,18 @@ def hf_gradient_checkpointing(model, on: bool) -> None:
         model.activation_checkpointing_disable()
 
 
+@dataclass(frozen=True)
+class TowerShape:
+    """What the processor needs of a vision tower: the tile it takes, its patch grid and width, and the pixel
+    statistics to normalise with. `registry.tower_shape` reads it from a config without building the weights."""
+
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 class VisionEncoder(nn.Module, Checkpointable):
     """A vision tower that turns one batch of tiles into row-major patch tokens.
 
@@ -43,6 +56,8 @@ class VisionEncoder(nn.Module, Checkpointable):
     after it (see `layer_index`), so every parameter left feeds the features.
     `mean`/`std` come from the library's own config for this model: the processor normalises
     with them, so pretrained weights see the statistics they were trained with.
+    A family built with `weights=False` reads every config it would read but no weight file (random init),
+    which is all `shape` needs.
     """
 
     family: ClassVar[str]
@@ -66,6 +81,10 @@ class VisionEncoder(nn.Module, Checkpointable):
         self.std = triple(std)
         self.dim, rows, cols = self._probe_feature_map_shape()
         self.grid = (rows, cols)
+
+    @property
+    def shape(self) -> TowerShape:
+        return TowerShape(self.image_size, self.grid, self.dim, self.mean, self.std)
 
     @abstractmethod
     def feature_map(self, pixel_values: Tensor) -> Tensor:

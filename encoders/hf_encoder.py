@@ -26,12 +26,12 @@ class HFEncoder(VisionEncoder):
 
     family = "hf"
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, weights: bool = True) -> None:
         image_size = tile_size(cfg.image_size)
         if image_size[0] != image_size[1]:
             raise ConfigError(f"the hf family takes square tiles (CLIP/SigLIP position tables are), got {image_size}")
         source = cfg.model if cfg.pretrained is True else weights_dir(cfg)
-        model, vision = _tower(cfg, source, image_size[0])
+        model, vision = _tower(cfg, source, image_size[0], weights)
         _cut_after_feature_layer(model, cfg)
         side = vision.image_size // vision.patch_size
         self.patch_grid = (side, side)
@@ -53,8 +53,9 @@ class HFEncoder(VisionEncoder):
 _NOT_ARCHITECTURE = {"model_type", "transformers_version", "architectures", "dtype", "torch_dtype", "image_size"}
 
 
-def _tower(cfg: EncoderConfig, source: str | None, size: int) -> tuple[nn.Module, PreTrainedConfig]:
-    """The vision model and its config: built at the tile size, or loaded from `source`."""
+def _tower(cfg: EncoderConfig, source: str | None, size: int, weights: bool) -> tuple[nn.Module, PreTrainedConfig]:
+    """The vision model and its config: built at the tile size, or loaded from `source` (its config alone
+    without `weights`)."""
     config = _config(cfg) if source is None else AutoConfig.from_pretrained(source, trust_remote_code=False)
     vision = getattr(config, "vision_config", config)
     if not hasattr(vision, "patch_size"):
@@ -68,7 +69,8 @@ def _tower(cfg: EncoderConfig, source: str | None, size: int) -> tuple[nn.Module
                 f"encoder.image_size {size} differs from {source!r}'s {vision.image_size}; "
                 "its position embeddings are fixed to that size"
             )
-        model = AutoModel.from_pretrained(source, trust_remote_code=False, dtype=torch.float32)  # fp32 master weights
+        model = (AutoModel.from_pretrained(source, trust_remote_code=False, dtype=torch.float32)  # fp32 master weights
+                 if weights else AutoModel.from_config(config))
         # Write the loaded architecture back, so a saved MMLLM rebuilds this tower offline from its config.
         cfg.model = vision.model_type
         cfg.options = {k: v for k, v in vision.to_diff_dict().items() if k not in _NOT_ARCHITECTURE}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import open_clip
+import torch
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
@@ -30,7 +31,7 @@ class OpenClipEncoder(VisionEncoder):
 
     family = "open_clip"
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, weights: bool = True) -> None:
         image_size = tile_size(cfg.image_size)
         base = open_clip.get_model_config(cfg.model)
         if base is None:
@@ -41,11 +42,14 @@ class OpenClipEncoder(VisionEncoder):
         # patch dropout off because it would drop tokens from the fixed grid.
         size = image_size[0] if image_size[0] == image_size[1] else image_size
         overrides["vision_cfg"] = {**config["vision_cfg"], "image_size": size, "patch_dropout": 0.0}
+        checkpoint = _checkpoint(cfg)
         clip = open_clip.create_model(
             cfg.model,
-            pretrained=_checkpoint(cfg),
+            pretrained=checkpoint if weights else None,
+            force_preprocess_cfg=None if weights else _tag_preprocess(cfg.model, checkpoint),
             force_image_size=size,  # timm-backed towers ignore vision_cfg's size; this resizes them
             pretrained_text=False,  # the text tower is dropped: never fetch its weights
+            device=torch.get_default_device(),  # where the other families build (meta, for `tower_shape`)
             **overrides,
         )
         preprocess = open_clip.get_model_preprocess_cfg(clip)
@@ -97,6 +101,13 @@ def _checkpoint(cfg: EncoderConfig) -> str | None:
     if not tags:
         raise ConfigError(f"open_clip has no pretrained weights for {cfg.model!r}; give a local file")
     return tags[0]
+
+
+def _tag_preprocess(model: str, checkpoint: str | None) -> dict[str, Any]:
+    """The normalisation open_clip takes from a pretrained tag when it loads the tag's weights, for a tower
+    built without them (a local file brings none: the model config's own applies)."""
+    tag = open_clip.get_pretrained_cfg(model, checkpoint) if checkpoint else {}
+    return {key: tag[key] for key in ("mean", "std") if key in tag}
 
 
 def _merged(base: Any, override: Any) -> Any:

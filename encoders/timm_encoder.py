@@ -23,18 +23,18 @@ class TimmEncoder(VisionEncoder):
 
     family = "timm"
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, weights: bool = True) -> None:
         image_size = tile_size(cfg.image_size)
         kwargs = dict(cfg.options)
         if _size_is_built_in(cfg.model):
             kwargs["img_size"] = image_size
         path = weights_file(cfg)
-        if path is not None:
+        if path is not None and weights:
             # Some default configs (the AugReg ViTs) set `custom_load` for Google's .npz weights; older
             # timm releases keep it under a file overlay and send a state-dict file to the .npz reader
             # (1.0.31 resets it itself).
             kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
-        model = timm.create_model(cfg.model, pretrained=bool(cfg.pretrained), num_classes=0, **kwargs)
+        model = timm.create_model(cfg.model, pretrained=weights and bool(cfg.pretrained), num_classes=0, **kwargs)
         data_cfg = resolve_model_data_config(model)
         self.layer = prune_timm_model(model, cfg)
         super().__init__(model, image_size, data_cfg["mean"], data_cfg["std"])

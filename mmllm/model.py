@@ -61,9 +61,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         self.tokenizer = tokenizer or load_tokenizer(
             config.name_or_path or spec.processor.tokenizer or spec.llm.name_or_path)
         self.encoder = build_encoder(spec.encoder)
-        height, width = self.encoder.image_size
-        if height != width:
-            raise ValueError(f"tiles are square; encoder {spec.encoder.model} takes {height}x{width}")
+        self.processor = MMLLMProcessor.from_config(spec, self.tokenizer, self.encoder.shape)
         self.llm = build_llm(spec.llm, self.tokenizer, config.llm_config or None)
         config.llm_config = self.llm.config.to_dict()  # the exact backbone, so a saved folder rebuilds it offline
         self.shuffle = PixelShuffle(self.encoder.grid, spec.pixel_shuffle)
@@ -90,7 +88,7 @@ class MMLLM(PreTrainedModel, GenerationMixin):
         if learned:
             shape = (spec.processor.max_tiles + 1, rows * cols, d_llm)
             self.tile_embedding = nn.Parameter(torch.randn(shape) * d_llm**-0.5)
-        self.audio_encoder = self.audio_connector = front_end = None
+        self.audio_encoder = self.audio_connector = None
         if spec.audio is not None:
             self.audio_encoder = build_audio_encoder(spec.audio)
             check_choice("audio.downsample", spec.audio.downsample, tuple(AUDIO_DOWNSAMPLE))
@@ -98,11 +96,6 @@ class MMLLM(PreTrainedModel, GenerationMixin):
             self.audio_connector = AudioConnector(
                 downsample, self.audio_encoder.dim, spec.connector_hidden or ffn, d_llm
             )
-            front_end = {"n_mels": spec.audio.n_mels, "max_seconds": spec.audio.max_seconds,
-                         "frames_per_token": self.audio_encoder.stride * downsample.factor}  # = audio_tokens' ratio
-        self.processor = MMLLMProcessor(
-            self.tokenizer, spec.processor, knobs, height, rows * cols, self.encoder.mean, self.encoder.std, front_end
-        )
         self.image_token_id = self.processor.image_token_id
         self.generation_config = default_generation_config(self.tokenizer)
         persist_buffers(self)

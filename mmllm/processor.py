@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
-from .config import ArchKnobs, ProcessorConfig
+from .config import ArchKnobs, MMLLMConfig, ProcessorConfig
 from .sample import (KEY_FIELDS, KEY_FILL, TOKEN_FIELDS, KeyLayout, KVSegment, MediaLayout, ModelInputs, Placement,
                      Sample, SampleError)
 from .tiling import choose_grid, tile_image, tile_tags
-from .tokenizer import IMAGE_PAD
+from .tokenizer import IMAGE_PAD, load_tokenizer
 
 if TYPE_CHECKING:
+    from mmllm.encoders import TowerShape
+
     from .audio import AudioFrontEnd
 
 IMAGE_MARKER = "<image>"
@@ -116,6 +118,28 @@ class MMLLMProcessor(ProcessorMixin):
             self.audio_front_end = AudioFrontEnd(audio["n_mels"], audio["max_seconds"], tokens)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self._text_cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_config(cls, spec: MMLLMConfig, tokenizer: PreTrainedTokenizerBase | None = None,
+                    tower: "TowerShape | None" = None) -> "MMLLMProcessor":
+        """The processor of the model `spec` describes, from the config alone: the tower's geometry and
+        normalisation are read without its weights and no LLM is built, so data can be prepared and checked
+        before (or without) a model. `MMLLM` builds its own processor here too, passing the tokenizer it loaded
+        and the shape of the tower it built."""
+        from mmllm.connectors import PixelShuffle
+        from mmllm.encoders import audio_stride, tower_shape  # timm, open_clip: loaded only when needed
+
+        tower = tower or tower_shape(spec.encoder)
+        height, width = tower.image_size
+        if height != width:
+            raise ValueError(f"tiles are square; encoder {spec.encoder.model} takes {height}x{width}")
+        rows, cols = PixelShuffle(tower.grid, spec.pixel_shuffle).out_grid
+        audio = None
+        if spec.audio is not None:  # the connector stacks or pools `factor` states into one LLM token
+            audio = {"n_mels": spec.audio.n_mels, "max_seconds": spec.audio.max_seconds,
+                     "frames_per_token": audio_stride(spec.audio) * spec.audio.factor}
+        tokenizer = tokenizer or load_tokenizer(spec.processor.tokenizer or spec.llm.name_or_path)
+        return cls(tokenizer, spec.processor, spec.knobs, height, rows * cols, tower.mean, tower.std, audio)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "MMLLMProcessor":

@@ -9,7 +9,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionCo
 from transformers.utils.constants import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from mmllm.config import ConfigError, EncoderConfig
-from mmllm.encoders import ENCODERS, VisionEncoder, build_encoder
+from mmllm.encoders import ENCODERS, VisionEncoder, build_encoder, tower_shape
 
 # Lists, as the options arrive from YAML/JSON. Two blocks each, so the default feature_layer -2 keeps one.
 TIMM_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": [8, 8]}
@@ -160,6 +160,48 @@ def test_feature_layer_removes_later_blocks_and_matches_the_library(family):
         expected = PENULTIMATE[family](full.model, x)
         torch.testing.assert_close(short(x), expected, rtol=0, atol=0)
         assert not torch.allclose(full(x), expected)
+
+
+SHAPED = [
+    timm_cfg(),
+    timm_cfg(model="resnet18", options={}),
+    timm_cfg(image_size=[64, 96], model="resnet18", options={}, feature_layer=-1),
+    open_clip_cfg(),
+    hf_cfg(),
+    hf_cfg(model="siglip_vision_model", mean=DISTINCT_MEAN, std=DISTINCT_STD),
+]
+
+
+@pytest.mark.parametrize("cfg", SHAPED, ids=["timm-vit", "timm-resnet", "timm-resnet-oblong", "open_clip-vit", "hf-clip",
+                                             "hf-siglip-own-mean"])
+def test_a_towers_shape_from_its_config_equals_the_built_towers(cfg):
+    """What the processor needs (tile, grid, width, mean/std) without building weights: on the meta device."""
+    shape = tower_shape(cfg)
+    assert shape == build(cfg).shape
+
+
+def test_a_towers_shape_reads_no_weight_file_but_the_normalisation_saved_beside_it(tmp_path):
+    CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(tmp_path / "hf")
+    CLIPImageProcessor(image_mean=DISTINCT_MEAN, image_std=DISTINCT_STD).save_pretrained(tmp_path / "hf")
+    broken = b"not a weight file"
+    (tmp_path / "hf" / "model.safetensors").write_bytes(broken)
+    (tmp_path / "timm.safetensors").write_bytes(broken)
+    for cfg in (hf_cfg(model="unused-with-a-directory", pretrained=str(tmp_path / "hf")),
+                timm_cfg(pretrained=str(tmp_path / "timm.safetensors"))):
+        with pytest.raises(Exception):
+            build_encoder(cfg)  # the real build reads the (broken) weights
+        shape = tower_shape(cfg)
+        assert shape.grid == (4, 4) and shape.dim == 32
+    assert tower_shape(hf_cfg(model="unused", pretrained=str(tmp_path / "hf"))).mean == tuple(DISTINCT_MEAN)
+
+
+def test_an_open_clip_towers_shape_takes_the_normalisation_of_its_pretrained_tag():
+    """PE-Core's tag normalises with 0.5 where the model config says OpenAI's statistics; nothing is downloaded."""
+    tagged = tower_shape(open_clip_cfg(image_size=224, model="PE-Core-B-16", options={}, pretrained=True))
+    untagged = tower_shape(open_clip_cfg(image_size=224, model="PE-Core-B-16", options={}))
+    assert (tagged.mean, tagged.std) == ((0.5,) * 3, (0.5,) * 3)
+    assert (untagged.mean, untagged.std) == (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+    assert tagged.grid == untagged.grid == (14, 14)
 
 
 @pytest.mark.parametrize(
