@@ -8,6 +8,7 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,20 +242,12 @@ def evaluate(
     done = resume(out, fingerprint, set(first))
     todo = [i for i, r in enumerate(items.records) if first[r.id] is r and r.id not in done]
     loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
-    skipped, truncated = [str(b) for b in items.bad_lines] + duplicates, []
-    model.eval()
     start = time.perf_counter()
-    with pred_file.open("a", encoding="utf-8") as fh:
-        for batch in tqdm(loader, desc=f"eval {task}", disable=not progress):
-            skipped += batch.skipped
-            truncated += batch.truncated
-            for row in generate_rows(model, batch, max_new_tokens):
-                done[row["id"]] = row
-                fh.write(dumps_line(row))
-            fh.flush()
+    batches = tqdm(loader, desc=f"eval {task}", disable=not progress)
+    skipped, truncated = generate_into(pred_file, done, model, batches, max_new_tokens)
     elapsed = time.perf_counter() - start
     rows, unscorable = score_rows(task, first, done)
-    skipped += unscorable
+    skipped = [str(b) for b in items.bad_lines] + duplicates + skipped + unscorable
     write_jsonl(pred_file, rows)
     for s in skipped:
         print(f"[mmllm] skipped {s}")
@@ -265,6 +258,24 @@ def evaluate(
             "batch_size": batch_size, "generated": len(todo), "time_s": round(elapsed, 3),
             "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
     return require_scored(summarise(task, rows, skipped, meta, out), out)
+
+
+def generate_into(pred_file: Path, done: dict[str, dict], model: MMLLM, batches: Iterable[Batch],
+                  max_new_tokens: int) -> tuple[list[str], list[str]]:
+    """Generates every batch, appending its rows to `pred_file` (flushed per batch, what a rerun
+    resumes from) and to `done`; returns the items the collator skipped and the notes of those it truncated."""
+    skipped: list[str] = []
+    truncated: list[str] = []
+    model.eval()
+    with pred_file.open("a", encoding="utf-8") as fh:
+        for batch in batches:
+            skipped += batch.skipped
+            truncated += batch.truncated
+            for row in generate_rows(model, batch, max_new_tokens):
+                done[row["id"]] = row
+                fh.write(dumps_line(row))
+            fh.flush()
+    return skipped, truncated
 
 
 def generate_rows(model: MMLLM, batch: Batch, max_new_tokens: int) -> list[dict]:

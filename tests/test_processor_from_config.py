@@ -27,13 +27,19 @@ CASES = {
 }
 
 
-def assert_same_sample(a, b):
-    for field in dataclasses.fields(a):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        if isinstance(x, torch.Tensor):
-            assert torch.equal(x, y), field.name
-        else:
-            assert x == y, field.name
+def assert_same(a, b, where="") -> None:
+    """Equal records, field by field down to the tensors (a Sample, ModelInputs and its MediaLayout)."""
+    if dataclasses.is_dataclass(a):
+        for field in dataclasses.fields(a):
+            assert_same(getattr(a, field.name), getattr(b, field.name), f"{where}.{field.name}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -44,7 +50,7 @@ def test_a_processor_from_the_config_equals_the_models_own(case, tiny_config, te
     assert made.to_dict() == own.to_dict()
     turns = [{"from": "human", "value": "<image>\nRead it."}, {"from": "gpt", "value": "ab12"}]
     image = text_image("ab12", size=(96, 32))
-    assert_same_sample(made.encode(turns, [image]), own.encode(turns, [image]))
+    assert_same(made.encode(turns, [image]), own.encode(turns, [image]))
 
 
 def test_a_processor_from_the_config_lays_out_audio_as_the_model_does(tiny_config, audio_config, tone):
@@ -53,7 +59,7 @@ def test_a_processor_from_the_config_lays_out_audio_as_the_model_does(tiny_confi
     assert made.audio == own.audio and made.audio["frames_per_token"] == 2 * audio_config.factor
     turns = [{"from": "human", "value": "<audio>\nTranscribe."}, {"from": "gpt", "value": "one two"}]
     clip = np.asarray(tone(1.3), dtype=np.float32)
-    assert_same_sample(made.encode(turns, [], audio=[clip]), own.encode(turns, [], audio=[clip]))
+    assert_same(made.encode(turns, [], audio=[clip]), own.encode(turns, [], audio=[clip]))
 
 
 def test_a_processor_from_the_config_reads_no_weights(tmp_path, tiny_config):
@@ -81,3 +87,20 @@ def test_a_config_with_oblong_tiles_is_refused_before_any_model_is_built(tiny_co
     cfg = tiny_config(encoder=EncoderConfig(model="resnet18", options={}, image_size=[32, 64], feature_layer=-1))
     with pytest.raises(ValueError, match="tiles are square; encoder resnet18 takes 32x64"):
         MMLLMProcessor.from_config(cfg)
+
+
+def test_the_data_module_makes_the_models_batches_with_a_processor_from_the_config(tmp_path, tiny_config, text_image,
+                                                                                  chat, write_jsonl):
+    from mmllm.train.data import MMDataModule
+
+    text_image("ab12").save(tmp_path / "line.png")
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(i, image="line.png") for i in range(4)])
+    cfg = tiny_config(arch="nvlm_h")
+    batches = []
+    for processor in (MMLLMProcessor.from_config(cfg), MMLLM(cfg).processor):
+        data = MMDataModule(train=train, batch_size=4, processor=processor)
+        data.setup("fit")
+        batches.append(next(iter(data.train_dataloader())))
+    made, own = batches
+    assert made.ids == own.ids and made.inputs.pixel_values.shape[0] > 0
+    assert_same(made.inputs, own.inputs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence, get_args
+from typing import Literal, NamedTuple, Sequence, get_args
 
 import lightning as L
 import numpy as np
@@ -218,6 +218,40 @@ class Collator:
         return Batch(self.processor.pack(good, self.pack_to) if self.pack_to else self.processor.collate(good), notes)
 
 
+class SynthJob(NamedTuple):
+    """A synthetic split that `prepare_data` writes (once) before the run reads it."""
+
+    folder: Path
+    n: int
+    seed: int
+
+    @property
+    def file(self) -> str:
+        return str(self.folder / "train.jsonl")
+
+
+def synth_jobs(task: str, level: str, n: int, root: str, with_val: bool) -> dict[str, SynthJob]:
+    """The splits a run without training files synthesises: seed 0 train and, unless val files are given, a
+    seed 1 val set of a tenth the size (at least 8), in one folder per (task, level, n)."""
+    folder = Path(root) / f"{task}-{level}-n{n}"
+    jobs = {"train": SynthJob(folder / "train", n, 0)}
+    if with_val:
+        jobs["val"] = SynthJob(folder / "val", max(8, n // 10), 1)
+    return jobs
+
+
+def check_settings(max_bad_fraction: float, max_length: int | None, length_policy: str, pack_to: int) -> None:
+    """The data module's numeric and choice settings, each refused with its valid range."""
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be at least 1 token (or None: no limit), got {max_length}")
+    if length_policy not in get_args(LengthPolicy):
+        raise ValueError(f"length_policy must be one of {get_args(LengthPolicy)}, got {length_policy!r}")
+    if pack_to < 0:
+        raise ValueError(f"pack_to must be a row length in tokens (0: no packing), got {pack_to}")
+
+
 class MMDataModule(L.LightningDataModule):
     """The run's data: train/val/test files (JSONL, JSON arrays or shard folders) and their batches.
 
@@ -277,28 +311,16 @@ class MMDataModule(L.LightningDataModule):
                 (`LengthGroupedSampler`), so they pad less; a JSONL's image headers are then read at load.
             pack_to: N > 0 packs each batch's samples into rows of at most N tokens, with no attention and no
                 media shared across samples (`MMLLMProcessor.pack`): the same loss, fewer pad tokens.
-            processor: set by the CLI from the model (--model.arch and the encoder decide the data layout).
+            processor: set by the CLI from the model (--model.arch and the encoder decide the data layout);
+                `MMLLMProcessor.from_config(cfg)` gives the same one without building a model.
         """
         super().__init__()
-        if not 0 <= max_bad_fraction <= 1:
-            raise ValueError(f"max_bad_fraction must be a fraction in [0, 1], got {max_bad_fraction}")
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length must be at least 1 token (or None: no limit), got {max_length}")
-        if length_policy not in get_args(LengthPolicy):
-            raise ValueError(f"length_policy must be one of {get_args(LengthPolicy)}, got {length_policy!r}")
-        self.synth_jobs: dict[str, tuple[Path, int, int]] = {}  # split -> (folder, n, seed)
-        if train is None and synth_task:
-            root = Path(synth_dir) / f"{synth_task}-{synth_level}-n{synth_n}"
-            self.synth_jobs["train"] = (root / "train", synth_n, 0)
-            train = str(root / "train" / "train.jsonl")
-            if val is None:
-                self.synth_jobs["val"] = (root / "val", max(8, synth_n // 10), 1)
-                val = str(root / "val" / "train.jsonl")
+        check_settings(max_bad_fraction, max_length, length_policy, pack_to)
+        self.synth_jobs = synth_jobs(synth_task, synth_level, synth_n, synth_dir, val is None) if (
+            train is None and synth_task) else {}
         self.synth_task, self.synth_level = synth_task, synth_level
-        self.files = {"train": train, "val": val, "test": test}
+        self.files = {"train": train, "val": val, "test": test, **{k: job.file for k, job in self.synth_jobs.items()}}
         self.predict, self.prompt_template = predict, prompt_template
-        if pack_to < 0:
-            raise ValueError(f"pack_to must be a row length in tokens (0: no packing), got {pack_to}")
         self.batch_size, self.num_workers, self.pack_to = batch_size, num_workers, pack_to
         self.max_bad_fraction = max_bad_fraction
         self.image_folders = {"train": image_folder, "val": val_image_folder, "test": test_image_folder}
