@@ -32,6 +32,7 @@ from mmllm.train.synth import synthesize_once
 REPO = Path(__file__).resolve().parents[1]
 # Data seed k draws each training/validation set with its own seed + k * this: far from every shipped set's seed.
 DATA_SEED_STRIDE = 1000
+CONFIG_STEPS = "the fit config's"  # a stage's budget when neither it nor compare sets one
 
 
 @dataclass
@@ -44,6 +45,18 @@ class DataSet:
     n: int = 100
     seed: int = 0
     eval: str | None = None
+
+
+@dataclass
+class Stage:
+    """One training stage of the protocol: its own `mmllm fit` arguments and budget. Every stage after the first
+    starts from the weights the one before it ended with (`--model.init_from`, a fresh optimizer and schedule),
+    as the paper's stage 2 starts from stage 1, e.g. `{name: connector, args: [--model.stage=pretrain]}` then
+    `{name: sft, args: [--model.stage=sft]}`."""
+
+    name: str
+    args: list[str] = field(default_factory=list)
+    max_steps: int | None = None  # null: compare's max_steps, else the fit config's
 
 
 @dataclass
@@ -71,11 +84,14 @@ class Run:
 
 
 class LossHistory(L.Callback):
+    """The training loss per step, counted across stages (`offset`: the steps of the stages before)."""
+
     def __init__(self) -> None:
         self.history: list[tuple[int, float]] = []
+        self.offset = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.history.append((trainer.global_step, float(outputs["loss"])))
+        self.history.append((self.offset + trainer.global_step, float(outputs["loss"])))
 
 
 def redrawn(sets: list[DataSet], data_seed: int) -> list[DataSet]:
@@ -114,27 +130,35 @@ def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, P
     return folders
 
 
-def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path], folders: dict[str, Path], train: list[DataSet],
-                    val: list[DataSet], test: list[DataSet], max_steps: int | None, out: Path,
-                    overrides: list[str]) -> tuple[Run, object]:
+def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path], folders: dict[str, Path],
+                    train: list[DataSet], val: list[DataSet], test: list[DataSet], stages: list[Stage],
+                    out: Path, overrides: list[str]) -> tuple[Run, object]:
+    """Trains one arch through every stage in turn, then scores the last stage's model on the test sets."""
     history = LossHistory()
     args = [
         "fit", *(a for c in fit_configs for a in ("--config", str(c))), f"--model.arch={arch}",
         f"--seed_everything={seed}",
         f"--data.train=[{','.join(str(folders[s.name] / 'train.jsonl') for s in train)}]",
-        "--data.synth_task=null", f"--trainer.default_root_dir={out / 'train'}",
+        "--data.synth_task=null",
     ]
     args += [f"--data.val=[{','.join(str(folders[s.name] / 'train.jsonl') for s in val)}]"] if val else []
-    args += ([f"--trainer.max_steps={max_steps}"] if max_steps else []) + overrides
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reset_peak_memory(device)
-    start = time.perf_counter()
-    cli = run_cli(args, extra_callbacks=[history])
+    start, steps, weights = time.perf_counter(), 0, None
+    for stage in stages:
+        stage_dir = out / stage.name if len(stages) > 1 else out
+        stage_args = [f"--trainer.default_root_dir={stage_dir / 'train'}", *stage.args, *overrides]
+        stage_args += [f"--trainer.max_steps={stage.max_steps}"] if stage.max_steps else []
+        stage_args += [f"--model.init_from={weights}"] if weights else []
+        history.offset = steps
+        cli = run_cli(args + stage_args, extra_callbacks=[history])
+        steps += cli.trainer.global_step
+        module = cli.model
+        model = module.model.eval()
+        weights = stage_dir / "model"
+        model.save_pretrained(weights)
     elapsed = time.perf_counter() - start
     peak = peak_memory_mb(device)
-    module = cli.model
-    model = module.model.eval()
-    model.save_pretrained(out / "model")
     scores, rates, cer = {}, [], {}
     shutil.rmtree(out / "eval", ignore_errors=True)  # a freshly trained model: earlier predictions are not its own
     for s in test:
@@ -145,10 +169,9 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
             cer[s.name] = summary["corpus_cer"]
     lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
     n_params = sum(p.numel() for p in module.parameters())
-    n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths),
-              elapsed / max(1, cli.trainer.global_step), peak, statistics.mean(rates) if rates else 0.0, history.history,
-              cer)
+    n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)  # in the last stage
+    run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, steps), peak,
+              statistics.mean(rates) if rates else 0.0, history.history, cer)
     return run, model
 
 
@@ -208,7 +231,8 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     samples = sorted(p.name for p in report.glob("samples-*.png"))
     write_text_atomic(report / "report.md",
         "# mmllm compare: NVLM-D vs NVLM-X vs NVLM-H\n\n"
-        f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each. Scores are mean ± std "
+        f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each ({timing['protocol']}). "
+        "Scores are mean ± std "
         "over the runs (seeds, and data seeds) when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
         + sweep_table + "\n\n" + "".join(f"![{p}]({p})\n\n" for p in pictures + samples)
         + f"Total time {timing['total_s']} s.\n"
@@ -231,6 +255,7 @@ def compare(
     tile_sweep_batch: int = 4,
     fit_overrides: list[str] | None = None,
     variants: dict[str, list[str]] | None = None,
+    stages: list[Stage] | None = None,
 ) -> str:
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
@@ -252,7 +277,9 @@ def compare(
         tile_sweep_batch: batch size of the step-time sweep over 1..max tiles (0 skips the sweep).
         fit_overrides: extra `mmllm fit` arguments for every run, e.g. ["--data.batch_size=8"].
         variants: name -> extra `mmllm fit` arguments; every arch and seed runs once per variant (e.g.
-            {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}).
+            {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}), in every stage.
+        stages: the training protocol, run in order for every arch, seed and variant (see `Stage`); default: one
+            stage, the fit config as it is.
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -270,6 +297,7 @@ def compare(
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     runs, sweeps = [], {}
     variants = variants or {"": []}
+    stages = [replace(stage, max_steps=stage.max_steps or max_steps) for stage in stages or [Stage("train")]]
     for arch in archs:
         for v_index, (variant, extra) in enumerate(variants.items()):
             for data_seed in data_seeds:
@@ -277,7 +305,7 @@ def compare(
                     parts = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
                     run_dir = out_dir / "runs" / "-".join(p for p in parts if p)
                     run, model = train_and_score(arch, variant, seed, configs, folders, *drawn[data_seed], test,
-                                                 max_steps, run_dir, (fit_overrides or []) + extra)
+                                                 stages, run_dir, (fit_overrides or []) + extra)
                     run.data_seed = data_seed
                     runs.append(run)
                     print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "
@@ -291,7 +319,8 @@ def compare(
                     if tile_sweep_batch:
                         sweeps[arch] = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
     steps = max(len(r.losses) for r in runs)
-    timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1)}
+    timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1),
+              "protocol": " then ".join(f"{st.name}: {st.max_steps or CONFIG_STEPS} steps" for st in stages)}
     table = write_report(runs, sweeps, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")

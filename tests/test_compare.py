@@ -73,3 +73,31 @@ def test_success_must_name_test_sets_with_thresholds_that_are_fractions(tmp_path
     for success in ({"ocr": 0.9}, {"ocr-test": 90}):
         with pytest.raises(ValueError, match="thresholds in \\[0, 1\\]"):
             compare(archs=["nvlm_d"], success=success, out=str(tmp_path), **sets)
+
+
+
+def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_path):
+    """The paper's protocol: stage 1 trains the connector alone, stage 2 starts from its weights with the LLM
+    unfrozen. A middle stage at learning rate 0 must end with exactly the weights it started from."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mmllm.eval.compare import Stage
+
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    stages = [Stage("connector", ["--model.stage=pretrain", "--model.train_encoder=false"], max_steps=2),
+              Stage("hold", ["--model.stage=sft", "--model.lr=0"], max_steps=1),
+              Stage("sft", ["--model.stage=sft"], max_steps=2)]
+    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null"]
+    table = compare(archs=["nvlm_x"], out=str(tmp_path), tile_sweep_batch=0, fit_overrides=overrides, stages=stages,
+                    **sets)
+    run = tmp_path / "runs" / "nvlm_x-seed0"
+    weights = {stage.name: load_file(run / stage.name / "model" / "model.safetensors") for stage in stages}
+    assert weights["hold"].keys() == weights["connector"].keys()
+    for key, value in weights["hold"].items():
+        assert torch.equal(value, weights["connector"][key]), key
+    llm = [k for k in weights["sft"] if k.startswith("llm.") and "cross" not in k]
+    assert any(not torch.equal(weights["sft"][k], weights["hold"][k]) for k in llm)  # SFT trains the LLM
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["timing"]["steps"] == 5 and "| nvlm_x |" in table
+    assert "connector: 2 steps then hold: 1 steps then sft: 2 steps" in (tmp_path / "report" / "report.md").read_text()
