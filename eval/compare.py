@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from mmllm.config import Arch
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
-from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_samples
+from mmllm.eval.curves import CurvePoint, TrainingRecord
+from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_panels, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.train.cli import run as run_cli
@@ -74,6 +74,7 @@ class Run:
     losses: list[tuple[int, float]] = field(default_factory=list)
     cer: dict[str, float] = field(default_factory=dict)  # corpus character error rate of the OCR sets
     data_seed: int = 0
+    curve: list[CurvePoint] = field(default_factory=list)  # test scores (first `curve_items`) during training
 
     def passes(self, success: dict[str, float]) -> bool:
         return all(self.scores[name] >= threshold for name, threshold in success.items())
@@ -81,17 +82,6 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.arch} {self.variant}".strip()
-
-
-class LossHistory(L.Callback):
-    """The training loss per step, counted across stages (`offset`: the steps of the stages before)."""
-
-    def __init__(self) -> None:
-        self.history: list[tuple[int, float]] = []
-        self.offset = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.history.append((self.offset + trainer.global_step, float(outputs["loss"])))
 
 
 def redrawn(sets: list[DataSet], data_seed: int) -> list[DataSet]:
@@ -132,9 +122,18 @@ def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, P
 
 def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path], folders: dict[str, Path],
                     train: list[DataSet], val: list[DataSet], test: list[DataSet], stages: list[Stage],
-                    out: Path, overrides: list[str]) -> tuple[Run, object]:
-    """Trains one arch through every stage in turn, then scores the last stage's model on the test sets."""
-    history = LossHistory()
+                    out: Path, overrides: list[str], curve: tuple[int, int] = (0, 0)) -> tuple[Run, object]:
+    """Trains one arch through every stage in turn, then scores the last stage's model on the test sets.
+
+    `curve` (every, items): the first `items` of each test set are scored every `every` steps and at the end of
+    each stage, beside the steps, FLOPs and time spent (eval.curves); (0, 0) scores only at the end."""
+    every, items = curve
+
+    def score(model, tag: str) -> dict[str, float]:
+        return {s.name: evaluate(model, s.eval, folders[s.name], out / "curve" / tag / s.name, batch_size=16,
+                                 limit=items)["score"] for s in test} if items else {}
+
+    record = TrainingRecord(score, every)
     args = [
         "fit", *(a for c in fit_configs for a in ("--config", str(c))), f"--model.arch={arch}",
         f"--seed_everything={seed}",
@@ -144,19 +143,20 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     args += [f"--data.val=[{','.join(str(folders[s.name] / 'train.jsonl') for s in val)}]"] if val else []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reset_peak_memory(device)
-    start, steps, weights = time.perf_counter(), 0, None
+    shutil.rmtree(out / "curve", ignore_errors=True)
+    start, weights = time.perf_counter(), None
     for stage in stages:
         stage_dir = out / stage.name if len(stages) > 1 else out
         stage_args = [f"--trainer.default_root_dir={stage_dir / 'train'}", *stage.args, *overrides]
         stage_args += [f"--trainer.max_steps={stage.max_steps}"] if stage.max_steps else []
         stage_args += [f"--model.init_from={weights}"] if weights else []
-        history.offset = steps
-        cli = run_cli(args + stage_args, extra_callbacks=[history])
-        steps += cli.trainer.global_step
+        record.stage = stage.name
+        cli = run_cli(args + stage_args, extra_callbacks=[record])
         module = cli.model
         model = module.model.eval()
         weights = stage_dir / "model"
         model.save_pretrained(weights)
+    steps = record.steps
     elapsed = time.perf_counter() - start
     peak = peak_memory_mb(device)
     scores, rates, cer = {}, [], {}
@@ -171,7 +171,7 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     n_params = sum(p.numel() for p in module.parameters())
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)  # in the last stage
     run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, steps), peak,
-              statistics.mean(rates) if rates else 0.0, history.history, cer)
+              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points)
     return run, model
 
 
@@ -189,6 +189,30 @@ def mean_std(values: list[float], pct: bool = True, digits: int = 1) -> str:
         return f"{k * values[0]:.{digits}f}"
     each = "/".join(f"{k * v:.{digits}f}" for v in values)
     return f"{k * statistics.mean(values):.{digits}f} ± {k * statistics.stdev(values):.{digits}f} ({each})"
+
+
+CURVE_AXES = {"step": ("steps", "training steps (all stages)"), "flops": ("flops", "training FLOPs (counted)"),
+              "seconds": ("time", "training wall time (s)")}
+
+
+def mean_curve(runs: list[Run], test_set: str, x: str) -> list[tuple[float, float]]:
+    """An arch's curve on one test set: at each scoring point, the runs' mean `x` (step, flops or seconds) and mean
+    score (every run of an arch is scored at the same steps)."""
+    points = zip(*(r.curve for r in runs))
+    return [(statistics.fmean(getattr(p, x) for p in at), statistics.fmean(p.scores[test_set] for p in at))
+            for at in points if all(test_set in p.scores for p in at)]
+
+
+def plot_curves(by_arch: dict[str, list[Run]], test: list[DataSet], report: Path) -> list[str]:
+    """Score against steps, counted FLOPs and wall time, a panel per test set; returns the files written."""
+    if not any(p.scores for rs in by_arch.values() for r in rs for p in r.curve):
+        return []
+    written = []
+    for x, (name, label) in CURVE_AXES.items():
+        panels = {s.name: {a: mean_curve(rs, s.name, x) for a, rs in by_arch.items()} for s in test}
+        plot_panels(panels, report / f"quality_vs_{name}.png", label, "score", log_x=x == "flops")
+        written.append(f"quality_vs_{name}.png")
+    return written
 
 
 def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict,
@@ -226,7 +250,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     write_json(report / "metrics.json",
                {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
                 "timing": timing})
-    pictures = ["accuracy.png", "loss_curves.png"] + (
+    pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + (
         ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"] if sweeps else [])
     samples = sorted(p.name for p in report.glob("samples-*.png"))
     write_text_atomic(report / "report.md",
@@ -256,6 +280,8 @@ def compare(
     fit_overrides: list[str] | None = None,
     variants: dict[str, list[str]] | None = None,
     stages: list[Stage] | None = None,
+    curve_every: int = 0,
+    curve_items: int = 50,
 ) -> str:
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
@@ -280,6 +306,10 @@ def compare(
             {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}), in every stage.
         stages: the training protocol, run in order for every arch, seed and variant (see `Stage`); default: one
             stage, the fit config as it is.
+        curve_every: score the first `curve_items` items of every test set each this many steps (counted over
+            all stages) and at the end of each stage, beside the training FLOPs and time spent: the quality
+            curves of the report. 0: at the end of each stage only.
+        curve_items: items per test set in those scorings (0: no curve).
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -305,7 +335,8 @@ def compare(
                     parts = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
                     run_dir = out_dir / "runs" / "-".join(p for p in parts if p)
                     run, model = train_and_score(arch, variant, seed, configs, folders, *drawn[data_seed], test,
-                                                 stages, run_dir, (fit_overrides or []) + extra)
+                                                 stages, run_dir, (fit_overrides or []) + extra,
+                                                 (curve_every, curve_items))
                     run.data_seed = data_seed
                     runs.append(run)
                     print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "

@@ -26,15 +26,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def plot_lines(series: dict[str, Sequence[tuple[float, float]]], path: Path, title: str, xlabel: str,
                ylabel: str, log: bool = False) -> None:
     """One line per named series of (x, y) points."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, points in series.items():
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, lw=1, label=name, marker="o" if len(points) < 20 else None)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear")
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    plot_panels({title: series}, path, xlabel, ylabel, log=log)
+
+
+def plot_panels(panels: dict[str, dict[str, Sequence[tuple[float, float]]]], path: Path, xlabel: str, ylabel: str,
+                log: bool = False, log_x: bool = False) -> None:
+    """Side by side, one panel per title, each with one line per named series of (x, y) points."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 if len(panels) == 1 else 4 * len(panels), 3.5),
+                             squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for name, points in series.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, lw=1, label=name, marker="o" if len(points) < 20 else None)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear",
+               xscale="log" if log_x else "linear")
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

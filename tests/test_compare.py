@@ -90,7 +90,7 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
               Stage("sft", ["--model.stage=sft"], max_steps=2)]
     overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null"]
     table = compare(archs=["nvlm_x"], out=str(tmp_path), tile_sweep_batch=0, fit_overrides=overrides, stages=stages,
-                    **sets)
+                    curve_every=2, curve_items=2, **sets)
     run = tmp_path / "runs" / "nvlm_x-seed0"
     weights = {stage.name: load_file(run / stage.name / "model" / "model.safetensors") for stage in stages}
     assert weights["hold"].keys() == weights["connector"].keys()
@@ -100,4 +100,15 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
     assert any(not torch.equal(weights["sft"][k], weights["hold"][k]) for k in llm)  # SFT trains the LLM
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["timing"]["steps"] == 5 and "| nvlm_x |" in table
+    # Scored every 2 steps and at each stage's end; FLOPs and time only grow, and a step of the frozen-LLM stage
+    # counts fewer FLOPs than one of SFT, which computes the LLM's weight gradients too.
+    curve = metrics["runs"][0]["curve"]
+    assert [(p["step"], p["stage"]) for p in curve] == [(2, "connector"), (3, "hold"), (4, "sft"), (5, "sft")]
+    assert all(set(p["scores"]) == {"ocr-test"} for p in curve)
+    flops = [0] + [p["flops"] for p in curve]
+    per_step = [b - a for a, b in zip(flops, flops[1:])]
+    assert per_step[0] / 2 < per_step[2] / 1 and all(p > 0 for p in per_step)
+    assert all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
+    for name in ("quality_vs_steps.png", "quality_vs_flops.png", "quality_vs_time.png"):
+        assert (tmp_path / "report" / name).is_file(), name
     assert "connector: 2 steps then hold: 1 steps then sft: 2 steps" in (tmp_path / "report" / "report.md").read_text()

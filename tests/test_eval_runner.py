@@ -34,6 +34,17 @@ def test_bad_items_are_skipped_and_counted(tiny_model, eval_set, tmp_path):
     assert summary["prompt_template"] == "{question}" and summary["max_new_tokens"] == 32
 
 
+def test_a_limit_scores_the_first_items_exactly_as_the_full_run_does(tiny_model, eval_set, tmp_path):
+    full = evaluate(tiny_model, "ocr", eval_set, tmp_path / "full", batch_size=4)
+    part = evaluate(tiny_model, "ocr", eval_set, tmp_path / "part", batch_size=4, limit=3)
+    assert part["n"] == 3 and part["generated"] == 3 and part["limit"] == 3
+    rows = lambda name: (tmp_path / name / "predictions.jsonl").read_text().splitlines()  # noqa: E731
+    assert rows("part") == rows("full")[:3]
+    with pytest.raises(ValueError, match="different limit"):
+        evaluate(tiny_model, "ocr", eval_set, tmp_path / "part", batch_size=4)
+    assert full["n"] == 10
+
+
 def test_unknown_task_lists_valid_ones(tiny_model, eval_set, tmp_path):
     with pytest.raises(ValueError, match="valid tasks: ocr, chartqa"):
         evaluate(tiny_model, "mmmu", eval_set, tmp_path)
