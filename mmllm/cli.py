@@ -26,7 +26,7 @@ Run `mmllm COMMAND --help` for the options of one command."""
 
 def data_command(argv: list[str]) -> None:
     from mmllm.eval.readers import MAX_SKIPPED, READERS, SKIP_FILE, convert
-    from mmllm.train.synth import LEVELS, TASKS, VOICES, synthesize
+    from mmllm.train.synth import LEVELS, TASK_LEVELS, TASKS, VOICES, synthesize
 
     parser = argparse.ArgumentParser(prog="mmllm data", description="Dataset tools.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -35,7 +35,8 @@ def data_command(argv: list[str]) -> None:
     synth.add_argument("--n", type=int, required=True, help="number of samples")
     synth.add_argument("--out", required=True, help="output folder (train.jsonl, items.jsonl, images/ or audio/)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--level", choices=list(LEVELS), default="easy")
+    synth.add_argument("--level", choices=list(LEVELS), default="easy",
+                       help="difficulty: " + "; ".join(f"{task} {', '.join(levels)}" for task, levels in TASK_LEVELS.items()))
     synth.add_argument("--voice", choices=list(VOICES), default="tones",
                        help="asr only: offline tone words (default) or real speech via espeak-ng")
     synth.add_argument("--overwrite", action="store_true",

@@ -10,10 +10,11 @@ from PIL import Image
 
 from mmllm.cli import main
 from mmllm.train.shards import write_shards
-from mmllm.train.synth import CHART_KINDS, PROMPT_TEMPLATES, QUESTION_TYPES, synthesize
+from mmllm.train.synth import CHART_KINDS, PROMPT_TEMPLATES, QUESTION_TYPES, TASK_LEVELS, synthesize
 
-COMBOS = [(task, level) for task in ("ocr", "chart") for level in ("easy", "hard")]
-EASY_SIZE = {"ocr": (128, 32), "chart": (128, 64)}
+COMBOS = [(task, level) for task in ("ocr", "chart") for level in TASK_LEVELS[task]]
+SIZE = {("ocr", "easy"): (128, 32), ("ocr", "medium"): (128, 32), ("ocr", "dense"): (96, 64),
+        ("chart", "easy"): (128, 64), ("chart", "medium"): (128, 64)}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -69,8 +70,8 @@ def test_records_and_images_are_valid(task, level, datasets):
         assert item["answers"] == [gpt["value"]] and gpt["value"].strip()
         with Image.open(out / item["image"]) as img:
             assert img.mode == "RGB"
-            if level == "easy":
-                assert img.size == EASY_SIZE[task]
+            if (task, level) in SIZE:
+                assert img.size == SIZE[task, level]
             elif task == "ocr":
                 assert 32 <= img.height <= 64
 
@@ -84,9 +85,15 @@ def test_ocr_text_matches_level(datasets):
     assert all(re.fullmatch(r"[A-Za-z0-9]+( [A-Za-z0-9]+){0,2}", it["answers"][0]) for it in hard)
     assert all(len(it["answers"][0]) <= 20 for it in hard)
     assert len({it["meta"]["font"] for it in hard}) > 3
+    medium = read_jsonl(datasets["ocr", "medium"][0] / "items.jsonl")
+    assert all(re.fullmatch(r"[a-z0-9]{4,8}", it["answers"][0]) for it in medium)
+    assert {it["meta"]["font"] for it in medium} > {"DejaVuSansMono"}
+    assert all(it["meta"]["font"].startswith("DejaVuSansMono") for it in medium)
+    dense = read_jsonl(datasets["ocr", "dense"][0] / "items.jsonl")
+    assert all(re.fullmatch(r"[a-z0-9]{6} [a-z0-9]{6}", it["answers"][0]) for it in dense)
 
 
-@pytest.mark.parametrize("level", ["easy", "hard"])
+@pytest.mark.parametrize("level", TASK_LEVELS["chart"])
 def test_chart_answers_match_drawn_values(level, datasets):
     out, summary = datasets["chart", level]
     items = read_jsonl(out / "items.jsonl")
@@ -114,7 +121,8 @@ def test_chart_answers_match_drawn_values(level, datasets):
 
 @pytest.mark.parametrize("kwargs,valid", [
     (dict(task="tts"), "ocr, chart, asr"),
-    (dict(level="medium"), "easy, hard"),
+    (dict(level="tiny"), "ocr level 'tiny'; valid levels: easy, medium, hard, dense"),
+    (dict(task="asr", level="dense"), "easy, hard"),
     (dict(n=0), "at least 1"),
 ])
 def test_invalid_arguments(kwargs, valid, tmp_path):

@@ -32,7 +32,10 @@ from PIL import Image, ImageDraw, ImageFont
 from mmllm.jsonl import write_json, write_jsonl
 from mmllm.progress import progress
 
-LEVELS = ("easy", "hard")
+# The ladder of each task, easiest first: where a tiny model lands between floor and ceiling is what lets a
+# comparison tell architectures apart (docs/paper.md, the miniature protocol).
+TASK_LEVELS = {"ocr": ("easy", "medium", "hard", "dense"), "chart": ("easy", "medium", "hard"), "asr": ("easy", "hard")}
+LEVELS = tuple(dict.fromkeys(level for levels in TASK_LEVELS.values() for level in levels))
 VOICES = ("tones", "espeak")
 STAMP = "synth.json"  # what a finished dataset folder was made from (synthesize_once)
 SYNTH_NAMES = ("train.jsonl", "items.jsonl", STAMP, "images", "audio")  # all that `synthesize` writes in a folder
@@ -48,6 +51,15 @@ PROMPT_TEMPLATES = {"ocr": "{question}", "chart": "{question}\nAnswer the questi
 # glyph straddles a tile border (the encoder sees each tile alone).
 OCR_EASY_FONT, OCR_EASY_FONT_SIZE, OCR_EASY_SIZE, OCR_EASY_CELL = "DejaVuSansMono.ttf", 20, (128, 32), 16
 OCR_EASY_CHARS = string.ascii_lowercase + string.digits
+# Medium OCR keeps easy's cells (so its tiles hold two glyphs each) and varies what easy fixes: the mono face, its
+# size, the colours, and where in its cell each glyph sits.
+OCR_MEDIUM_FONTS = tuple(f"DejaVuSansMono{style}.ttf" for style in ("", "-Bold", "-Oblique", "-BoldOblique"))
+OCR_MEDIUM_FONT_SIZE = (16, 22)
+OCR_MEDIUM_JITTER = (2, 4)  # px a glyph's centre may move from its cell's, across and up or down
+# Dense OCR is the high-resolution level: two lines of six easy glyphs, a 96x64 page that tiles as 3x2 tiles of
+# 32 px (two glyphs each) + the thumbnail, where the whole page shrinks to 32x32 and a glyph to ~5x10 px: legible
+# in the full tiles, not in the thumbnail alone. Its answer is the two lines, a space between.
+OCR_DENSE_LINES, OCR_DENSE_CELLS, OCR_DENSE_ROW = 2, 6, 32
 # Every DejaVu face with full Latin coverage (the Display faces lack most glyphs).
 OCR_HARD_FONTS = tuple(
     f"DejaVu{family}{style}.ttf"
@@ -66,10 +78,12 @@ MIN_CONTRAST = 4.5  # WCAG AA ratio for text colour against background
 CHART_DPI = 100
 # Easy charts are 2:1 so they tile as 2 tiles + thumbnail: short sequences, like the OCR lines they
 # are trained with (a 3:2 chart would take 6 tiles and pad every mixed batch to its length).
-CHART_SIZE = {"easy": (128, 64), "hard": (256, 192)}
-CHART_KINDS = {"easy": ("bar",), "hard": ("bar", "line", "pie")}
+# Medium charts are easy's charts asked harder questions: the smallest bar, and a bar's printed value.
+CHART_SIZE = {"easy": (128, 64), "medium": (128, 64), "hard": (256, 192)}
+CHART_KINDS = {"easy": ("bar",), "medium": ("bar",), "hard": ("bar", "line", "pie")}
 # Hard has 5 question types and 3 chart kinds (coprime), so every 15 consecutive samples hold each pair once.
-QUESTION_TYPES = {"easy": ("count", "largest"), "hard": ("value", "largest", "smallest", "difference", "count")}
+QUESTION_TYPES = {"easy": ("count", "largest"), "medium": ("count", "largest", "smallest", "value"),
+                  "hard": ("value", "largest", "smallest", "difference", "count")}
 COUNT_NOUN = {"bar": "bars", "line": "points", "pie": "slices"}
 LETTERS = "ABCDEFGH"
 WORDS = ("cat", "dog", "sun", "map", "tea", "box", "key", "oak", "fox", "ice", "jam", "owl")
@@ -108,8 +122,8 @@ def synthesize(task: str, out: str | Path, n: int, seed: int = 0, level: str = "
     and what the new set does not rewrite is removed once it is written, so no stale sample is left beside it."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
+    if level not in TASK_LEVELS[task]:
+        raise ValueError(f"unknown {task} level {level!r}; valid levels: {', '.join(TASK_LEVELS[task])}")
     if voice not in VOICES or (voice != "tones" and task != "asr"):
         raise ValueError(f"voice {voice!r}: valid voices are {', '.join(VOICES)}, and only the asr task has a voice")
     if n < 1:
@@ -218,7 +232,7 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 def _ocr_sample(rng: random.Random, level: str, index: int) -> Sample:
-    image, text, font, size = (_ocr_easy if level == "easy" else _ocr_hard)(rng)
+    image, text, font, size = OCR_LEVELS[level](rng)
     return Sample(image, OCR_QUESTION, text, {"type": "ocr", "meta": {"font": Path(font).stem, "size": size}})
 
 
@@ -230,6 +244,31 @@ def _ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     for k, char in enumerate(text):
         draw.text((OCR_EASY_CELL * k + OCR_EASY_CELL // 2, OCR_EASY_SIZE[1] // 2), char, fill="black", font=font, anchor="mm")
     return image, text, OCR_EASY_FONT, OCR_EASY_FONT_SIZE
+
+
+def _ocr_medium(rng: random.Random) -> tuple[Image.Image, str, str, int]:
+    text = "".join(rng.choices(OCR_EASY_CHARS, k=rng.randint(4, 8)))
+    name, size = rng.choice(OCR_MEDIUM_FONTS), rng.randint(*OCR_MEDIUM_FONT_SIZE)
+    background, colour = _contrasting_colours(rng)
+    image = Image.new("RGB", OCR_EASY_SIZE, background)
+    font, draw = _font(name, size), ImageDraw.Draw(image)
+    across, up = OCR_MEDIUM_JITTER
+    for k, char in enumerate(text):
+        centre = (OCR_EASY_CELL * k + OCR_EASY_CELL // 2 + rng.randint(-across, across),
+                  OCR_EASY_SIZE[1] // 2 + rng.randint(-up, up))
+        draw.text(centre, char, fill=colour, font=font, anchor="mm")
+    return image, text, name, size
+
+
+def _ocr_dense(rng: random.Random) -> tuple[Image.Image, str, str, int]:
+    lines = ["".join(rng.choices(OCR_EASY_CHARS, k=OCR_DENSE_CELLS)) for _ in range(OCR_DENSE_LINES)]
+    image = Image.new("RGB", (OCR_EASY_CELL * OCR_DENSE_CELLS, OCR_DENSE_ROW * OCR_DENSE_LINES), "white")
+    font, draw = _font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE), ImageDraw.Draw(image)
+    for row, line in enumerate(lines):
+        for k, char in enumerate(line):
+            centre = (OCR_EASY_CELL * k + OCR_EASY_CELL // 2, OCR_DENSE_ROW * row + OCR_DENSE_ROW // 2)
+            draw.text(centre, char, fill="black", font=font, anchor="mm")
+    return image, " ".join(lines), OCR_EASY_FONT, OCR_EASY_FONT_SIZE
 
 
 def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
@@ -257,6 +296,11 @@ def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
         noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, rng.uniform(3.0, 10.0), (height, width, 3))
         image = Image.fromarray(np.clip(np.asarray(image, np.float64) + noise, 0, 255).astype(np.uint8))
     return image, text, name, size
+
+
+OCR_LEVELS: dict[str, Callable[[random.Random], tuple[Image.Image, str, str, int]]] = {
+    "easy": _ocr_easy, "medium": _ocr_medium, "hard": _ocr_hard, "dense": _ocr_dense,
+}
 
 
 def _hard_text(rng: random.Random) -> str:
@@ -302,7 +346,7 @@ def _chart_sample(rng: random.Random, level: str, index: int) -> Sample:
     kind, qtype = kinds[index % len(kinds)], types[index % len(types)]
     labels, values = _chart_data(rng, level, kind)
     question, answer = _chart_qa(rng, qtype, kind, labels, values)
-    if level == "easy":
+    if level in ("easy", "medium"):
         image = _figure_image(CHART_SIZE[level], lambda fig: _easy_bar(fig, labels, values))
     else:
         image = _figure_image(CHART_SIZE[level], lambda fig: _hard_chart(fig, rng, kind, labels, values))
@@ -311,7 +355,7 @@ def _chart_sample(rng: random.Random, level: str, index: int) -> Sample:
 
 def _chart_data(rng: random.Random, level: str, kind: str) -> tuple[list[str], list[int]]:
     """Labels and distinct integer values (distinct, so largest/smallest never tie)."""
-    if level == "easy":
+    if level in ("easy", "medium"):
         # Labels A, B, C... in order: the answers depend only on the bars, which a tiny model can learn.
         k = rng.randint(2, 5)
         return list(LETTERS[:k]), rng.sample(range(1, 21), k)
