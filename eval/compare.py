@@ -37,7 +37,8 @@ CONFIG_STEPS = "the fit config's"  # a stage's budget when neither it nor compar
 
 @dataclass
 class DataSet:
-    """A synthetic set: `eval` names the `mmllm eval` task for test sets."""
+    """A synthetic set: `eval` names the `mmllm eval` task for test sets; `sweep_tiles` scores a test set's first
+    `curve_items` again with each tile budget from 1 to the model's max_tiles (quality against resolution)."""
 
     name: str
     task: str
@@ -45,6 +46,7 @@ class DataSet:
     n: int = 100
     seed: int = 0
     eval: str | None = None
+    sweep_tiles: bool = False
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Run:
     cer: dict[str, float] = field(default_factory=dict)  # corpus character error rate of the OCR sets
     data_seed: int = 0
     curve: list[CurvePoint] = field(default_factory=list)  # test scores (first `curve_items`) during training
+    tile_scores: dict[str, list[float]] = field(default_factory=dict)  # swept test set -> score at 1..max_tiles
 
     def passes(self, success: dict[str, float]) -> bool:
         return all(self.scores[name] >= threshold for name, threshold in success.items())
@@ -143,7 +146,8 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     args += [f"--data.val=[{','.join(str(folders[s.name] / 'train.jsonl') for s in val)}]"] if val else []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reset_peak_memory(device)
-    shutil.rmtree(out / "curve", ignore_errors=True)
+    for earlier in ("curve", "tiles"):  # scores of an earlier model in this folder
+        shutil.rmtree(out / earlier, ignore_errors=True)
     start, weights = time.perf_counter(), None
     for stage in stages:
         stage_dir = out / stage.name if len(stages) > 1 else out
@@ -167,11 +171,14 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
         rates.append(summary["items_per_s"] or 0.0)
         if s.eval == "ocr":
             cer[s.name] = summary["corpus_cer"]
+    tile_scores = {s.name: [evaluate(model, s.eval, folders[s.name], out / "tiles" / f"{k}" / s.name, batch_size=16,
+                                     limit=items or None, max_tiles=k)["score"]
+                            for k in range(1, model.config.processor.max_tiles + 1)] for s in test if s.sweep_tiles}
     lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
     n_params = sum(p.numel() for p in module.parameters())
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)  # in the last stage
     run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, steps), peak,
-              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points)
+              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points, tile_scores=tile_scores)
     return run, model
 
 
@@ -215,6 +222,17 @@ def plot_curves(by_arch: dict[str, list[Run]], test: list[DataSet], report: Path
     return written
 
 
+def plot_tile_scores(by_arch: dict[str, list[Run]], report: Path) -> list[str]:
+    """Score against the tile budget (1..max_tiles), a panel per swept test set; returns the files written."""
+    swept = list(dict.fromkeys(name for rs in by_arch.values() for r in rs for name in r.tile_scores))
+    if not swept:
+        return []
+    panels = {name: {a: [(k + 1, statistics.fmean(at)) for k, at in enumerate(zip(*(r.tile_scores[name] for r in rs)))]
+                     for a, rs in by_arch.items()} for name in swept}
+    plot_panels(panels, report / "quality_vs_tiles.png", "tiles allowed (+ thumbnail when > 1)", "score")
+    return ["quality_vs_tiles.png"]
+
+
 def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict,
                  success: dict[str, float] | None = None) -> str:
     report = out / "report"
@@ -250,7 +268,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
     write_json(report / "metrics.json",
                {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
                 "timing": timing})
-    pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + (
+    pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + plot_tile_scores(by_arch, report) + (
         ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"] if sweeps else [])
     samples = sorted(p.name for p in report.glob("samples-*.png"))
     write_text_atomic(report / "report.md",

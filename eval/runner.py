@@ -216,13 +216,15 @@ def evaluate(
     progress: bool = False,
     max_length: int | None = DEFAULT_MAX_LENGTH,
     limit: int | None = None,
+    max_tiles: int | None = None,
 ) -> dict:
     """Generate and score; `out/predictions.jsonl` is appended batch by batch, so a rerun into the
     same folder continues an interrupted run (items already there are not generated again) as long as
     model, task, items (what the model is shown and the answers), prompt, max_new_tokens and max_length
     are the ones the folder was started with (`resume`). A prompt over `max_length` tokens is a skipped
-    item. `limit` scores only the first that many items (a quick look during training). An eval that scores no
-    item is a ValueError (after its summary.json is written)."""
+    item. `limit` scores only the first that many items (a quick look during training); `max_tiles` tiles each
+    image into at most that many tiles, fewer than the model was built for (quality against the tile budget).
+    An eval that scores no item is a ValueError (after its summary.json is written)."""
     from torch.utils.data import DataLoader, Subset
 
     from mmllm.train.items import ItemsDataset, PromptCollator
@@ -234,18 +236,20 @@ def evaluate(
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     data, out = Path(data), Path(out)
     items_file = data / "items.jsonl" if data.is_dir() else data
-    items = ItemsDataset(items_file, model.processor, template, capitalize=spec.capitalize, max_length=max_length)
+    processor = model.processor if max_tiles is None else model.processor.with_max_tiles(max_tiles)
+    items = ItemsDataset(items_file, processor, template, capitalize=spec.capitalize, max_length=max_length)
     first, duplicates = first_by_id(items.records)
     if limit is not None:
         first = dict(list(first.items())[:limit])
     fingerprint = {"checkpoint": weights_digest(model), "task": task, "data": str(items_file.resolve()),
                    "prompt_template": template, "max_new_tokens": max_new_tokens, "max_length": max_length,
-                   "answers": answers_digest(items.records), "inputs": inputs_digest(items.records), "limit": limit}
+                   "answers": answers_digest(items.records), "inputs": inputs_digest(items.records), "limit": limit,
+                   "max_tiles": max_tiles}
     out.mkdir(parents=True, exist_ok=True)
     pred_file = out / "predictions.jsonl"
     done = resume(out, fingerprint, set(first))
     todo = [i for i, r in enumerate(items.records) if first.get(r.id) is r and r.id not in done]
-    loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(model.processor))
+    loader = DataLoader(Subset(items, todo), batch_size=batch_size, collate_fn=PromptCollator(processor))
     start = time.perf_counter()
     batches = tqdm(loader, desc=f"eval {task}", disable=not progress)
     skipped, truncated = generate_into(pred_file, done, model, batches, max_new_tokens)
@@ -259,7 +263,8 @@ def evaluate(
         print(f"[mmllm] {t}")
     meta = {"data": str(items_file), "prompt_template": template, "max_new_tokens": max_new_tokens,
             "max_length": max_length, "truncated": len(truncated), "truncated_items": truncated,
-            "batch_size": batch_size, "limit": limit, "generated": len(todo), "time_s": round(elapsed, 3),
+            "batch_size": batch_size, "limit": limit, "max_tiles": max_tiles or processor.config.max_tiles,
+            "generated": len(todo), "time_s": round(elapsed, 3),
             "items_per_s": round(len(todo) / elapsed, 3) if elapsed and todo else None, **(extra or {})}
     return require_scored(summarise(task, rows, skipped, meta, out), out)
 

@@ -1,6 +1,7 @@
 """Turns conversations, images and audio clips into model inputs: tiling, tile tags, prompt layout, tokens."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import asdict, is_dataclass, replace
@@ -117,7 +118,18 @@ class MMLLMProcessor(ProcessorMixin):
             tokens = partial(audio_tokens, frames_per_token=audio["frames_per_token"])
             self.audio_front_end = AudioFrontEnd(audio["n_mels"], audio["max_seconds"], tokens)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.global_slot = self.config.max_tiles  # the tile table's row for the global view (a lone tile, the thumbnail)
         self._text_cache: dict[str, list[int]] = {}
+
+    def with_max_tiles(self, max_tiles: int) -> "MMLLMProcessor":
+        """This processor tiling each image into at most `max_tiles` tiles, fewer than it was built for (the
+        tile-budget sweep at eval); the global view keeps the tile-table row the model was trained with."""
+        if not 1 <= max_tiles <= self.config.max_tiles:
+            raise ValueError(f"max_tiles must be 1..{self.config.max_tiles} (what the model was built for), "
+                             f"got {max_tiles}")
+        fewer = copy.copy(self)
+        fewer.config = replace(self.config, max_tiles=max_tiles)
+        return fewer
 
     @classmethod
     def from_config(cls, spec: MMLLMConfig, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -203,7 +215,7 @@ class MMLLMProcessor(ProcessorMixin):
             if self.knobs.tags_own_tile:
                 token_tile += [-1] * (len(ids) - len(token_tile)) + [k] * len(tag_ids)
                 ids += tag_ids
-            slot = k if n_regular > 1 and k < n_regular else self.config.max_tiles  # the global view's own row
+            slot = k if n_regular > 1 and k < n_regular else self.global_slot  # the global view's own row
             kv.append(KVSegment("tile", k, image, k, tuple(tag_ids), slot))
         ids += self.text_ids("</Image>")
         token_tile += [-1] * (len(ids) - len(token_tile))

@@ -84,7 +84,8 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
 
     from mmllm.eval.compare import Stage
 
-    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[],
+                test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr", sweep_tiles=True)])
     stages = [Stage("connector", ["--model.stage=pretrain", "--model.train_encoder=false"], max_steps=2),
               Stage("hold", ["--model.stage=sft", "--model.lr=0"], max_steps=1),
               Stage("sft", ["--model.stage=sft"], max_steps=2)]
@@ -109,6 +110,9 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
     per_step = [b - a for a, b in zip(flops, flops[1:])]
     assert per_step[0] / 2 < per_step[2] / 1 and all(p > 0 for p in per_step)
     assert all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
-    for name in ("quality_vs_steps.png", "quality_vs_flops.png", "quality_vs_time.png"):
+    assert len(metrics["runs"][0]["tile_scores"]["ocr-test"]) == 6  # tile budgets 1..max_tiles
+    summary = json.loads((run / "tiles" / "1" / "ocr-test" / "summary.json").read_text())
+    assert (summary["max_tiles"], summary["n"]) == (1, 2)
+    for name in ("quality_vs_steps.png", "quality_vs_flops.png", "quality_vs_time.png", "quality_vs_tiles.png"):
         assert (tmp_path / "report" / name).is_file(), name
     assert "connector: 2 steps then hold: 1 steps then sft: 2 steps" in (tmp_path / "report" / "report.md").read_text()

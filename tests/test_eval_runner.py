@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from mmllm.eval.runner import evaluate
 
@@ -43,6 +44,21 @@ def test_a_limit_scores_the_first_items_exactly_as_the_full_run_does(tiny_model,
     with pytest.raises(ValueError, match="different limit"):
         evaluate(tiny_model, "ocr", eval_set, tmp_path / "part", batch_size=4)
     assert full["n"] == 10
+
+
+def test_fewer_tiles_shorten_the_prompt_and_the_lone_tile_keeps_the_global_views_row(tiny_config, eval_set, tmp_path):
+    from mmllm.model import MMLLM
+
+    torch.manual_seed(0)
+    model = MMLLM(tiny_config(arch="nvlm_x")).eval()  # learned tile identity: a row per tile and the global view
+    one = model.processor.with_max_tiles(1)
+    wide = model.processor.load_image(eval_set / "images" / "1.png")  # 128x32: four tiles + thumbnail when allowed
+    assert [seg.slot for seg in model.processor.encode_prompt("Read it.", [wide]).kv] == [0, 1, 2, 3, 6]
+    assert [seg.slot for seg in one.encode_prompt("Read it.", [wide]).kv] == [6]
+    with pytest.raises(ValueError, match="max_tiles must be 1..6"):
+        model.processor.with_max_tiles(7)
+    summary = evaluate(model, "ocr", eval_set, tmp_path / "one", batch_size=4, max_tiles=1)
+    assert summary["max_tiles"] == 1 and summary["n"] == 10
 
 
 def test_unknown_task_lists_valid_ones(tiny_model, eval_set, tmp_path):
