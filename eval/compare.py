@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mmllm.config import Arch
+from mmllm.eval.controls import controls as run_controls
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.curves import CurvePoint, TrainingRecord
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_panels, plot_samples
@@ -78,6 +79,7 @@ class Run:
     data_seed: int = 0
     curve: list[CurvePoint] = field(default_factory=list)  # test scores (first `curve_items`) during training
     tile_scores: dict[str, list[float]] = field(default_factory=dict)  # swept test set -> score at 1..max_tiles
+    controls: dict[str, float] = field(default_factory=dict)  # control -> exact match on the first OCR test set
 
     def passes(self, success: dict[str, float]) -> bool:
         return all(self.scores[name] >= threshold for name, threshold in success.items())
@@ -174,11 +176,15 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     tile_scores = {s.name: [evaluate(model, s.eval, folders[s.name], out / "tiles" / f"{k}" / s.name, batch_size=16,
                                      limit=items or None, max_tiles=k)["score"]
                             for k in range(1, model.config.processor.max_tiles + 1)] for s in test if s.sweep_tiles}
+    ocr = next((s for s in test if s.eval == "ocr"), None)
+    controls = {row["control"]: row["exact_match"]
+                for row in run_controls(model, folders[ocr.name], batch_size=16, limit=items or None)} if ocr else {}
     lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
     n_params = sum(p.numel() for p in module.parameters())
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)  # in the last stage
     run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, steps), peak,
-              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points, tile_scores=tile_scores)
+              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points, tile_scores=tile_scores,
+              controls=controls)
     return run, model
 
 
@@ -222,6 +228,18 @@ def plot_curves(by_arch: dict[str, list[Run]], test: list[DataSet], report: Path
     return written
 
 
+def controls_table(by_arch: dict[str, list[Run]], test: list[DataSet]) -> str:
+    """Exact match per control (eval.controls) on the first OCR test set, mean over each arch's runs."""
+    names = list(dict.fromkeys(c for rs in by_arch.values() for r in rs for c in r.controls))
+    if not names:
+        return ""
+    ocr = next(s.name for s in test if s.eval == "ocr")
+    rows = [[a] + [mean_std([r.controls[c] for r in rs if c in r.controls]) if any(c in r.controls for r in rs)
+                   else "-" for c in names] for a, rs in by_arch.items()]
+    return (f"\n\n## Controls: is it the model or the wiring? (exact match %, {ocr})\n\n"
+            + markdown_table(["arch", *names], rows))
+
+
 def plot_tile_scores(by_arch: dict[str, list[Run]], report: Path) -> list[str]:
     """Score against the tile budget (1..max_tiles), a panel per swept test set; returns the files written."""
     swept = list(dict.fromkeys(name for rs in by_arch.values() for r in rs for name in r.tile_scores))
@@ -251,6 +269,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
             f"{statistics.mean(r.step_s for r in rs):.3f}", f"{max(peak):.0f}" if peak else "n/a",
             f"{statistics.mean(r.eval_items_per_s for r in rs):.1f}"])
     table = markdown_table(header, rows)
+    table += controls_table(by_arch, test)
     if success:
         table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
     sweep_rows = [[k + 1] + [f"{sweeps[a][k]['decoder_len']} / {sweeps[a][k]['step_s'] * 1000:.0f} ms" for a in archs]

@@ -9,6 +9,8 @@ taken apart, one control at a time.
 - `cross-attention off`: every gate at 0, so X and H see the image only through what is in the
   sequence (nothing for X, the thumbnail for H); D has no gates and is unchanged.
 - `no tile identity`: the learned tile table at 0 (X and H with `tile_identity: learned`).
+- `one tile`: every image shrunk into a single tile, the global view (the thumbnail's resolution): what the
+  full-resolution tiles add.
 """
 from __future__ import annotations
 
@@ -55,22 +57,22 @@ def without_tile_identity(model: MMLLM) -> MMLLM | None:
     return off
 
 
-def predict(model: MMLLM, items: ItemsDataset, batch_size: int, shuffle_images: bool = False,
+def predict(model: MMLLM, items: ItemsDataset, batch_size: int, n: int, shuffle_images: bool = False,
             swap: bool = False) -> list[str]:
-    """Greedy answers to every item; with `shuffle_images` item i is asked about item i+1's image."""
+    """Greedy answers to the first `n` items; with `shuffle_images` item i is asked about item i+1's image."""
     samples = []
-    for i in range(len(items)):
+    for i in range(n):
         item = items[i]
         if shuffle_images:
-            other = items.records[(i + 1) % len(items)]
-            images = [model.processor.load_image(p) for p in paths_of(other, "image")]
+            other = items.records[(i + 1) % n]
+            images = [items.processor.load_image(p) for p in paths_of(other, "image")]
             question = str(item.record.data["question"]).strip()
-            item = replace(item, sample=model.processor.encode_prompt(question, images))
+            item = replace(item, sample=items.processor.encode_prompt(question, images))
         if item.sample is None:
             raise ValueError(f"bad item {item.error}: controls need a clean set")
         samples.append(item)
     out = []
-    collate = PromptCollator(model.processor)
+    collate = PromptCollator(items.processor)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = collate(chunk)
@@ -82,25 +84,28 @@ def predict(model: MMLLM, items: ItemsDataset, batch_size: int, shuffle_images: 
     return out
 
 
-def controls(model_dir: str, data: str, batch_size: int = 32) -> list[dict]:
-    """One row per control: exact match and corpus CER on the items of `data` (an eval folder or items.jsonl)."""
+def controls(model: MMLLM, data: str | Path, batch_size: int = 32, limit: int | None = None) -> list[dict]:
+    """One row per control: exact match and corpus CER on the first `limit` items of `data` (an eval folder or
+    items.jsonl; all of them without a limit)."""
     torch.manual_seed(0)
-    model = MMLLM.from_pretrained(model_dir)
     path = Path(data)
-    items = ItemsDataset(path / "items.jsonl" if path.is_dir() else path, model.processor)
-    golds = [r.data["answers"] for r in items.records]
+    items_file = path / "items.jsonl" if path.is_dir() else path
+    items = ItemsDataset(items_file, model.processor)
+    n = min(limit or len(items), len(items))
+    golds = [r.data["answers"] for r in items.records[:n]]
     runs = {
-        "as trained": (model, {}),
-        "tiles 0<->2 swapped": (model, {"swap": True}),
-        "images shuffled": (model, {"shuffle_images": True}),
-        "cross-attention off": (without_cross_attention(model), {}),
-        "no tile identity": (without_tile_identity(model), {}),
+        "as trained": (model, items, {}),
+        "tiles 0<->2 swapped": (model, items, {"swap": True}),
+        "images shuffled": (model, items, {"shuffle_images": True}),
+        "cross-attention off": (without_cross_attention(model), items, {}),
+        "no tile identity": (without_tile_identity(model), items, {}),
+        "one tile": (model, ItemsDataset(items_file, model.processor.with_max_tiles(1)), {}),
     }
     rows = []
-    for name, (variant, options) in runs.items():
+    for name, (variant, shown, options) in runs.items():
         if variant is None:
             continue
-        predictions = predict(variant, items, batch_size, **options)
+        predictions = predict(variant.eval(), shown, batch_size, n, **options)
         em = sum(score("exact_match", p, g) for p, g in zip(predictions, golds)) / len(golds)
         rows.append({"control": name, "exact_match": em, "cer": corpus_cer(predictions, golds), "n": len(golds)})
     return rows
@@ -112,6 +117,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("data", help="an OCR eval folder with items.jsonl (e.g. runs/demo/data/ocr-easy-test)")
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
-    rows = controls(args.model, args.data, args.batch_size)
+    rows = controls(MMLLM.from_pretrained(args.model), args.data, args.batch_size)
     print(markdown_table(["control", "exact match %", "CER", "n"],
                          [[r["control"], f"{100 * r['exact_match']:.1f}", f"{r['cer']:.3f}", r["n"]] for r in rows]))

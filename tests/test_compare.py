@@ -111,6 +111,8 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
     assert per_step[0] / 2 < per_step[2] / 1 and all(p > 0 for p in per_step)
     assert all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
     assert len(metrics["runs"][0]["tile_scores"]["ocr-test"]) == 6  # tile budgets 1..max_tiles
+    assert "## Controls" in table and {"as trained", "images shuffled", "cross-attention off", "one tile"} <= set(
+        metrics["runs"][0]["controls"])
     summary = json.loads((run / "tiles" / "1" / "ocr-test" / "summary.json").read_text())
     assert (summary["max_tiles"], summary["n"]) == (1, 2)
     for name in ("quality_vs_steps.png", "quality_vs_flops.png", "quality_vs_time.png", "quality_vs_tiles.png"):

@@ -26,8 +26,11 @@ def test_controls_score_every_variant_on_the_same_items(tmp_path, tiny_config):
     for arch in ("nvlm_d", "nvlm_x"):
         torch.manual_seed(0)
         MMLLM(tiny_config(arch=arch)).save_pretrained(tmp_path / arch)
-        rows[arch] = {r["control"]: r for r in controls(str(tmp_path / arch), str(data), batch_size=4)}
+        model = MMLLM.from_pretrained(tmp_path / arch)
+        rows[arch] = {r["control"]: r for r in controls(model, str(data), batch_size=4)}
     assert all(r["n"] == 6 for table in rows.values() for r in table.values())
+    assert "one tile" in rows["nvlm_d"] and "one tile" in rows["nvlm_x"]
+    assert {r["n"] for r in controls(model, data, batch_size=4, limit=3)} == {3}
     assert "no tile identity" in rows["nvlm_x"] and "no tile identity" not in rows["nvlm_d"]
     # D has no gates: switching cross-attention off changes nothing; X at gate 0 is the model as built.
     assert rows["nvlm_d"]["cross-attention off"]["cer"] == rows["nvlm_d"]["as trained"]["cer"]
