@@ -23,6 +23,7 @@ from mmllm.config import Arch
 from mmllm.eval.controls import controls as run_controls
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.curves import CurvePoint, TrainingRecord
+from mmllm.eval.findings import COST as COST_MEASURE, OCR as OCR_MEASURE, verdicts
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_panels, plot_samples
 from mmllm.eval.runner import TASKS, evaluate
 from mmllm.jsonl import write_json, write_text_atomic
@@ -80,6 +81,7 @@ class Run:
     curve: list[CurvePoint] = field(default_factory=list)  # test scores (first `curve_items`) during training
     tile_scores: dict[str, list[float]] = field(default_factory=dict)  # swept test set -> score at 1..max_tiles
     controls: dict[str, float] = field(default_factory=dict)  # control -> exact match on the first OCR test set
+    sweep: list[dict] = field(default_factory=list)  # decoder tokens and train step time at 1..max_tiles tiles
 
     def passes(self, success: dict[str, float]) -> bool:
         return all(self.scores[name] >= threshold for name, threshold in success.items())
@@ -228,6 +230,29 @@ def plot_curves(by_arch: dict[str, list[Run]], test: list[DataSet], report: Path
     return written
 
 
+def findings_section(runs: list[Run], test: list[DataSet]) -> str:
+    """For each variant: whether each of the paper's findings holds here, with the paired differences behind it
+    (OCR: the mean exact match over the OCR test sets; cost: the train step time at the most tiles)."""
+    ocr = [s.name for s in test if s.eval == "ocr"]
+    parts = []
+    for variant in dict.fromkeys(r.variant for r in runs):
+        measures = {OCR_MEASURE: {}, COST_MEASURE: {}}
+        for r in (r for r in runs if r.variant == variant):
+            key = (r.data_seed, r.seed)
+            if ocr:
+                measures[OCR_MEASURE].setdefault(r.arch, {})[key] = 100 * statistics.fmean(r.scores[n] for n in ocr)
+            if r.sweep:
+                measures[COST_MEASURE].setdefault(r.arch, {})[key] = 1000 * r.sweep[-1]["step_s"]
+        rows = [[v.finding, v.holds, "; ".join(e.describe() for e in v.effects)] for v in verdicts(measures)]
+        if rows:
+            title = f" ({variant})" if variant else ""
+            parts.append(f"\n\n## The paper's findings, here{title}\n\n"
+                         + markdown_table(["finding", "holds here?", "paired differences: mean [95 % interval]"], rows)
+                         + "\n\nA finding holds when every difference it claims points its way with an interval "
+                           "clear of zero; one that points the other way clearly fails; anything else is not shown.")
+    return "".join(parts)
+
+
 def controls_table(by_arch: dict[str, list[Run]], test: list[DataSet]) -> str:
     """Exact match per control (eval.controls) on the first OCR test set, mean over each arch's runs."""
     names = list(dict.fromkeys(c for rs in by_arch.values() for r in rs for c in r.controls))
@@ -251,9 +276,13 @@ def plot_tile_scores(by_arch: dict[str, list[Run]], report: Path) -> list[str]:
     return ["quality_vs_tiles.png"]
 
 
-def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[DataSet], out: Path, timing: dict,
+def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
                  success: dict[str, float] | None = None) -> str:
     report = out / "report"
+    sweeps = {}  # the first run of each arch (its first variant and seed): the cost table and plots
+    for r in runs:
+        if r.sweep:
+            sweeps.setdefault(r.arch, r.sweep)
     archs = list(dict.fromkeys(r.arch for r in runs))
     by_arch = {a: [r for r in runs if r.label == a] for a in dict.fromkeys(r.label for r in runs)}
     ocr = [s for s in test if s.eval == "ocr"]
@@ -269,7 +298,7 @@ def write_report(runs: list[Run], sweeps: dict[str, list[dict]], test: list[Data
             f"{statistics.mean(r.step_s for r in rs):.3f}", f"{max(peak):.0f}" if peak else "n/a",
             f"{statistics.mean(r.eval_items_per_s for r in rs):.1f}"])
     table = markdown_table(header, rows)
-    table += controls_table(by_arch, test)
+    table += controls_table(by_arch, test) + findings_section(runs, test)
     if success:
         table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
     sweep_rows = [[k + 1] + [f"{sweeps[a][k]['decoder_len']} / {sweeps[a][k]['step_s'] * 1000:.0f} ms" for a in archs]
@@ -362,7 +391,7 @@ def compare(
                              out_dir / "data", data_scale)
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
-    runs, sweeps = [], {}
+    runs = []
     variants = variants or {"": []}
     stages = [replace(stage, max_steps=stage.max_steps or max_steps) for stage in stages or [Stage("train")]]
     for arch in archs:
@@ -375,6 +404,8 @@ def compare(
                                                  stages, run_dir, (fit_overrides or []) + extra,
                                                  (curve_every, curve_items))
                     run.data_seed = data_seed
+                    if tile_sweep_batch:  # every run's, so the cost findings have an interval over the seeds
+                        run.sweep = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
                     runs.append(run)
                     print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "
                           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
@@ -384,12 +415,10 @@ def compare(
                         plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
                                      out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
                                      lower_is_better=TASKS[s.eval].lower_is_better)
-                    if tile_sweep_batch:
-                        sweeps[arch] = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
     steps = max(len(r.losses) for r in runs)
     timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1),
               "protocol": " then ".join(f"{st.name}: {st.max_steps or CONFIG_STEPS} steps" for st in stages)}
-    table = write_report(runs, sweeps, test, out_dir, timing, success)
+    table = write_report(runs, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")
     return table

@@ -17,6 +17,8 @@ def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_pa
                  "step_time_vs_tiles.png", "samples-nvlm_x-ocr-test.png"):
         assert (report / name).is_file(), name
     assert all(f"| {a} |" in table for a in ("nvlm_d", "nvlm_x", "nvlm_h"))
+    # One seed: every finding is measured, none can be shown.
+    assert "## The paper's findings, here" in table and table.count("| not shown |") == 3
     metrics = json.loads((report / "metrics.json").read_text())
     runs = {r["arch"]: r for r in metrics["runs"]}
     assert set(runs) == {"nvlm_d", "nvlm_x", "nvlm_h"} and all(set(r["scores"]) == {"ocr-test", "chart-test"} for r in runs.values())
