@@ -50,7 +50,7 @@ def test_the_folder_records_what_it_was_started_with(tiny_model, eval_set, tmp_p
     evaluate(tiny_model, "ocr", eval_set, tmp_path / "out")
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert set(run) == {"checkpoint", "task", "data", "prompt_template", "max_new_tokens", "max_length", "answers",
-                        "inputs"}
+                        "inputs", "limit", "max_tiles"}
     assert (run["task"], run["data"], run["prompt_template"], run["max_new_tokens"], run["max_length"]) == (
         "ocr", str((eval_set / "items.jsonl").resolve()), "{question}", 32, 4096)
     tiny_model.save_pretrained(tmp_path / "saved")
