@@ -64,6 +64,16 @@ class Stage:
 
 
 @dataclass
+class Variant:
+    """One more axis of the comparison: `args` go to every stage's `mmllm fit`; `stages` replace compare's protocol
+    for this variant's runs (e.g. today's from-scratch joint training: one stage that trains everything).
+    In a config, a plain list of arguments is a variant with those `args`."""
+
+    args: list[str] = field(default_factory=list)
+    stages: list[Stage] | None = None
+
+
+@dataclass
 class Run:
     arch: str
     variant: str
@@ -89,6 +99,15 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.arch} {self.variant}".strip()
+
+
+def with_budget(stages: list[Stage], max_steps: int | None) -> list[Stage]:
+    """Every stage with a step budget of its own keeps it; the others take compare's `max_steps`."""
+    return [replace(stage, max_steps=stage.max_steps or max_steps) for stage in stages]
+
+
+def protocol_text(stages: list[Stage]) -> str:
+    return " then ".join(f"{stage.name}: {stage.max_steps or CONFIG_STEPS} steps" for stage in stages)
 
 
 def redrawn(sets: list[DataSet], data_seed: int) -> list[DataSet]:
@@ -344,7 +363,7 @@ def compare(
     data_scale: float = 1.0,
     tile_sweep_batch: int = 4,
     fit_overrides: list[str] | None = None,
-    variants: dict[str, list[str]] | None = None,
+    variants: dict[str, list[str] | Variant] | None = None,
     stages: list[Stage] | None = None,
     curve_every: int = 0,
     curve_items: int = 50,
@@ -368,7 +387,7 @@ def compare(
         data_scale: multiply every set's size (smoke runs).
         tile_sweep_batch: batch size of the step-time sweep over 1..max tiles (0 skips the sweep).
         fit_overrides: extra `mmllm fit` arguments for every run, e.g. ["--data.batch_size=8"].
-        variants: name -> extra `mmllm fit` arguments; every arch and seed runs once per variant (e.g.
+        variants: name -> a `Variant` (or its argument list); every arch and seed runs once per variant (e.g.
             {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}), in every stage.
         stages: the training protocol, run in order for every arch, seed and variant (see `Stage`); default: one
             stage, the fit config as it is.
@@ -392,16 +411,17 @@ def compare(
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     runs = []
-    variants = variants or {"": []}
-    stages = [replace(stage, max_steps=stage.max_steps or max_steps) for stage in stages or [Stage("train")]]
+    variants = {name: v if isinstance(v, Variant) else Variant(list(v)) for name, v in (variants or {"": []}).items()}
+    stages = with_budget(stages or [Stage("train")], max_steps)
     for arch in archs:
-        for v_index, (variant, extra) in enumerate(variants.items()):
+        for v_index, (variant, spec) in enumerate(variants.items()):
             for data_seed in data_seeds:
                 for seed in seeds:
                     parts = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
                     run_dir = out_dir / "runs" / "-".join(p for p in parts if p)
                     run, model = train_and_score(arch, variant, seed, configs, folders, *drawn[data_seed], test,
-                                                 stages, run_dir, (fit_overrides or []) + extra,
+                                                 with_budget(spec.stages, max_steps) if spec.stages else stages, run_dir,
+                                                 (fit_overrides or []) + spec.args,
                                                  (curve_every, curve_items))
                     run.data_seed = data_seed
                     if tile_sweep_batch:  # every run's, so the cost findings have an interval over the seeds
@@ -417,7 +437,8 @@ def compare(
                                      lower_is_better=TASKS[s.eval].lower_is_better)
     steps = max(len(r.losses) for r in runs)
     timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1),
-              "protocol": " then ".join(f"{st.name}: {st.max_steps or CONFIG_STEPS} steps" for st in stages)}
+              "protocol": protocol_text(stages) + "".join(f"; {name}: {protocol_text(with_budget(v.stages, max_steps))}"
+                                                          for name, v in variants.items() if v.stages)}
     table = write_report(runs, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")

@@ -1,4 +1,5 @@
 import json
+import pytest
 
 from mmllm.eval.compare import DataSet, compare
 
@@ -120,3 +121,26 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
     for name in ("quality_vs_steps.png", "quality_vs_flops.png", "quality_vs_time.png", "quality_vs_tiles.png"):
         assert (tmp_path / "report" / name).is_file(), name
     assert "connector: 2 steps then hold: 1 steps then sft: 2 steps" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_variant_can_bring_its_own_protocol_and_configs_write_variants_either_way(tmp_path, capsys):
+    from mmllm.eval.compare import Stage, Variant, main
+
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    staged = [Stage("connector", ["--model.stage=pretrain"], max_steps=1), Stage("sft", ["--model.stage=sft"], max_steps=1)]
+    frozen_tower = ["--model.train_encoder=false"]
+    variants = {"staged": frozen_tower, "scratch": Variant(["--model.train_encoder=true"], [Stage("joint", ["--model.stage=sft"], 3)])}
+    compare(archs=["nvlm_d"], out=str(tmp_path), tile_sweep_batch=0, fit_overrides=["--data.batch_size=4"],
+            stages=staged, variants=variants, curve_items=0, **sets)
+    runs = {r["variant"]: r for r in json.loads((tmp_path / "report" / "metrics.json").read_text())["runs"]}
+    assert (tmp_path / "runs" / "nvlm_d-staged-seed0" / "sft" / "model").is_dir()
+    assert (tmp_path / "runs" / "nvlm_d-scratch-seed0" / "model").is_dir()  # one stage: no stage folder
+    assert runs["scratch"]["trainable"] == runs["scratch"]["params"] and runs["staged"]["trainable"] < runs["staged"]["params"]
+    assert "connector: 1 steps then sft: 1 steps; scratch: joint: 3 steps" in (tmp_path / "report" / "report.md").read_text()
+    config = tmp_path / "variants.yaml"
+    config.write_text("variants:\n  tags: [--model.processor.tile_tag=1d]\n"
+                      "  scratch: {args: [--model.train_encoder=true], stages: [{name: joint, max_steps: 5}]}\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "- --model.processor.tile_tag=1d" in printed and "name: joint" in printed and "max_steps: 5" in printed
