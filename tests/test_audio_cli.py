@@ -31,7 +31,8 @@ def test_three_step_fit_per_arch_with_audio(arch, tmp_path, mmllm, tiny_yaml):
 
 
 def test_compare_reports_wer_next_to_the_vision_tasks(tmp_path):
-    from mmllm.eval.compare import DataSet, compare
+    from mmllm.eval.compare import compare
+    from mmllm.eval.comparison import DataSet
 
     table = compare(fit_config=["configs/nvlm_d_tiny.yaml", "configs/asr_tiny.yaml"], archs=["nvlm_h"], max_steps=2,
                     train=[DataSet("ocr", "ocr", n=8), DataSet("asr", "asr", n=8)],

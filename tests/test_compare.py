@@ -1,7 +1,8 @@
 import json
 import pytest
 
-from mmllm.eval.compare import DataSet, compare
+from mmllm.eval.compare import compare
+from mmllm.eval.comparison import DataSet
 
 
 def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_path):
@@ -59,7 +60,8 @@ def test_data_seeds_redraw_the_training_sets_and_success_counts_the_runs_that_re
 
 
 def test_a_success_rate_shows_its_interval_and_the_failed_runs_scores():
-    from mmllm.eval.compare import Run, success_table, wilson
+    from mmllm.eval.compare_report import success_table, wilson
+    from mmllm.eval.comparison import Run
 
     def run(seed, score):
         return Run("nvlm_x", "", seed, {"ocr-test": score}, 1, 1, 1.0, 0.1, None, 1.0, data_seed=3)
@@ -85,7 +87,7 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
     import torch
     from safetensors.torch import load_file
 
-    from mmllm.eval.compare import Stage
+    from mmllm.eval.comparison import Stage
 
     sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[],
                 test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr", sweep_tiles=True)])
@@ -124,7 +126,8 @@ def test_stages_run_in_turn_each_from_the_weights_the_one_before_ended_with(tmp_
 
 
 def test_a_variant_can_bring_its_own_protocol_and_configs_write_variants_either_way(tmp_path, capsys):
-    from mmllm.eval.compare import Stage, Variant, main
+    from mmllm.eval.compare import main
+    from mmllm.eval.comparison import Stage, Variant
 
     sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
     staged = [Stage("connector", ["--model.stage=pretrain"], max_steps=1), Stage("sft", ["--model.stage=sft"], max_steps=1)]
