@@ -13,23 +13,47 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 
-from mmllm.config import Arch
+from mmllm.config import Arch, EncoderConfig
 from mmllm.eval.compare_report import write_report
-from mmllm.eval.comparison import DataSet, Run, Stage, Variant, protocol_text, redrawn, with_budget
+from mmllm.eval.comparison import DataSet, Parts, Run, Stage, Variant, protocol_text, redrawn, with_budget
 from mmllm.eval.controls import controls as run_controls
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.curves import TrainingRecord
 from mmllm.eval.report import plot_samples
 from mmllm.eval.runner import TASKS, evaluate
+from mmllm.jsonl import write_text_atomic
 from mmllm.train.cli import run as run_cli
 from mmllm.train.items import ItemsDataset
 from mmllm.train.synth import synthesize_once
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def part_config(parts: Parts, out: Path) -> list[Path]:
+    """The pretrained parts `parts` asks for, built (or found in the cache), as a fit config file of their own
+    (`out`) to go after the fit configs; none when the fit config's own parts are kept."""
+    model: dict = {}
+    if parts.llm is not None:
+        from mmllm.train.pretrain_llm import LLMRecipe, pretrained_llm
+
+        model["llm"] = {"name_or_path": str(pretrained_llm(LLMRecipe(**parts.llm)))}
+    if parts.tower is not None:
+        from mmllm.train.pretrain_tower import TowerRecipe, encoder_config, pretrained_tower
+
+        recipe = dict(parts.tower)
+        if isinstance(recipe.get("encoder"), dict):
+            recipe["encoder"] = EncoderConfig(**recipe["encoder"])
+        model["encoder"] = asdict(encoder_config(pretrained_tower(TowerRecipe(**recipe))))
+    if not model:
+        return []
+    write_text_atomic(out, yaml.safe_dump({"model": model}, sort_keys=False))
+    return [out]
 
 
 def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, Path]:
@@ -128,6 +152,7 @@ def compare(
     stages: list[Stage] | None = None,
     curve_every: int = 0,
     curve_items: int = 50,
+    parts: Parts | None = None,
 ) -> str:
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
@@ -156,6 +181,8 @@ def compare(
             all stages) and at the end of each stage, beside the training FLOPs and time spent: the quality
             curves of the report. 0: at the end of each stage only.
         curve_items: items per test set in those scorings (0: no curve).
+        parts: the pretrained parts the project makes (`Parts`), built before the first run and cached; default:
+            the fit config's own parts.
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -173,14 +200,20 @@ def compare(
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     runs = []
     variants = {name: v if isinstance(v, Variant) else Variant(list(v)) for name, v in (variants or {"": []}).items()}
+    part_configs = {name: part_config(v.parts if v.parts is not None else parts or Parts(),
+                                      out_dir / "parts" / f"{name or 'parts'}.yaml") for name, v in variants.items()}
+    if any(part_configs.values()):
+        print(f"[compare] pretrained parts ready in {time.perf_counter() - t0:.0f}s: "
+              + ", ".join(str(c) for cs in part_configs.values() for c in cs))
     stages = with_budget(stages or [Stage("train")], max_steps)
     for arch in archs:
         for v_index, (variant, spec) in enumerate(variants.items()):
             for data_seed in data_seeds:
                 for seed in seeds:
-                    parts = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
-                    run_dir = out_dir / "runs" / "-".join(p for p in parts if p)
-                    run, model = train_and_score(arch, variant, seed, configs, folders, *drawn[data_seed], test,
+                    label = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
+                    run_dir = out_dir / "runs" / "-".join(p for p in label if p)
+                    run, model = train_and_score(arch, variant, seed, configs + part_configs[variant], folders,
+                                                 *drawn[data_seed], test,
                                                  with_budget(spec.stages, max_steps) if spec.stages else stages, run_dir,
                                                  (fit_overrides or []) + spec.args,
                                                  (curve_every, curve_items))

@@ -38,13 +38,27 @@ class Stage:
 
 
 @dataclass
+class Parts:
+    """The pretrained parts every run starts from, made by the project itself (`mmllm pretrain llm|tower`): each a
+    recipe, the fields of `train.pretrain_llm.LLMRecipe` / `train.pretrain_tower.TowerRecipe` ({} is the default
+    recipe), built once and cached by content, then handed to `mmllm fit` as a user hands over real parts
+    (`--model.llm.name_or_path`, `--model.encoder` with `pretrained` its weights file). null: the fit config's own
+    part, built at random from its options."""
+
+    llm: dict | None = None
+    tower: dict | None = None
+
+
+@dataclass
 class Variant:
-    """One more axis of the comparison: `args` go to every stage's `mmllm fit`; `stages` replace compare's protocol
-    for this variant's runs (e.g. today's from-scratch joint training: one stage that trains everything).
-    In a config, a plain list of arguments is a variant with those `args`."""
+    """One more axis of the comparison: `args` go to every stage's `mmllm fit`; `stages` and `parts` replace
+    compare's protocol and parts for this variant's runs (e.g. from-scratch joint training: one stage that trains
+    everything, and `parts: {}`, no pretrained part). In a config, a plain list of arguments is a variant with
+    those `args`."""
 
     args: list[str] = field(default_factory=list)
     stages: list[Stage] | None = None
+    parts: Parts | None = None
 
 
 @dataclass
