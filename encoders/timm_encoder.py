@@ -24,20 +24,10 @@ class TimmEncoder(VisionEncoder):
     family = "timm"
 
     def __init__(self, cfg: EncoderConfig, weights: bool = True) -> None:
-        image_size = tile_size(cfg.image_size)
-        kwargs = dict(cfg.options)
-        if _size_is_built_in(cfg.model):
-            kwargs["img_size"] = image_size
-        path = weights_file(cfg)
-        if path is not None and weights:
-            # Some default configs (the AugReg ViTs) set `custom_load` for Google's .npz weights; older
-            # timm releases keep it under a file overlay and send a state-dict file to the .npz reader
-            # (1.0.31 resets it itself).
-            kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
-        model = timm.create_model(cfg.model, pretrained=weights and bool(cfg.pretrained), num_classes=0, **kwargs)
+        model = create_timm_model(cfg, weights)
         data_cfg = resolve_model_data_config(model)
         self.layer = prune_timm_model(model, cfg)
-        super().__init__(model, image_size, data_cfg["mean"], data_cfg["std"])
+        super().__init__(model, tile_size(cfg.image_size), data_cfg["mean"], data_cfg["std"])
 
     def set_gradient_checkpointing(self, on: bool) -> None:
         self.model.set_grad_checkpointing(on)
@@ -47,6 +37,21 @@ class TimmEncoder(VisionEncoder):
         return self.model.forward_intermediates(
             pixel_values, indices=[self.layer], intermediates_only=True, output_fmt="NCHW"
         )[0]
+
+
+def create_timm_model(cfg: EncoderConfig, weights: bool = True) -> nn.Module:
+    """The whole timm model `cfg` names, weights loaded (random without `weights`), before `prune_timm_model`
+    cuts it: its state dict has the keys timm's loader expects of a weights file (a tower's pretraining saves one)."""
+    kwargs = dict(cfg.options)
+    if _size_is_built_in(cfg.model):
+        kwargs["img_size"] = tile_size(cfg.image_size)
+    path = weights_file(cfg)
+    if path is not None and weights:
+        # Some default configs (the AugReg ViTs) set `custom_load` for Google's .npz weights; older
+        # timm releases keep it under a file overlay and send a state-dict file to the .npz reader
+        # (1.0.31 resets it itself).
+        kwargs["pretrained_cfg_overlay"] = dict(file=path, custom_load=False)
+    return timm.create_model(cfg.model, pretrained=weights and bool(cfg.pretrained), num_classes=0, **kwargs)
 
 
 def prune_timm_model(model: nn.Module, cfg: EncoderConfig) -> int:
