@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: mmllm {fit,validate,test,predict,export,data,eval,compare,controls,bench,demo} ...
+USAGE = """usage: mmllm {fit,validate,test,predict,export,data,pretrain,eval,compare,controls,bench,demo} ...
 
   fit|validate|test|predict  train and run models through LightningCLI (--config configs/nvlm_d_tiny.yaml);
                              predict writes predictions.jsonl + summary.json (--predictions.dirpath)
   export CKPT DIR            turn a Lightning .ckpt into a save_pretrained folder (MMLLM.from_pretrained)
   data synth|convert|shard   write a synthetic dataset (OCR, chart QA, ASR) / convert a public benchmark /
                              write a training set as parquet shards with its images embedded
+  pretrain llm|tower         make the project's own pretrained tiny LLM / vision tower, once per recipe
+                             (cached under runs/cache or $MMLLM_CACHE; `compare` builds them when a config asks)
   eval                       score a checkpoint on an eval set (predictions.jsonl + summary.json)
   compare                    train NVLM-D, -X and -H under identical conditions and report (--config)
   controls MODEL DATA        score a trained model with the signal taken apart (tiles swapped, images
@@ -76,6 +78,17 @@ def data_command(argv: list[str]) -> None:
               + (f"{len(done.skipped)} ({kinds}; listed in {done.skip_file})" if done.skipped else "none"))
 
 
+def pretrain_command(argv: list[str]) -> None:
+    parts = ("llm", "tower")
+    if not argv or argv[0] not in parts:
+        raise ValueError(f"mmllm pretrain takes one of {', '.join(parts)} (then --help for its options)")
+    if argv[0] == "llm":
+        from mmllm.train.pretrain_llm import main as pretrain_main
+    else:
+        from mmllm.train.pretrain_tower import main as pretrain_main
+    pretrain_main(argv[1:])
+
+
 def export(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Writes the model of `ckpt` (loaded with weights_only=True) to `out` with `save_pretrained`; returns the
     files written. A non-empty `out` is refused unless `overwrite`: another model's files may be there."""
@@ -131,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             run(None if from_sys else [command, *rest])  # None: LightningCLI reads sys.argv itself
         elif command == "data":
             data_command(rest)
+        elif command == "pretrain":
+            pretrain_command(rest)
         elif command == "export":
             export_command(rest)
         elif command == "eval":

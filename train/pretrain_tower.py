@@ -168,7 +168,7 @@ def _line(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     layout's cells (one cell may be blank) in varied faces, sizes and colours; a few glyphs anywhere."""
     style = rng.random()
     if style < 1 / 3:
-        line, text, _, _ = synth._ocr_easy(rng)
+        line, text, _, _ = synth.ocr_easy(rng)
         tiles, (cols, _) = tiling.tile_image(line, size, MAX_TILES)
         per_tile = synth.OCR_EASY_SIZE[0] // synth.OCR_EASY_CELL // cols
         shown = math.ceil(len(text) / per_tile)  # tiles past the text are blank, with nothing to caption
@@ -202,8 +202,8 @@ PROBE_CELLS = {"fonts": CellStyle(0.0, 0.0, 1.0), "colours": CellStyle(0.0, 0.0,
 def _cells(rng: random.Random, chars: str, style: CellStyle) -> Image.Image:
     """`chars` centred in the easy layout's 16 px cells, each a pixel or two off, in `style`."""
     face = synth.OCR_EASY_FONT if rng.random() < style.face else rng.choice(synth.OCR_HARD_FONTS)
-    font = synth._font(face, synth.OCR_EASY_FONT_SIZE if rng.random() < style.size else rng.randint(14, 22))
-    background, colour = ("white", "black") if rng.random() < style.black_on_white else synth._contrasting_colours(rng)
+    font = synth.load_font(face, synth.OCR_EASY_FONT_SIZE if rng.random() < style.size else rng.randint(14, 22))
+    background, colour = ("white", "black") if rng.random() < style.black_on_white else synth.contrasting_colours(rng)
     image = Image.new("RGB", (CANVAS, CANVAS), background)
     draw = ImageDraw.Draw(image)
     for k, char in enumerate(chars):
@@ -214,12 +214,12 @@ def _cells(rng: random.Random, chars: str, style: CellStyle) -> Image.Image:
 
 def _free_text(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     """One to three glyphs anywhere on the tile, in a random face, size and colours."""
-    font = synth._font(rng.choice(synth.OCR_HARD_FONTS), rng.randint(10, 24))
+    font = synth.load_font(rng.choice(synth.OCR_HARD_FONTS), rng.randint(10, 24))
     text = "".join(rng.choices(GLYPHS, k=rng.randint(1, 3)))
     while len(text) > 1 and font.getlength(text) > CANVAS - 2:
         text = text[:-1]
     left, top, right, bottom = font.getbbox(text, anchor="lt")
-    background, colour = synth._contrasting_colours(rng)
+    background, colour = synth.contrasting_colours(rng)
     image = Image.new("RGB", (CANVAS, CANVAS), background)
     x = rng.randint(1, max(1, CANVAS - 1 - right)) - left
     y = rng.randint(1, max(1, CANVAS - 1 - bottom)) - top
@@ -235,19 +235,19 @@ def _chart_tiles(split: str, seed: int, j: int, size: int) -> tuple[tuple[Image.
     rng = random.Random(f"tower-chart/{split}/{seed}/{j}")
     if rng.random() < 0.2:
         kind = rng.choice(synth.CHART_KINDS["hard"])
-        labels, values = synth._chart_data(rng, "hard", kind)
-        chart = synth._figure_image(synth.CHART_SIZE["hard"], lambda fig: synth._hard_chart(fig, rng, kind, labels, values))
+        labels, values = synth.chart_data(rng, "hard", kind)
+        chart = synth.figure_image(synth.CHART_SIZE["hard"], lambda fig: synth.hard_chart(fig, rng, kind, labels, values))
         return ((tiling.tile_image(chart, size, MAX_TILES)[0][-1], " ".join([f"{kind} chart", *labels])),)
-    labels, values = synth._chart_data(rng, "easy", "bar")
+    labels, values = synth.chart_data(rng, "easy", "bar")
     centres: list[float] = []  # each bar's centre as a fraction of the chart's width
 
     def draw(fig: Figure) -> None:
-        synth._easy_bar(fig, labels, values)
+        synth.easy_bar(fig, labels, values)
         ax = fig.axes[0]
         ax.get_xlim()  # settles the autoscaled limits the transform reads
         centres.extend(ax.transData.transform([(x, 0) for x in range(len(values))])[:, 0] / fig.bbox.width)
 
-    tiles, (cols, rows) = tiling.tile_image(synth._figure_image(synth.CHART_SIZE["easy"], draw), size, MAX_TILES)
+    tiles, (cols, rows) = tiling.tile_image(synth.figure_image(synth.CHART_SIZE["easy"], draw), size, MAX_TILES)
     bars = range(len(values))
     shown = [[b for b in bars if int(centres[b] * cols) == k % cols] for k in range(cols * rows)] + [list(bars)]
     return tuple((tile, " ".join(["bar chart", *(f"{labels[b]} {values[b]}" for b in bs)])) for tile, bs in zip(tiles, shown))
@@ -434,7 +434,7 @@ def glyph_tiles(seed: int, n: int, style: str, size: int) -> tuple[Tensor, Tenso
     for i in range(n):
         rng = random.Random(f"tower-probe/{style}/{seed}/{i}")
         if style == "easy":
-            line, text, _, _ = synth._ocr_easy(rng)
+            line, text, _, _ = synth.ocr_easy(rng)
             tile = tiling.tile_image(line, size, MAX_TILES)[0][0]
         else:
             text = "".join(rng.choices(synth.OCR_EASY_CHARS, k=2))

@@ -226,7 +226,7 @@ def _stamp(task: str, n: int, seed: int, level: str, voice: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
     """Matplotlib's bundled DejaVu, laid out by the basic engine so output does not depend on libraqm."""
     return ImageFont.truetype(str(FONT_DIR / name), size, layout_engine=ImageFont.Layout.BASIC)
 
@@ -236,10 +236,10 @@ def _ocr_sample(rng: random.Random, level: str, index: int) -> Sample:
     return Sample(image, OCR_QUESTION, text, {"type": "ocr", "meta": {"font": Path(font).stem, "size": size}})
 
 
-def _ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
+def ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     text = "".join(rng.choices(OCR_EASY_CHARS, k=rng.randint(4, 8)))
     image = Image.new("RGB", OCR_EASY_SIZE, "white")
-    font = _font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE)
+    font = load_font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE)
     draw = ImageDraw.Draw(image)
     for k, char in enumerate(text):
         draw.text((OCR_EASY_CELL * k + OCR_EASY_CELL // 2, OCR_EASY_SIZE[1] // 2), char, fill="black", font=font, anchor="mm")
@@ -249,9 +249,9 @@ def _ocr_easy(rng: random.Random) -> tuple[Image.Image, str, str, int]:
 def _ocr_medium(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     text = "".join(rng.choices(OCR_EASY_CHARS, k=rng.randint(4, 8)))
     name, size = rng.choice(OCR_MEDIUM_FONTS), rng.randint(*OCR_MEDIUM_FONT_SIZE)
-    background, colour = _contrasting_colours(rng)
+    background, colour = contrasting_colours(rng)
     image = Image.new("RGB", OCR_EASY_SIZE, background)
-    font, draw = _font(name, size), ImageDraw.Draw(image)
+    font, draw = load_font(name, size), ImageDraw.Draw(image)
     across, up = OCR_MEDIUM_JITTER
     for k, char in enumerate(text):
         centre = (OCR_EASY_CELL * k + OCR_EASY_CELL // 2 + rng.randint(-across, across),
@@ -263,7 +263,7 @@ def _ocr_medium(rng: random.Random) -> tuple[Image.Image, str, str, int]:
 def _ocr_dense(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     lines = ["".join(rng.choices(OCR_EASY_CHARS, k=OCR_DENSE_CELLS)) for _ in range(OCR_DENSE_LINES)]
     image = Image.new("RGB", (OCR_EASY_CELL * OCR_DENSE_CELLS, OCR_DENSE_ROW * OCR_DENSE_LINES), "white")
-    font, draw = _font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE), ImageDraw.Draw(image)
+    font, draw = load_font(OCR_EASY_FONT, OCR_EASY_FONT_SIZE), ImageDraw.Draw(image)
     for row, line in enumerate(lines):
         for k, char in enumerate(line):
             centre = (OCR_EASY_CELL * k + OCR_EASY_CELL // 2, OCR_DENSE_ROW * row + OCR_DENSE_ROW // 2)
@@ -274,7 +274,7 @@ def _ocr_dense(rng: random.Random) -> tuple[Image.Image, str, str, int]:
 def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     text = _hard_text(rng)
     name, size = rng.choice(OCR_HARD_FONTS), rng.randint(*OCR_HARD_FONT_SIZE)
-    font = _font(name, size)
+    font = load_font(name, size)
     # Ink extent around the text's centre, made symmetric so a rotation about the centre stays inside.
     left, top, right, bottom = font.getbbox(text, anchor="mm")
     half_w, half_h = max(-left, right), max(-top, bottom)
@@ -290,7 +290,7 @@ def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
     mask = Image.new("L", (width, height), 0)
     ImageDraw.Draw(mask).text((width / 2, height / 2), text, fill=255, font=font, anchor="mm")
     mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, center=(width / 2, height / 2))
-    background, colour = _contrasting_colours(rng)
+    background, colour = contrasting_colours(rng)
     image = Image.composite(Image.new("RGB", mask.size, colour), Image.new("RGB", mask.size, background), mask)
     if rng.random() < 0.5:
         noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, rng.uniform(3.0, 10.0), (height, width, 3))
@@ -299,7 +299,7 @@ def _ocr_hard(rng: random.Random) -> tuple[Image.Image, str, str, int]:
 
 
 OCR_LEVELS: dict[str, Callable[[random.Random], tuple[Image.Image, str, str, int]]] = {
-    "easy": _ocr_easy, "medium": _ocr_medium, "hard": _ocr_hard, "dense": _ocr_dense,
+    "easy": ocr_easy, "medium": _ocr_medium, "hard": _ocr_hard, "dense": _ocr_dense,
 }
 
 
@@ -322,7 +322,7 @@ def _hard_text(rng: random.Random) -> str:
     return " ".join(words)
 
 
-def _contrasting_colours(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def contrasting_colours(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(background, text) colours, redrawn until the text is readable against the background."""
     while True:
         background = tuple(rng.randrange(256) for _ in range(3))
@@ -344,16 +344,16 @@ def _luminance(rgb: tuple[int, ...]) -> float:
 def _chart_sample(rng: random.Random, level: str, index: int) -> Sample:
     kinds, types = CHART_KINDS[level], QUESTION_TYPES[level]
     kind, qtype = kinds[index % len(kinds)], types[index % len(types)]
-    labels, values = _chart_data(rng, level, kind)
-    question, answer = _chart_qa(rng, qtype, kind, labels, values)
+    labels, values = chart_data(rng, level, kind)
+    question, answer = chart_qa(rng, qtype, kind, labels, values)
     if level in ("easy", "medium"):
-        image = _figure_image(CHART_SIZE[level], lambda fig: _easy_bar(fig, labels, values))
+        image = figure_image(CHART_SIZE[level], lambda fig: easy_bar(fig, labels, values))
     else:
-        image = _figure_image(CHART_SIZE[level], lambda fig: _hard_chart(fig, rng, kind, labels, values))
+        image = figure_image(CHART_SIZE[level], lambda fig: hard_chart(fig, rng, kind, labels, values))
     return Sample(image, question, answer, {"type": qtype, "chart": kind, "meta": {"labels": labels, "values": values}})
 
 
-def _chart_data(rng: random.Random, level: str, kind: str) -> tuple[list[str], list[int]]:
+def chart_data(rng: random.Random, level: str, kind: str) -> tuple[list[str], list[int]]:
     """Labels and distinct integer values (distinct, so largest/smallest never tie)."""
     if level in ("easy", "medium"):
         # Labels A, B, C... in order: the answers depend only on the bars, which a tiny model can learn.
@@ -365,7 +365,7 @@ def _chart_data(rng: random.Random, level: str, kind: str) -> tuple[list[str], l
     return labels, rng.sample(range(10, 51) if kind == "pie" else range(1, 100), k)
 
 
-def _chart_qa(rng: random.Random, qtype: str, kind: str, labels: list[str], values: list[int]) -> tuple[str, str]:
+def chart_qa(rng: random.Random, qtype: str, kind: str, labels: list[str], values: list[int]) -> tuple[str, str]:
     by_label = dict(zip(labels, values))
     if qtype == "count":
         return f"How many {COUNT_NOUN[kind]} are there?", str(len(values))
@@ -380,7 +380,7 @@ def _chart_qa(rng: random.Random, qtype: str, kind: str, labels: list[str], valu
     return f"What is the difference between {a} and {b}?", str(abs(by_label[a] - by_label[b]))
 
 
-def _figure_image(size: tuple[int, int], draw: Callable[[Figure], None]) -> Image.Image:
+def figure_image(size: tuple[int, int], draw: Callable[[Figure], None]) -> Image.Image:
     """Render on a pyplot-free Agg canvas under the default style and return the pixels as RGB."""
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(size[0] / CHART_DPI, size[1] / CHART_DPI), dpi=CHART_DPI)
@@ -390,7 +390,7 @@ def _figure_image(size: tuple[int, int], draw: Callable[[Figure], None]) -> Imag
         return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-def _easy_bar(fig: Figure, labels: list[str], values: list[int]) -> None:
+def easy_bar(fig: Figure, labels: list[str], values: list[int]) -> None:
     """One colour, no y axis, big labels: the count and the tallest bar are all there is to see."""
     ax = fig.add_axes((0.04, 0.2, 0.92, 0.78))
     x = range(len(values))
@@ -403,7 +403,7 @@ def _easy_bar(fig: Figure, labels: list[str], values: list[int]) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _hard_chart(fig: Figure, rng: random.Random, kind: str, labels: list[str], values: list[int]) -> None:
+def hard_chart(fig: Figure, rng: random.Random, kind: str, labels: list[str], values: list[int]) -> None:
     """Bar (vertical or horizontal), line or pie, in a random palette, every value printed on the chart."""
     colours = matplotlib.colormaps[rng.choice(PALETTES)].colors
     fig.set_layout_engine("constrained", h_pad=0.02, w_pad=0.02)
