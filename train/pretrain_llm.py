@@ -37,8 +37,8 @@ from mmllm.tokenizer import STRUCTURE, load_tokenizer
 
 from .cache import build_once
 from .module import lr_factor
-from .synth import (ASR_QUESTION, ASR_WORDS, CHART_KINDS, LEVELS, OCR_EASY_CHARS, OCR_QUESTION, PROMPT_TEMPLATES,
-                    TITLES, WORDS, _chart_data, _chart_qa)
+from .synth import (ASR_QUESTION, ASR_WORDS, CHART_KINDS, TASK_LEVELS, OCR_EASY_CHARS, OCR_QUESTION, PROMPT_TEMPLATES,
+                    TITLES, WORDS, chart_data, chart_qa)
 
 REPORT_FILE = "pretrain.json"
 # The text the processor writes around an image and around a clip (the tokenizer's first structure tokens).
@@ -184,10 +184,10 @@ def _chart(question_type: str) -> Callable[[random.Random], tuple[str, str]]:
     drawn by the chart set's own data and question makers (easy or hard level, any chart kind)."""
 
     def make(rng: random.Random) -> tuple[str, str]:
-        level = rng.choice(LEVELS)
+        level = rng.choice(TASK_LEVELS["chart"])
         kind = rng.choice(CHART_KINDS[level])
-        labels, values = _chart_data(rng, level, kind)
-        question, answer = _chart_qa(rng, question_type, kind, labels, values)
+        labels, values = chart_data(rng, level, kind)
+        question, answer = chart_qa(rng, question_type, kind, labels, values)
         title = f"{rng.choice(TITLES)}: " if rng.random() < 0.5 else ""
         content = title + ", ".join(f"{label} {value}" for label, value in zip(labels, values))
         return framed(IMAGE_OPEN, content, IMAGE_CLOSE, PROMPT_TEMPLATES["chart"].format(question=question)), answer
@@ -326,7 +326,7 @@ def read_report(folder: str | Path) -> Report:
 def pretrained_llm(recipe: LLMRecipe = LLMRecipe(), root: str | Path | None = None) -> Path:
     """The folder of the LM `recipe` makes, built on first use and found after (under `root`, else
     $MMLLM_CACHE, else runs/cache): what `--model.llm.name_or_path` takes."""
-    sources = [__file__, *(inspect.getsourcefile(f) for f in (_chart_qa, MMLLMProcessor, load_tokenizer, build_llm))]
+    sources = [__file__, *(inspect.getsourcefile(f) for f in (chart_qa, MMLLMProcessor, load_tokenizer, build_llm))]
     return build_once("llm", recipe, lambda folder: pretrain_llm(recipe, folder), sources, root=root)
 
 
