@@ -10,9 +10,12 @@ memory, eval throughput), metrics.json and PNG plots.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,22 +41,42 @@ REPO = Path(__file__).resolve().parents[1]
 def part_config(parts: Parts, out: Path) -> list[Path]:
     """The pretrained parts `parts` asks for, built (or found in the cache), as a fit config file of their own
     (`out`) to go after the fit configs; none when the fit config's own parts are kept."""
-    model: dict = {}
+    from mmllm.train import pretrain_llm, pretrain_tower
+    from mmllm.train.cache import is_built, part_folder
+
+    recipes = {}
     if parts.llm is not None:
-        from mmllm.train.pretrain_llm import LLMRecipe, pretrained_llm
-
-        model["llm"] = {"name_or_path": str(pretrained_llm(LLMRecipe(**parts.llm)))}
+        recipes["llm"] = pretrain_llm.LLMRecipe(**parts.llm)
     if parts.tower is not None:
-        from mmllm.train.pretrain_tower import TowerRecipe, encoder_config, pretrained_tower
-
         recipe = dict(parts.tower)
         if isinstance(recipe.get("encoder"), dict):
             recipe["encoder"] = EncoderConfig(**recipe["encoder"])
-        model["encoder"] = asdict(encoder_config(pretrained_tower(TowerRecipe(**recipe))))
-    if not model:
+        recipes["tower"] = pretrain_tower.TowerRecipe(**recipe)
+    if not recipes:
         return []
+    made = {"llm": (pretrain_llm.pretrained_llm, pretrain_llm.SOURCES),
+            "tower": (pretrain_tower.pretrained_tower, pretrain_tower.SOURCES)}
+    folders = {name: part_folder(name, recipe, made[name][1]) for name, recipe in recipes.items()}
+    missing = {name: (made[name][0], recipe) for name, recipe in recipes.items() if not is_built(folders[name])}
+    if missing:
+        folders.update(built_side_by_side(missing))
+    model: dict = {}
+    if "llm" in folders:
+        model["llm"] = {"name_or_path": str(folders["llm"])}
+    if "tower" in folders:
+        model["encoder"] = asdict(pretrain_tower.encoder_config(folders["tower"]))
     write_text_atomic(out, yaml.safe_dump({"model": model}, sort_keys=False))
     return [out]
+
+
+def built_side_by_side(builds: dict[str, tuple]) -> dict[str, Path]:
+    """Each `(build, recipe)` run in a process of its own, all at once, the cores shared out between them: the
+    parts are single-process trainings of tiny models, so two of them on two cores take about the time of one."""
+    threads = max(1, (os.cpu_count() or 1) // len(builds))
+    with ProcessPoolExecutor(len(builds), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {name: pool.submit(build, recipe) for name, (build, recipe) in builds.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def synthesise_all(sets: list[DataSet], root: Path, scale: float) -> dict[str, Path]:

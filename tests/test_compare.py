@@ -1,5 +1,6 @@
 import json
 import pytest
+import torch
 
 from mmllm.eval.compare import compare
 from mmllm.eval.comparison import DataSet
@@ -147,3 +148,37 @@ def test_a_variant_can_bring_its_own_protocol_and_configs_write_variants_either_
         main(["--config", str(config), "--print_config"])
     printed = capsys.readouterr().out
     assert "- --model.processor.tile_tag=1d" in printed and "name: joint" in printed and "max_steps: 5" in printed
+
+
+def test_parts_are_built_side_by_side_once_and_every_stage_starts_from_them(tmp_path, monkeypatch):
+    """The pretrained parts reach each stage as real ones would: the LLM folder as llm.name_or_path, the tower's
+    weights file as encoder.pretrained; a second comparison finds them in the cache."""
+    from safetensors.torch import load_file
+
+    from mmllm.eval.comparison import Parts, Stage
+
+    monkeypatch.setenv("MMLLM_CACHE", str(tmp_path / "cache"))
+    llm = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "max_position_embeddings": 256}
+    tower = {"feature_layer": -1, "options": {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [32, 16]}}
+    parts = Parts(llm={"steps": 2, "batch_size": 2, "copy_docs": 0, "heldout_docs": 2, "heldout_prompts": 1,
+                       "options": llm},
+                  tower={"steps": 2, "batch_size": 8, "chart_renders": 2, "heldout": 4, "candidates": 2,
+                         "probe_train": 8, "probe_test": 4, "embed_dim": 16, "text_width": 16, "encoder": tower})
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    stages = [Stage("connector", ["--model.stage=pretrain", "--model.train_encoder=false"], max_steps=1)]
+    compare(archs=["nvlm_h"], out=str(tmp_path / "a"), tile_sweep_batch=0, fit_overrides=["--data.batch_size=4"],
+            stages=stages, parts=parts, curve_items=0, **sets)
+    built = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    assert built == ["llm", "tower"]
+    saved = json.loads((tmp_path / "a" / "runs" / "nvlm_h-seed0" / "model" / "config.json").read_text())["mmllm"]
+    assert saved["llm"]["name_or_path"].startswith(str(tmp_path / "cache" / "llm-"))
+    assert saved["encoder"]["pretrained"].startswith(str(tmp_path / "cache" / "tower-"))
+    # Stage 1 froze both parts: the model's tower and LLM are the pretrained ones, bit for bit.
+    model = load_file(tmp_path / "a" / "runs" / "nvlm_h-seed0" / "model" / "model.safetensors")
+    llm = load_file(next((tmp_path / "cache").glob("llm-*/model.safetensors")))
+    assert all(torch.equal(model["llm." + k], v) for k, v in llm.items() if "llm." + k in model)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
+    compare(archs=["nvlm_h"], out=str(tmp_path / "b"), tile_sweep_batch=0, fit_overrides=["--data.batch_size=4"],
+            stages=stages, parts=parts, curve_items=0, **sets)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == stamps

@@ -39,18 +39,27 @@ def recipe_key(recipe: Any, sources: Sequence[str | Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_once(kind: str, recipe: Any, build: Callable[[Path], None], sources: Sequence[str | Path],
+def part_folder(kind: str, recipe: Any, sources: Sequence[str | Path], root: str | Path | None = None) -> Path:
+    """Where the part of `kind` made from `recipe` lives, built or not (`is_built`)."""
+    return cache_root(root) / f"{kind}-{recipe_key(recipe, sources)}"
+
+
+def is_built(folder: Path) -> bool:
+    return (folder / RECIPE_FILE).is_file()
+
+
+def build_once(kind: str, recipe: Any, build: Callable[[Path], object], sources: Sequence[str | Path],
                root: str | Path | None = None) -> Path:
     """The finished folder of `kind` made from `recipe`, calling `build(folder)` only when none exists yet.
 
     `sources` are the files whose code decides what `build` makes (its module, the data generator): editing
     one of them changes the key."""
-    root = cache_root(root)
+    folder = part_folder(kind, recipe, sources, root)
+    root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"{kind}-{recipe_key(recipe, sources)}"
     with open(root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        if (folder / RECIPE_FILE).is_file():
+        if is_built(folder):
             return folder
         if folder.exists():  # no recipe file: not ours to trust (a copy made by hand, a tool's leftovers)
             shutil.rmtree(folder)

@@ -323,11 +323,15 @@ def read_report(folder: str | Path) -> Report:
     return Report(**{**data, "recipe": LLMRecipe(**data["recipe"])})
 
 
+# The code that decides what the LM becomes: this module, the chart questions, the processor's encoding, the tokenizer,
+# the LM's construction. Editing one of them builds the part again.
+SOURCES = [__file__, *(inspect.getsourcefile(f) for f in (chart_qa, MMLLMProcessor, load_tokenizer, build_llm))]
+
+
 def pretrained_llm(recipe: LLMRecipe = LLMRecipe(), root: str | Path | None = None) -> Path:
     """The folder of the LM `recipe` makes, built on first use and found after (under `root`, else
     $MMLLM_CACHE, else runs/cache): what `--model.llm.name_or_path` takes."""
-    sources = [__file__, *(inspect.getsourcefile(f) for f in (chart_qa, MMLLMProcessor, load_tokenizer, build_llm))]
-    return build_once("llm", recipe, lambda folder: pretrain_llm(recipe, folder), sources, root=root)
+    return build_once("llm", recipe, lambda folder: pretrain_llm(recipe, folder), SOURCES, root=root)
 
 
 # ------------------------------------------------------------------------------------------------ command

@@ -510,11 +510,13 @@ def pretrain_tower(recipe: TowerRecipe, out: Path) -> Report:
     return report
 
 
+SOURCES = [__file__, synth.__file__, tiling.__file__]  # the code that decides what the tower becomes
+
+
 def pretrained_tower(recipe: TowerRecipe = TowerRecipe(), root: str | Path | None = None) -> Path:
     """The folder of the tower `recipe` makes (model.safetensors, encoder.json, pretrain.json), built on first use
     and found again after (`build_once`); `encoder_config(folder)` is how a model takes it."""
-    sources = [__file__, synth.__file__, tiling.__file__]
-    return build_once("tower", recipe, lambda folder: pretrain_tower(recipe, folder), sources, root=root)
+    return build_once("tower", recipe, lambda folder: pretrain_tower(recipe, folder), SOURCES, root=root)
 
 
 def main(argv: list[str] | None = None) -> int:
