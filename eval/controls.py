@@ -113,7 +113,7 @@ def controls(model: MMLLM, data: str | Path, batch_size: int = 32, limit: int | 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="mmllm controls", description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a save_pretrained folder (e.g. runs/demo/runs/nvlm_x-seed0/model)")
+    parser.add_argument("model", help="a save_pretrained folder (e.g. runs/demo/runs/nvlm_x-seed0/sft/model)")
     parser.add_argument("data", help="an OCR eval folder with items.jsonl (e.g. runs/demo/data/ocr-easy-test)")
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
