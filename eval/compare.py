@@ -194,7 +194,7 @@ def compare(
         test: held-out test sets with the eval task that scores them.
         out: output folder (data, runs, report).
         data_scale: multiply every set's size (smoke runs).
-        tile_sweep_batch: batch size of the step-time sweep over 1..max tiles (0 skips the sweep).
+        tile_sweep_batch: batch size of the step-cost sweep (time and counted FLOPs) over 1..max tiles (0 skips the sweep).
         fit_overrides: extra `mmllm fit` arguments for every run, e.g. ["--data.batch_size=8"].
         variants: name -> a `Variant` (or its argument list); every arch and seed runs once per variant (e.g.
             {"1d": ["--model.processor.tile_tag=1d"], "none": ["--model.processor.tile_tag=none"]}), in every stage.

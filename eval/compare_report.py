@@ -71,7 +71,7 @@ def plot_curves(by_arch: dict[str, list[Run]], test: list[DataSet], report: Path
 
 def findings_section(runs: list[Run], test: list[DataSet]) -> str:
     """For each variant: whether each of the paper's findings holds here, with the paired differences behind it
-    (OCR: the mean exact match over the OCR test sets; cost: the train step time at the most tiles)."""
+    (OCR: the mean exact match over the OCR test sets; cost: the counted FLOPs of a train step at the most tiles)."""
     ocr = [s.name for s in test if s.eval == "ocr"]
     parts = []
     for variant in dict.fromkeys(r.variant for r in runs):
@@ -81,7 +81,7 @@ def findings_section(runs: list[Run], test: list[DataSet]) -> str:
             if ocr:
                 measures[OCR_MEASURE].setdefault(r.arch, {})[key] = 100 * statistics.fmean(r.scores[n] for n in ocr)
             if r.sweep:
-                measures[COST_MEASURE].setdefault(r.arch, {})[key] = 1000 * r.sweep[-1]["step_s"]
+                measures[COST_MEASURE].setdefault(r.arch, {})[key] = r.sweep[-1]["step_flops"] / 1e9
         rows = [[v.finding, v.holds, "; ".join(e.describe() for e in v.effects)] for v in verdicts(measures)]
         if rows:
             title = f" ({variant})" if variant else ""
@@ -140,9 +140,11 @@ def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
     table += controls_table(by_arch, test) + findings_section(runs, test)
     if success:
         table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
-    sweep_rows = [[k + 1] + [f"{sweeps[a][k]['decoder_len']} / {sweeps[a][k]['step_s'] * 1000:.0f} ms" for a in archs]
+    sweep_rows = [[k + 1] + [f"{row['decoder_len']} / {row['step_flops'] / 1e9:.2f} / {row['step_s'] * 1000:.0f} ms"
+                             for row in (sweeps[a][k] for a in archs)]
                   for k in range(len(next(iter(sweeps.values()))))] if sweeps else []
-    sweep_table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step" for a in archs], sweep_rows)
+    sweep_table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step GFLOPs / step time" for a in archs],
+                                 sweep_rows)
     plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
               report / "accuracy.png", "score per test set", "score")
     plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",

@@ -145,10 +145,13 @@ def step_time(model: MMLLM, n_tiles: int, batch_size: int = 4, repeats: int = 3)
 
 
 def tile_sweep(model: MMLLM, max_tiles: int, batch_size: int = 4) -> list[dict]:
-    """Decoder length and train-step time as the tile count grows from 1 to max_tiles."""
+    """Decoder length, train-step time and counted train-step FLOPs as the tile count grows from 1 to max_tiles.
+    The FLOPs are exact for the shape, so the cost findings do not hang on a shared CPU's timing noise."""
     was_training = model.training
     model.train()
-    rows = [{"tiles": k, "decoder_len": decoder_length(model, k), "step_s": step_time(model, k, batch_size)}
+    device = next(model.parameters()).device
+    rows = [{"tiles": k, "decoder_len": decoder_length(model, k), "step_s": step_time(model, k, batch_size),
+             "step_flops": step_flops(model, our_inputs(train_batch(model, k, batch_size), device))}
             for k in range(1, max_tiles + 1)]
     model.train(was_training)
     return rows
