@@ -226,8 +226,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """`mmllm bench`: parse the options, measure, print the tables and write the report; returns bench.json."""
+def options() -> argparse.ArgumentParser:
+    """`mmllm bench`'s options."""
     parser = argparse.ArgumentParser(
         prog="mmllm bench",
         description="Train-step time, generation tokens/s and peak memory of NVLM-D, -X and -H (and of "
@@ -255,6 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also measure LLaVA (next to D) and Mllama (next to X)")
     parser.add_argument("--out", default="runs/bench",
                         help="folder for bench.json, bench.md and plots (default runs/bench)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked against each other and the machine."""
+    parser = options()
     args = parser.parse_args(argv)
     for name, values, valid in (("size", args.sizes, SIZES), ("arch", args.archs, ARCHS)):
         bad = [v for v in values if v not in valid]
@@ -265,7 +271,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--tiles {tiles} must lie in 1..--max_tiles {args.max_tiles}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    device = torch.device(args.device)
+    args.tiles = tiles
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`mmllm bench`: parse the options, measure, print the tables and write the report; returns bench.json."""
+    args = parse_args(argv)
+    tiles, device = args.tiles, torch.device(args.device)
     start = time.perf_counter()
     result = bench(args.sizes, args.archs, tiles, args.max_tiles, args.batch, args.steps, args.new_tokens, device,
                    args.peers, args.peak_tflops)

@@ -112,42 +112,54 @@ def train_and_score(arch: str, variant: str, seed: int, fit_configs: list[Path],
     reset_peak_memory(device)
     for earlier in ("curve", "tiles"):  # scores of an earlier model in this folder
         shutil.rmtree(out / earlier, ignore_errors=True)
-    start, weights = time.perf_counter(), None
+    start = time.perf_counter()
+    module = fit_stages(args, stages, out, overrides, record)
+    elapsed, peak = time.perf_counter() - start, peak_memory_mb(device)
+    model = module.model
+    run = Run(arch, variant, seed, {}, sum(p.numel() for p in module.parameters()),
+              sum(p.numel() for p in module.parameters() if p.requires_grad),  # in the last stage
+              statistics.mean(_prompt_lengths(model, folders[test[0].name]) if test else [0]),
+              elapsed / max(1, record.steps), peak, 0.0, record.losses, curve=record.points)
+    score_run(run, model, test, folders, out, items)
+    return run, model
+
+
+def fit_stages(args: list[str], stages: list[Stage], out: Path, overrides: list[str], record: TrainingRecord):
+    """`mmllm fit` once per stage, each from the model the one before it saved; returns the last stage's module
+    (its model in eval mode)."""
+    weights = None
     for stage in stages:
         stage_dir = out / stage.name if len(stages) > 1 else out
         stage_args = [f"--trainer.default_root_dir={stage_dir / 'train'}", *stage.args, *overrides]
         stage_args += [f"--trainer.max_steps={stage.max_steps}"] if stage.max_steps else []
         stage_args += [f"--model.init_from={weights}"] if weights else []
         record.stage = stage.name
-        cli = run_cli(args + stage_args, extra_callbacks=[record])
-        module = cli.model
-        model = module.model.eval()
+        module = run_cli(args + stage_args, extra_callbacks=[record]).model
+        module.model.eval()
         weights = stage_dir / "model"
-        model.save_pretrained(weights)
-    steps = record.steps
-    elapsed = time.perf_counter() - start
-    peak = peak_memory_mb(device)
-    scores, rates, cer = {}, [], {}
+        module.model.save_pretrained(weights)
+    return module
+
+
+def score_run(run: Run, model, test: list[DataSet], folders: dict[str, Path], out: Path, items: int) -> None:
+    """Fills `run`'s scores: every test set in full, the swept ones again at each tile budget (their first `items`),
+    and the controls on the first OCR test set."""
+    rates = []
     shutil.rmtree(out / "eval", ignore_errors=True)  # a freshly trained model: earlier predictions are not its own
     for s in test:
         summary = evaluate(model, s.eval, folders[s.name], out / "eval" / s.name, batch_size=16)
-        scores[s.name] = summary["score"]
+        run.scores[s.name] = summary["score"]
         rates.append(summary["items_per_s"] or 0.0)
         if s.eval == "ocr":
-            cer[s.name] = summary["corpus_cer"]
-    tile_scores = {s.name: [evaluate(model, s.eval, folders[s.name], out / "tiles" / f"{k}" / s.name, batch_size=16,
-                                     limit=items or None, max_tiles=k)["score"]
-                            for k in range(1, model.config.processor.max_tiles + 1)] for s in test if s.sweep_tiles}
+            run.cer[s.name] = summary["corpus_cer"]
+    run.eval_items_per_s = statistics.mean(rates) if rates else 0.0
+    run.tile_scores = {s.name: [evaluate(model, s.eval, folders[s.name], out / "tiles" / f"{k}" / s.name,
+                                         batch_size=16, limit=items or None, max_tiles=k)["score"]
+                                for k in range(1, model.config.processor.max_tiles + 1)]
+                       for s in test if s.sweep_tiles}
     ocr = next((s for s in test if s.eval == "ocr"), None)
-    controls = {row["control"]: row["exact_match"]
-                for row in run_controls(model, folders[ocr.name], batch_size=16, limit=items or None)} if ocr else {}
-    lengths = _prompt_lengths(model, folders[test[0].name]) if test else [0]
-    n_params = sum(p.numel() for p in module.parameters())
-    n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)  # in the last stage
-    run = Run(arch, variant, seed, scores, n_params, n_train, statistics.mean(lengths), elapsed / max(1, steps), peak,
-              statistics.mean(rates) if rates else 0.0, record.losses, cer, curve=record.points, tile_scores=tile_scores,
-              controls=controls)
-    return run, model
+    run.controls = {row["control"]: row["exact_match"]
+                    for row in run_controls(model, folders[ocr.name], batch_size=16, limit=items or None)} if ocr else {}
 
 
 def _prompt_lengths(model, folder: Path, limit: int = 32) -> list[int]:
@@ -212,16 +224,12 @@ def compare(
     names = [fit_config] if isinstance(fit_config, str) else fit_config
     configs = [Path(c) if Path(c).is_file() else REPO / c for c in names]
     train, val, test = train or [], val or [], test or []
-    unknown = sorted(set(success or {}) - {s.name for s in test})
-    if unknown or not all(0 <= t <= 1 for t in (success or {}).values()):
-        raise ValueError(f"success must map test sets ({[s.name for s in test]}) to thresholds in [0, 1], got "
-                         f"{success}")
+    check_success(success, test)
     drawn = {k: (redrawn(train, k), redrawn(val, k)) for k in data_seeds}
     folders = synthesise_all([*{s.name: s for t, v in drawn.values() for s in t + v}.values(), *test],
                              out_dir / "data", data_scale)
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
-    runs = []
     variants = {name: v if isinstance(v, Variant) else Variant(list(v)) for name, v in (variants or {"": []}).items()}
     part_configs = {name: part_config(v.parts if v.parts is not None else parts or Parts(),
                                       out_dir / "parts" / f"{name or 'parts'}.yaml") for name, v in variants.items()}
@@ -229,6 +237,8 @@ def compare(
         print(f"[compare] pretrained parts ready in {time.perf_counter() - t0:.0f}s: "
               + ", ".join(str(c) for cs in part_configs.values() for c in cs))
     stages = with_budget(stages or [Stage("train")], max_steps)
+    protocols = {name: with_budget(v.stages, max_steps) if v.stages else stages for name, v in variants.items()}
+    runs = []
     for arch in archs:
         for v_index, (variant, spec) in enumerate(variants.items()):
             for data_seed in data_seeds:
@@ -236,30 +246,38 @@ def compare(
                     label = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
                     run_dir = out_dir / "runs" / "-".join(p for p in label if p)
                     run, model = train_and_score(arch, variant, seed, configs + part_configs[variant], folders,
-                                                 *drawn[data_seed], test,
-                                                 with_budget(spec.stages, max_steps) if spec.stages else stages, run_dir,
-                                                 (fit_overrides or []) + spec.args,
-                                                 (curve_every, curve_items))
+                                                 *drawn[data_seed], test, protocols[variant], run_dir,
+                                                 (fit_overrides or []) + spec.args, (curve_every, curve_items))
                     run.data_seed = data_seed
                     if tile_sweep_batch:  # every run's, so the cost findings have an interval over the seeds
                         run.sweep = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
                     runs.append(run)
                     print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "
                           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
-                    if seed != seeds[0] or data_seed != data_seeds[0] or v_index:
-                        continue
-                    for s in test:
-                        plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
-                                     out_dir / "report" / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
-                                     lower_is_better=TASKS[s.eval].lower_is_better)
-    steps = max(len(r.losses) for r in runs)
-    timing = {"steps": steps, "total_s": round(time.perf_counter() - t0, 1),
-              "protocol": protocol_text(stages) + "".join(f"; {name}: {protocol_text(with_budget(v.stages, max_steps))}"
+                    if not v_index and seed == seeds[0] and data_seed == data_seeds[0]:
+                        plot_first_samples(arch, run_dir, test, folders, out_dir / "report")
+    timing = {"steps": max(len(r.losses) for r in runs), "total_s": round(time.perf_counter() - t0, 1),
+              "protocol": protocol_text(stages) + "".join(f"; {name}: {protocol_text(protocols[name])}"
                                                           for name, v in variants.items() if v.stages)}
     table = write_report(runs, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")
     return table
+
+
+def check_success(success: dict[str, float] | None, test: list[DataSet]) -> None:
+    unknown = sorted(set(success or {}) - {s.name for s in test})
+    if unknown or not all(0 <= t <= 1 for t in (success or {}).values()):
+        raise ValueError(f"success must map test sets ({[s.name for s in test]}) to thresholds in [0, 1], got "
+                         f"{success}")
+
+
+def plot_first_samples(arch: str, run_dir: Path, test: list[DataSet], folders: dict[str, Path], report: Path) -> None:
+    """Each test set's first predictions beside their images, for an arch's first run."""
+    for s in test:
+        plot_samples(run_dir / "eval" / s.name / "predictions.jsonl", folders[s.name],
+                     report / f"samples-{arch}-{s.name}.png", title=f"{arch}: {s.name}",
+                     lower_is_better=TASKS[s.eval].lower_is_better)
 
 
 def main(argv: list[str]) -> None:

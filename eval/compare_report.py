@@ -117,13 +117,39 @@ def plot_tile_scores(by_arch: dict[str, list[Run]], report: Path) -> list[str]:
 
 def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
                  success: dict[str, float] | None = None) -> str:
+    """report.md, metrics.json and the plots under `out/report`; returns the tables printed on the console."""
     report = out / "report"
     sweeps = {}  # the first run of each arch (its first variant and seed): the cost table and plots
     for r in runs:
         if r.sweep:
             sweeps.setdefault(r.arch, r.sweep)
-    archs = list(dict.fromkeys(r.arch for r in runs))
     by_arch = {a: [r for r in runs if r.label == a] for a in dict.fromkeys(r.label for r in runs)}
+    table = scores_table(by_arch, test) + controls_table(by_arch, test) + findings_section(runs, test)
+    if success:
+        table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
+    plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
+              report / "accuracy.png", "score per test set", "score")
+    plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
+               "step", "loss", log=True)
+    sweep_table, sweep_plots = cost_section(sweeps, report)
+    write_json(report / "metrics.json",
+               {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
+                "timing": timing})
+    pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + plot_tile_scores(
+        by_arch, report) + sweep_plots + sorted(p.name for p in report.glob("samples-*.png"))
+    write_text_atomic(report / "report.md",
+        "# mmllm compare: NVLM-D vs NVLM-X vs NVLM-H\n\n"
+        f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each ({timing['protocol']}). "
+        "Scores are mean ± std "
+        "over the runs (seeds, and data seeds) when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
+        + sweep_table + "\n\n" + "".join(f"![{p}]({p})\n\n" for p in pictures)
+        + f"Total time {timing['total_s']} s.\n"
+    )
+    return table
+
+
+def scores_table(by_arch: dict[str, list[Run]], test: list[DataSet]) -> str:
+    """A row per arch (and variant): each test set's score and each OCR set's CER (mean ± std), sizes and costs."""
     ocr = [s for s in test if s.eval == "ocr"]
     header = ["arch"] + [f"{s.name} ({TASKS[s.eval].metric}, %{', lower is better' * TASKS[s.eval].lower_is_better})"
                          for s in test] + [f"{s.name} CER" for s in ocr] + [
@@ -136,36 +162,20 @@ def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
             f"{rs[0].params:,}", f"{rs[0].trainable:,}", f"{statistics.mean(r.decoder_tokens for r in rs):.0f}",
             f"{statistics.mean(r.step_s for r in rs):.3f}", f"{max(peak):.0f}" if peak else "n/a",
             f"{statistics.mean(r.eval_items_per_s for r in rs):.1f}"])
-    table = markdown_table(header, rows)
-    table += controls_table(by_arch, test) + findings_section(runs, test)
-    if success:
-        table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
-    sweep_rows = [[k + 1] + [f"{row['decoder_len']} / {row['step_flops'] / 1e9:.2f} / {row['step_s'] * 1000:.0f} ms"
-                             for row in (sweeps[a][k] for a in archs)]
-                  for k in range(len(next(iter(sweeps.values()))))] if sweeps else []
-    sweep_table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step GFLOPs / step time" for a in archs],
-                                 sweep_rows)
-    plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
-              report / "accuracy.png", "score per test set", "score")
-    plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
-               "step", "loss", log=True)
-    if sweeps:
-        plot_lines({a: [(row["tiles"], row["decoder_len"]) for row in rows_] for a, rows_ in sweeps.items()},
-                   report / "decoder_tokens_vs_tiles.png", "decoder length", "tiles (+ thumbnail when > 1)", "tokens")
-        plot_lines({a: [(row["tiles"], row["step_s"]) for row in rows_] for a, rows_ in sweeps.items()},
-                   report / "step_time_vs_tiles.png", "train step time (batch 4)", "tiles (+ thumbnail when > 1)", "s")
-    write_json(report / "metrics.json",
-               {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
-                "timing": timing})
-    pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + plot_tile_scores(by_arch, report) + (
-        ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"] if sweeps else [])
-    samples = sorted(p.name for p in report.glob("samples-*.png"))
-    write_text_atomic(report / "report.md",
-        "# mmllm compare: NVLM-D vs NVLM-X vs NVLM-H\n\n"
-        f"Same encoder, LLM, tokenizer, data and seeds; {timing['steps']} steps each ({timing['protocol']}). "
-        "Scores are mean ± std "
-        "over the runs (seeds, and data seeds) when there is more than one.\n\n" + table + "\n\n## Cost as the tile count grows\n\n"
-        + sweep_table + "\n\n" + "".join(f"![{p}]({p})\n\n" for p in pictures + samples)
-        + f"Total time {timing['total_s']} s.\n"
-    )
-    return table
+    return markdown_table(header, rows)
+
+
+def cost_section(sweeps: dict[str, list[dict]], report: Path) -> tuple[str, list[str]]:
+    """The tile sweep as a table (decoder tokens, counted step FLOPs, step time per tile count) and its plots."""
+    if not sweeps:
+        return markdown_table(["tiles"], []), []
+    archs = list(sweeps)
+    rows = [[k + 1] + [f"{row['decoder_len']} / {row['step_flops'] / 1e9:.2f} / {row['step_s'] * 1000:.0f} ms"
+                       for row in (sweeps[a][k] for a in archs)]
+            for k in range(len(next(iter(sweeps.values()))))]
+    table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step GFLOPs / step time" for a in archs], rows)
+    plot_lines({a: [(row["tiles"], row["decoder_len"]) for row in rows_] for a, rows_ in sweeps.items()},
+               report / "decoder_tokens_vs_tiles.png", "decoder length", "tiles (+ thumbnail when > 1)", "tokens")
+    plot_lines({a: [(row["tiles"], row["step_s"]) for row in rows_] for a, rows_ in sweeps.items()},
+               report / "step_time_vs_tiles.png", "train step time (batch 4)", "tiles (+ thumbnail when > 1)", "s")
+    return table, ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"]

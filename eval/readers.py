@@ -365,20 +365,46 @@ def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | 
     else:
         raise FileNotFoundError(f"no {fmt} annotations in {src}: expected {', or '.join(map(_expected, layouts))}")
     folder, files = found
+    names = [path.relative_to(src).as_posix() for path, _ in files]
+    placer = _Images(_image_dirs(fmt, layout, folder, src, images), out)
+    items, skipped = _read_records(fmt, layout, files, names, placer)
+    result = Conversion(fmt, len(items), skipped, out, names)
+    if skipped:  # also when the conversion fails below: the list says why
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(result.skip_file, [asdict(skip) for skip in skipped])
+    if not items:  # an empty items.jsonl would only fail later, far from the cause
+        raise ValueError(f"wrote no items: {len(skipped)} skipped"
+                         + (f"; first: {skipped[0]} (all in {result.skip_file})" if skipped
+                            else f" (no records in {folder})"))
+    total = len(items) + len(skipped)
+    if len(skipped) > max_skipped * total:
+        raise ValueError(f"{len(skipped)} of {total} records skipped ({len(skipped) / total:.1%}), over max_skipped "
+                         f"{max_skipped:.1%}; items.jsonl not written; first: {skipped[0]} "
+                         f"(all in {result.skip_file}; --max_skipped 1 keeps the rest)")
+    if not skipped:
+        result.skip_file.unlink(missing_ok=True)  # an earlier run's list would describe another conversion
+    write_jsonl(out / "items.jsonl", items)
+    return result
+
+
+def _image_dirs(fmt: str, layout: Layout, folder: Path, src: Path, images: str | Path | None) -> tuple[Path, ...]:
+    """Where the layout's images are looked for: beside its annotations, or the folder the user named."""
     if images is None:
-        dirs = tuple(Path(os.path.normpath(folder / d)) for d in layout.image_dirs)
-    elif not layout.image_dirs:
+        return tuple(Path(os.path.normpath(folder / d)) for d in layout.image_dirs)
+    if not layout.image_dirs:
         raise ValueError(f"the {fmt} source in {src} embeds its images: an image folder does not apply")
-    elif not Path(images).is_dir():
+    if not Path(images).is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
-    else:
-        dirs = (Path(images),)
-    placer = _Images(dirs, out)
+    return (Path(images),)
+
+
+def _read_records(fmt: str, layout: Layout, files: list, names: list[str],
+                  placer: _Images) -> tuple[list[dict[str, Any]], list[Skip]]:
+    """Every record of the annotation files as an item, or as a `Skip` that names it and says what is wrong."""
     items: list[dict[str, Any]] = []
     skipped: list[Skip] = []
     seen: set[str] = set()
     positions: Counter[str] = Counter()  # per tag, across the shards of one split
-    names = [path.relative_to(src).as_posix() for path, _ in files]
     for (path, tag), name in zip(files, names):
         for index, record in enumerate(progress(layout.read(path), f"convert {name}", "record")):
             # Until the record's own id is known, it is named by its place in the source file.
@@ -399,23 +425,7 @@ def _convert(fmt: str, layouts: tuple[Layout, ...], src: str | Path, out: str | 
                 continue
             items.append({"id": label, "image": image, "question": fields.question, "answers": fields.answers,
                           **fields.task})
-    result = Conversion(fmt, len(items), skipped, out, names)
-    if skipped:  # also when the conversion fails below: the list says why
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(result.skip_file, [asdict(skip) for skip in skipped])
-    if not items:  # an empty items.jsonl would only fail later, far from the cause
-        raise ValueError(f"wrote no items: {len(skipped)} skipped"
-                         + (f"; first: {skipped[0]} (all in {result.skip_file})" if skipped
-                            else f" (no records in {folder})"))
-    total = len(items) + len(skipped)
-    if len(skipped) > max_skipped * total:
-        raise ValueError(f"{len(skipped)} of {total} records skipped ({len(skipped) / total:.1%}), over max_skipped "
-                         f"{max_skipped:.1%}; items.jsonl not written; first: {skipped[0]} "
-                         f"(all in {result.skip_file}; --max_skipped 1 keeps the rest)")
-    if not skipped:
-        result.skip_file.unlink(missing_ok=True)  # an earlier run's list would describe another conversion
-    write_jsonl(out / "items.jsonl", items)
-    return result
+    return items, skipped
 
 
 READERS: dict[str, Callable[..., Conversion]] = {
