@@ -8,7 +8,8 @@ from mmllm.config import EncoderConfig
 from mmllm.encoders import build_encoder
 from mmllm.train.cache import RECIPE_FILE
 from mmllm.train.pretrain_tower import (ENCODER_FILE, REPORT_FILE, WEIGHTS, Report, TowerRecipe, encoder_config,
-                                        make_pair, normalise, pretrained_tower, retrieval, save_tower, train_tower)
+                                        main, make_pair, normalise, pretrained_tower, retrieval, save_tower,
+                                        train_tower)
 
 # Seconds, not minutes: a narrower tower and caption encoder, few pairs and steps.
 TINY = TowerRecipe(steps=150, batch_size=64, chart_renders=16, lr=3e-3, warmup_steps=5, embed_dim=32, text_width=32,
@@ -83,3 +84,21 @@ def test_pretrained_tower_builds_once_and_then_reuses_its_folder(tmp_path):
     made = (folder / WEIGHTS).stat().st_mtime_ns
     assert pretrained_tower(recipe, root=tmp_path) == folder and (folder / WEIGHTS).stat().st_mtime_ns == made
     assert pretrained_tower(replace(recipe, seed=1), root=tmp_path) != folder
+
+
+def test_the_command_takes_every_recipe_field_nested_ones_too_and_says_where_the_tower_is(tmp_path, capsys):
+    args = ["--root", str(tmp_path), "--steps", "2", "--batch_size", "16", "--chart_renders", "4", "--embed_dim", "32",
+            "--text_width", "32", "--heldout", "32", "--candidates", "8", "--probe_train", "16", "--probe_test", "8",
+            "--encoder.options", '{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [32, 16]}']
+    report = main(args)
+    out = capsys.readouterr().out
+    assert f"tower: {tmp_path}" in out and "retrieval top-1" in out and "glyph probe" in out
+    assert report.recipe.encoder.options["depth"] == 1 and report.recipe.steps == 2
+    assert report.recipe == replace(TowerRecipe(), steps=2, batch_size=16, chart_renders=4, embed_dim=32,
+                                    text_width=32, heldout=32, candidates=8, probe_train=16, probe_test=8,
+                                    encoder=replace(TowerRecipe().encoder, options=report.recipe.encoder.options))
+    out_folder = tmp_path / "new"
+    assert main([*args, "--out", str(out_folder)]).recipe == report.recipe and (out_folder / WEIGHTS).is_file()
+    with pytest.raises(SystemExit):
+        main(["--steps", "x"])
+    assert "steps" in capsys.readouterr().err

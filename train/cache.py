@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mmllm.jsonl import write_json
 
@@ -31,11 +32,18 @@ def cache_root(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get(CACHE_ENV) or DEFAULT_ROOT)
 
 
+# Libraries whose version can change the bits a recipe trains to (their kernels, their model code).
+KEYED_PACKAGES = ("torch", "transformers", "timm")
+
+
 def recipe_key(recipe: Any, sources: Sequence[str | Path]) -> str:
-    """A short hash of the recipe (a dataclass or JSON value) and of the builder's source files."""
+    """A short hash of the recipe (a dataclass or JSON value), of the builder's source files and of the versions
+    of the libraries that run it."""
     digest = hashlib.sha256(json.dumps(_plain(recipe), sort_keys=True).encode())
     for source in sources:
         digest.update(Path(source).read_bytes())
+    for package in KEYED_PACKAGES:
+        digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -75,3 +83,36 @@ def build_once(kind: str, recipe: Any, build: Callable[[Path], object], sources:
 
 def _plain(recipe: Any) -> Any:
     return asdict(recipe) if is_dataclass(recipe) else recipe
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PartRequest(Generic[R]):
+    """What `mmllm pretrain llm|tower` was asked for: the recipe, and a new folder to build into (`out`) or the
+    cache to find or build it in (`root`)."""
+
+    recipe: R
+    out: Path | None
+    root: Path | None
+
+
+def parse_request(prog: str, description: str, recipe_type: type[R], argv: Sequence[str] | None) -> PartRequest[R]:
+    """The command line of a part's command: every recipe field an option (its help from the recipe's docstring,
+    nested configs as `--encoder.image_size`), `--out` and `--root`; an invalid recipe is a usage error."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", type=Path | None, default=None, help="build into this new folder instead of the cache")
+    parser.add_argument("--root", type=Path | None, default=None,
+                        help=f"the cache folder (default: ${CACHE_ENV}, else {DEFAULT_ROOT})")
+    parser.add_class_arguments(recipe_type, fail_untyped=False)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    made = parser.instantiate(args)
+    try:
+        recipe = recipe_type(**{name: made[name] for name in made.keys() if "." not in name
+                                and name not in ("out", "root")})
+    except ValueError as exc:
+        parser.error(str(exc))
+    return PartRequest(recipe, made.out, made.root)

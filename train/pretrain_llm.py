@@ -14,16 +14,15 @@ recipe and code (`train/cache.py`).
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,7 +34,7 @@ from mmllm.processor import IGNORE_INDEX, MMLLMProcessor
 from mmllm.sample import ModelInputs, Sample
 from mmllm.tokenizer import STRUCTURE, load_tokenizer
 
-from .cache import build_once
+from .cache import build_once, parse_request
 from .module import lr_factor
 from .synth import (ASR_QUESTION, ASR_WORDS, CHART_KINDS, TASK_LEVELS, OCR_EASY_CHARS, OCR_QUESTION, PROMPT_TEMPLATES,
                     TITLES, WORDS, chart_data, chart_qa)
@@ -337,37 +336,14 @@ def pretrained_llm(recipe: LLMRecipe = LLMRecipe(), root: str | Path | None = No
 # ------------------------------------------------------------------------------------------------ command
 
 
-def attribute_help(cls: type) -> dict[str, str]:
-    """Each field's description from a dataclass's `Attributes:` docstring section."""
-    described, name = {}, None
-    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
-        head, sep, text = line.strip().partition(": ")
-        if sep and head.isidentifier() and head in {f.name for f in fields(cls)}:
-            name, described[head] = head, text
-        elif name and line.strip():
-            described[name] += " " + line.strip()
-    return described
-
-
 def main(argv: Sequence[str] | None = None) -> Report:
     """`mmllm pretrain llm`: build (or find) the pretrained tiny LM and say where it is and how well it does."""
-    parser = argparse.ArgumentParser(prog="mmllm pretrain llm", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, help="build into this new folder instead of the cache")
-    parser.add_argument("--root", type=Path, help="the cache folder (default: $MMLLM_CACHE, else runs/cache)")
-    hints, described, default = get_type_hints(LLMRecipe), attribute_help(LLMRecipe), LLMRecipe()
-    scalar = [f.name for f in fields(LLMRecipe) if hints[f.name] in (int, float, str)]
-    for name in scalar:
-        parser.add_argument(f"--{name}", type=hints[name], default=getattr(default, name), help=described[name])
-    args = parser.parse_args(argv)
-    try:
-        recipe = LLMRecipe(**{name: getattr(args, name) for name in scalar})
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.out is not None:
-        folder, report = args.out, pretrain_llm(recipe, args.out)
+    request = parse_request("mmllm pretrain llm", __doc__.split("\n\n")[0], LLMRecipe, argv)
+    recipe = request.recipe
+    if request.out is not None:
+        folder, report = request.out, pretrain_llm(recipe, request.out)
     else:
-        folder = pretrained_llm(recipe, args.root)
+        folder = pretrained_llm(recipe, request.root)
         report = read_report(folder)
     print(f"pretrained LLM: {folder}  (--model.llm.name_or_path {folder})")
     print(f"answer-token loss: train {report.train_loss_first:.3f} -> {report.train_loss_last:.3f}, "

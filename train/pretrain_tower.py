@@ -12,7 +12,6 @@ it through timm's pretrained path. The contrastive heads (image pooling, text en
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -38,7 +37,7 @@ from mmllm.jsonl import write_json
 from mmllm.progress import progress
 
 from . import synth
-from .cache import build_once
+from .cache import build_once, parse_request
 
 WEIGHTS, ENCODER_FILE, REPORT_FILE = "model.safetensors", "encoder.json", "pretrain.json"
 KINDS = {"line": 0.7, "chart": 0.1, "scene": 0.2}  # share of the pairs: mostly text, which the tiny models read
@@ -519,20 +518,19 @@ def pretrained_tower(recipe: TowerRecipe = TowerRecipe(), root: str | Path | Non
     return build_once("tower", recipe, lambda folder: pretrain_tower(recipe, folder), SOURCES, root=root)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> Report:
     """`mmllm pretrain tower`: build (or find) the tower and say how good it is."""
-    parser = argparse.ArgumentParser(prog="mmllm pretrain tower", description="Pretrain the tiny vision tower "
-                                     "contrastively on synthetic renders, once per recipe.")
-    parser.add_argument("--out", help="the cache folder that keeps parts (default: $MMLLM_CACHE, else runs/cache)")
-    parser.add_argument("--seed", type=int, default=TowerRecipe.seed)
-    parser.add_argument("--steps", type=int, default=TowerRecipe.steps)
-    args = parser.parse_args(argv)
-    folder = pretrained_tower(replace(TowerRecipe(), seed=args.seed, steps=args.steps), root=args.out)
-    report = Report.load(folder)
+    request = parse_request("mmllm pretrain tower", "Pretrain the tiny vision tower contrastively on synthetic "
+                            "renders, once per recipe.", TowerRecipe, argv)
+    if request.out is not None:
+        folder, report = request.out, pretrain_tower(request.recipe, request.out)
+    else:
+        folder = pretrained_tower(request.recipe, root=request.root)
+        report = Report.load(folder)
     print(f"tower: {folder}")
     print(f"held-out retrieval top-1 {report.retrieval_top1:.1%} among {report.recipe.candidates} captions "
           f"(chance {report.retrieval_chance:.1%}); loss {report.first_loss:.3f} -> {report.last_loss:.3f}")
     for style, probe in report.probes.items():
         print(f"glyph probe ({style} tiles): pretrained {probe.pretrained:.1%}, random init {probe.random_init:.1%}")
     print(f"built in {report.wall_s:.0f} s")
-    return 0
+    return report
