@@ -1,8 +1,11 @@
 import json
+
 import pytest
 import torch
+import yaml
 
-from mmllm.eval.compare import compare
+from mmllm.eval.compare import REPO, compare
+from mmllm.eval.compare import main as compare_main
 from mmllm.eval.comparison import DataSet
 
 
@@ -186,3 +189,13 @@ def test_parts_are_built_side_by_side_once_and_every_stage_starts_from_them(tmp_
     compare(archs=["nvlm_h"], out=str(tmp_path / "b"), tile_sweep_batch=0, fit_overrides=["--data.batch_size=4"],
             stages=stages, parts=parts, curve_items=0, **sets)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == stamps
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
+                                        if "archs:" in p.read_text()))
+def test_every_shipped_compare_config_parses_with_the_compare_command(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        compare_main(["--config", str(REPO / "configs" / name), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["archs"] and printed["test"], name
