@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from mmllm.config import Arch, EncoderConfig
-from mmllm.eval.compare_report import write_report
+from mmllm.eval.compare_report import read_runs, write_report
 from mmllm.eval.comparison import DataSet, Parts, Run, Stage, Variant, protocol_text, redrawn, with_budget
 from mmllm.eval.controls import controls as run_controls
 from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
@@ -188,6 +188,7 @@ def compare(
     curve_every: int = 0,
     curve_items: int = 50,
     parts: Parts | None = None,
+    report_only: bool = False,
 ) -> str:
     """Train every arch on the same data with every seed, score each on the test sets, write the report.
 
@@ -218,6 +219,8 @@ def compare(
         curve_items: items per test set in those scorings (0: no curve).
         parts: the pretrained parts the project makes (`Parts`), built before the first run and cached; default:
             the fit config's own parts.
+        report_only: write the report of the comparison finished under `out` again, from its metrics.json, with
+            this version's report sections; nothing is trained or scored.
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -225,6 +228,9 @@ def compare(
     configs = [Path(c) if Path(c).is_file() else REPO / c for c in names]
     train, val, test = train or [], val or [], test or []
     check_success(success, test)
+    if report_only:
+        runs, timing = read_runs(out_dir / "report")
+        return _reported(runs, test, out_dir, timing, success)
     drawn = {k: (redrawn(train, k), redrawn(val, k)) for k in data_seeds}
     folders = synthesise_all([*{s.name: s for t, v in drawn.values() for s in t + v}.values(), *test],
                              out_dir / "data", data_scale)
@@ -259,6 +265,11 @@ def compare(
     timing = {"steps": max(len(r.losses) for r in runs), "total_s": round(time.perf_counter() - t0, 1),
               "protocol": protocol_text(stages) + "".join(f"; {name}: {protocol_text(protocols[name])}"
                                                           for name, v in variants.items() if v.stages)}
+    return _reported(runs, test, out_dir, timing, success)
+
+
+def _reported(runs: list[Run], test: list[DataSet], out_dir: Path, timing: dict,
+              success: dict[str, float] | None) -> str:
     table = write_report(runs, test, out_dir, timing, success)
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")

@@ -3,16 +3,20 @@ rates, cost as the tile count grows), metrics.json, and PNG plots (scores, loss 
 FLOPs, time and tiles, sample predictions)."""
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
 from mmllm.eval.comparison import DataSet, Run
-from mmllm.eval.findings import COST as COST_MEASURE, OCR as OCR_MEASURE, verdicts
+from mmllm.eval.curves import CurvePoint
+from mmllm.eval.findings import COST as COST_MEASURE, OCR as OCR_MEASURE, paired_effect, verdicts
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_panels
 from mmllm.eval.runner import TASKS
 from mmllm.jsonl import write_json, write_text_atomic
+
+METRICS = "metrics.json"
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -92,6 +96,33 @@ def findings_section(runs: list[Run], test: list[DataSet]) -> str:
     return "".join(parts)
 
 
+def variants_section(runs: list[Run], test: list[DataSet]) -> str:
+    """Each variant against the first (the protocol it varies), per arch: the paired difference of the mean score
+    of each eval task's test sets, with its 95 % interval over the runs that share a seed and a data seed."""
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    tasks = list(dict.fromkeys(s.eval for s in test))
+    if len(variants) < 2 or not tasks:
+        return ""
+
+    def mean_score(run: Run, task: str) -> float:
+        return 100 * statistics.fmean(run.scores[s.name] for s in test if s.eval == task)
+
+    rows = []
+    for arch in dict.fromkeys(r.arch for r in runs):
+        base = {(r.data_seed, r.seed): r for r in runs if r.arch == arch and r.variant == variants[0]}
+        for variant in variants[1:]:
+            pairs = [(r, base[key]) for r in runs if r.arch == arch and r.variant == variant
+                     and (key := (r.data_seed, r.seed)) in base]
+            if pairs:
+                rows.append([arch, variant] + [
+                    paired_effect(variant, variants[0], task, [(mean_score(a, task), mean_score(b, task))
+                                                               for a, b in pairs]).describe()
+                    .split(": ", 1)[1] for task in tasks])
+    return (f"\n\n## Each variant against {variants[0]}\n\n"
+            + markdown_table(["arch", "variant"] + [f"{task} (mean over its test sets), points: mean [95 % interval]"
+                                                    for task in tasks], rows))
+
+
 def controls_table(by_arch: dict[str, list[Run]], test: list[DataSet]) -> str:
     """Exact match per control (eval.controls) on the first OCR test set, mean over each arch's runs."""
     names = list(dict.fromkeys(c for rs in by_arch.values() for r in rs for c in r.controls))
@@ -124,17 +155,17 @@ def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
         if r.sweep:
             sweeps.setdefault(r.arch, r.sweep)
     by_arch = {a: [r for r in runs if r.label == a] for a in dict.fromkeys(r.label for r in runs)}
-    table = scores_table(by_arch, test) + controls_table(by_arch, test) + findings_section(runs, test)
+    table = (scores_table(by_arch, test) + controls_table(by_arch, test) + findings_section(runs, test)
+             + variants_section(runs, test))
     if success:
         table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
     plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
               report / "accuracy.png", "score per test set", "score")
-    plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
-               "step", "loss", log=True)
+    if any(r.losses for r in runs):  # a report written again from a metrics.json without them keeps its plot
+        plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
+                   "step", "loss", log=True)
     sweep_table, sweep_plots = cost_section(sweeps, report)
-    write_json(report / "metrics.json",
-               {"runs": [{k: v for k, v in asdict(r).items() if k != "losses"} for r in runs], "tile_sweep": sweeps,
-                "timing": timing})
+    write_json(report / METRICS, {"runs": [asdict(r) for r in runs], "tile_sweep": sweeps, "timing": timing})
     pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + plot_tile_scores(
         by_arch, report) + sweep_plots + sorted(p.name for p in report.glob("samples-*.png"))
     write_text_atomic(report / "report.md",
@@ -179,3 +210,15 @@ def cost_section(sweeps: dict[str, list[dict]], report: Path) -> tuple[str, list
     plot_lines({a: [(row["tiles"], row["step_s"]) for row in rows_] for a, rows_ in sweeps.items()},
                report / "step_time_vs_tiles.png", "train step time (batch 4)", "tiles (+ thumbnail when > 1)", "s")
     return table, ["decoder_tokens_vs_tiles.png", "step_time_vs_tiles.png"]
+
+
+def read_runs(report: Path) -> tuple[list[Run], dict]:
+    """The runs and timing a finished comparison wrote to `report/metrics.json`, so its report can be written again
+    (with this code's sections) without training anything."""
+    path = report / METRICS
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS} in {report}: run the comparison first (it writes one when done)")
+    metrics = json.loads(path.read_text())
+    runs = [Run(**{**r, "curve": [CurvePoint(**p) for p in r.get("curve", [])],
+                   "losses": [tuple(x) for x in r.get("losses", [])]}) for r in metrics["runs"]]
+    return runs, metrics["timing"]

@@ -6,7 +6,8 @@ import yaml
 
 from mmllm.eval.compare import REPO, compare
 from mmllm.eval.compare import main as compare_main
-from mmllm.eval.comparison import DataSet
+from mmllm.eval.compare_report import variants_section
+from mmllm.eval.comparison import DataSet, Run
 
 
 def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_path):
@@ -53,6 +54,25 @@ def test_variants_sweep_one_more_axis_and_each_run_keeps_its_own_settings(tmp_pa
     for variant in variants:
         saved = json.loads((tmp_path / "runs" / f"nvlm_x-{variant}-seed1" / "model" / "config.json").read_text())
         assert saved["mmllm"]["tile_identity"] == variant
+    assert "## Each variant against learned" in table and "| nvlm_x | tag | " in table
+    # The report is written again from metrics.json alone, to the character, training nothing.
+    (tmp_path / "runs").rename(tmp_path / "runs-moved")
+    assert compare(archs=["nvlm_x"], seeds=[0, 1], out=str(tmp_path), variants=variants, report_only=True,
+                   **sets) == table
+
+
+def _run(arch: str, variant: str, seed: int, ocr: float, chart: float) -> Run:
+    return Run(arch, variant, seed, {"o": ocr, "c": chart}, 1, 1, 1.0, 0.1, None, 1.0)
+
+
+def test_each_variant_is_measured_against_the_first_per_arch_over_paired_runs():
+    test = [DataSet("o", "ocr", eval="ocr"), DataSet("c", "chart", eval="chartqa")]
+    runs = [_run("nvlm_d", "two-stage", s, o, 0.5) for s, o in enumerate([0.9, 0.8, 0.7])]
+    runs += [_run("nvlm_d", "frozen", s, o, 0.5) for s, o in enumerate([0.6, 0.6, 0.4])]  # -30, -20, -30 points
+    section = variants_section(runs, test)
+    half = 4.302652729749462 * 5.773502691896258 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert f"| nvlm_d | frozen | {-80 / 3:+.1f} [{-80 / 3 - half:+.1f}, {-80 / 3 + half:+.1f}], n=3 | +0.0 [+0.0, +0.0], n=3 |" in section
+    assert variants_section(runs[:3], test) == ""  # one variant: nothing to measure against
 
 
 def test_data_seeds_redraw_the_training_sets_and_success_counts_the_runs_that_reach_every_threshold(tmp_path):
