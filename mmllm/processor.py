@@ -18,7 +18,7 @@ from .config import ArchKnobs, MMLLMConfig, ProcessorConfig
 from .sample import (KEY_FIELDS, KEY_FILL, TOKEN_FIELDS, KeyLayout, KVSegment, MediaLayout, ModelInputs, Placement,
                      Sample, SampleError)
 from .tiling import choose_grid, tile_image, tile_tags
-from .tokenizer import IMAGE_PAD, load_tokenizer
+from .tokenizer import AUDIO_CLOSE, AUDIO_OPEN, IMAGE_CLOSE, IMAGE_OPEN, IMAGE_PAD, load_tokenizer
 
 if TYPE_CHECKING:
     from mmllm.encoders import TowerShape
@@ -205,7 +205,7 @@ class MMLLMProcessor(ProcessorMixin):
         tags = tile_tags(self.config.tile_tag, grid, n_tiles)
         n_regular = grid[0] * grid[1]
         in_sequence = {"all": range(n_tiles), "thumbnail": [n_tiles - 1], "none": []}[self.knobs.tiles_in_sequence]
-        ids, token_tile, slots, kv = list(self.text_ids("<Image>")), [], [], []
+        ids, token_tile, slots, kv = list(self.text_ids(IMAGE_OPEN)), [], [], []
         for k, tag in enumerate(tags):
             tag_ids = self.text_ids(tag) if tag else []
             if k in in_sequence:
@@ -217,7 +217,7 @@ class MMLLMProcessor(ProcessorMixin):
                 ids += tag_ids
             slot = k if n_regular > 1 and k < n_regular else self.global_slot  # the global view's own row
             kv.append(KVSegment("tile", k, image, k, tuple(tag_ids), slot))
-        ids += self.text_ids("</Image>")
+        ids += self.text_ids(IMAGE_CLOSE)
         token_tile += [-1] * (len(ids) - len(token_tile))
         return Placement(ids, token_tile, slots, kv)
 
@@ -243,7 +243,7 @@ class MMLLMProcessor(ProcessorMixin):
         """
         in_sequence = self.knobs.tiles_in_sequence == "all"
         placeholders = [self.image_token_id] * (n_tokens if in_sequence else 0)
-        ids = self.text_ids("<Audio>") + placeholders + self.text_ids("</Audio>")
+        ids = self.text_ids(AUDIO_OPEN) + placeholders + self.text_ids(AUDIO_CLOSE)
         return Placement(ids, [-1] * len(ids), [clip] if in_sequence else [],
                          [] if in_sequence else [KVSegment("audio", clip, media, 0, (), -1)])
 

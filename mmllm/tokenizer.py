@@ -11,8 +11,9 @@ SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_PAD)
 # Strings the processor writes around every image and clip. A real tokenizer splits them into a few
 # BPE pieces; byte-level they would cost ~60 positions per image, so the offline tokenizer keeps each
 # as one ordinary (decodable) token. Tile tags up to 12 tiles cover every max_tiles we ship.
+IMAGE_OPEN, IMAGE_CLOSE, AUDIO_OPEN, AUDIO_CLOSE = "<Image>", "</Image>", "<Audio>", "</Audio>"
 STRUCTURE = (
-    "<Image>", "</Image>", "<Audio>", "</Audio>", "<tile_global_thumbnail>", *(f"<tile_{k}>" for k in range(1, 13))
+    IMAGE_OPEN, IMAGE_CLOSE, AUDIO_OPEN, AUDIO_CLOSE, "<tile_global_thumbnail>", *(f"<tile_{k}>" for k in range(1, 13))
 )
 
 

@@ -112,7 +112,7 @@ def test_stages_freeze_the_right_parts(tiny_module, tiny_config):
 
 
 def test_lr_schedule_cosine_and_warmup_stable_decay():
-    from mmllm.train.module import lr_factor
+    from mmllm.train.schedule import lr_factor
 
     cosine = [lr_factor(s, total=100, warmup=10) for s in (0, 9, 10, 55, 100)]
     assert cosine == pytest.approx([1 / 11, 10 / 11, 1.0, 0.55, 0.1])

@@ -1,7 +1,6 @@
 """The LightningModule: one model config + a training stage; `--model.arch` switches architecture."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from .checkpoint import is_sharded, read_checkpoint
 from .data import Batch  # what the data module's loaders yield
 from .fsdp import recompute, recomputed_llm_types
 from .health import TrainingAborted, check_finite
+from .schedule import lr_factor
 
 Stage = Literal["pretrain", "sft"]
 
@@ -300,13 +300,3 @@ def is_fully_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
-
-
-def lr_factor(step: int, total: int, warmup: int, decay: int | None = None) -> float:
-    """Multiplier of the peak LR at `step`: linear warmup, a hold when `decay` is set, cosine to 10 %."""
-    warmup = min(warmup, total // 2)
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    start = warmup if decay is None else max(warmup, total - decay)
-    progress = min(1.0, max(0, step - start) / max(1, total - start))
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))

@@ -32,16 +32,15 @@ from mmllm.config import ARCH_PRESETS, LLMConfig, ProcessorConfig
 from mmllm.jsonl import write_json
 from mmllm.processor import IGNORE_INDEX, MMLLMProcessor
 from mmllm.sample import ModelInputs, Sample
-from mmllm.tokenizer import STRUCTURE, load_tokenizer
+from mmllm.tokenizer import AUDIO_CLOSE, AUDIO_OPEN, IMAGE_CLOSE, IMAGE_OPEN, load_tokenizer
 
 from .cache import build_once, parse_request
-from .module import lr_factor
+from .schedule import lr_factor
 from .synth import (ASR_QUESTION, ASR_WORDS, CHART_KINDS, TASK_LEVELS, OCR_EASY_CHARS, OCR_QUESTION, PROMPT_TEMPLATES,
                     TITLES, WORDS, chart_data, chart_qa)
 
 REPORT_FILE = "pretrain.json"
 # The text the processor writes around an image and around a clip (the tokenizer's first structure tokens).
-IMAGE_OPEN, IMAGE_CLOSE, AUDIO_OPEN, AUDIO_CLOSE = STRUCTURE[:4]
 STREAMS = ("train", "heldout")  # the corpus's two RNG streams: what the LM learns on, what it is scored on
 COPY_LENGTH = (2, 10)  # characters of an OCR-like string (the easy test set's: 4-8)
 ASR_LENGTH = (1, 8)  # words of a transcript (the test sets': 3-5 easy, 4-8 hard)

@@ -38,6 +38,7 @@ from mmllm.progress import progress
 
 from . import synth
 from .cache import build_once, parse_request
+from .schedule import warmup_cosine_to_zero
 
 WEIGHTS, ENCODER_FILE, REPORT_FILE = "model.safetensors", "encoder.json", "pretrain.json"
 KINDS = {"line": 0.7, "chart": 0.1, "scene": 0.2}  # share of the pairs: mostly text, which the tiny models read
@@ -372,7 +373,8 @@ def train_tower(recipe: TowerRecipe) -> Trained:
     contrast = Contrast(tower.dim, recipe)
     parameters = [*tower.parameters(), *contrast.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, recipe))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: warmup_cosine_to_zero(step, recipe.steps, recipe.warmup_steps))
     losses = []
     tower.train()
     for step in progress(range(recipe.steps), "pretrain tower", "step"):
@@ -388,12 +390,6 @@ def train_tower(recipe: TowerRecipe) -> Trained:
         schedule.step()
         losses.append(loss.item())
     return Trained(tower.eval(), contrast.eval(), losses)
-
-
-def warmup_cosine(step: int, recipe: TowerRecipe) -> float:
-    if step < recipe.warmup_steps:
-        return (step + 1) / recipe.warmup_steps
-    return 0.5 * (1 + math.cos(math.pi * (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)))
 
 
 def tile_side(cfg: EncoderConfig) -> int:
