@@ -1,5 +1,6 @@
 """LoRA on the LLM (`--model.llm.lora_rank`): real adapter modules in the tree, the LLM's own weights frozen,
 adapters at zero change nothing, and a saved model reloads with its adapters."""
+import pytest
 import torch
 
 from mmllm.config import LLMConfig
@@ -53,3 +54,25 @@ def test_a_training_step_moves_only_adapters_and_connector_and_the_saved_model_r
     reloaded = MMLLM.from_pretrained(tmp_path)
     m.model.eval()
     assert torch.equal(reloaded.llm(input_ids=IDS).logits, m.model.llm(input_ids=IDS).logits)
+
+
+@pytest.mark.parametrize("arch", ["nvlm_d", "nvlm_x", "nvlm_h"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_lora_changes_only_how_the_llm_trains_the_connector_and_its_cross_attention_train_as_without(
+        tiny_config, arch, stage):
+    def built(rank: int) -> tuple[MMLLMModule, set[str], set[str]]:
+        torch.manual_seed(0)
+        llm = lora_llm(tiny_config, rank) if rank else LLMConfig(options=tiny_config().llm.options)
+        m = MMLLMModule(ModuleConfig(arch=arch, encoder=tiny_config().encoder, llm=llm, stage=stage))
+        names = {id(p): n for n, p in m.named_parameters()}
+        return m, {n for n, p in m.named_parameters() if p.requires_grad}, {names[id(p)] for p in m.part_parameters()["llm"]}
+
+    _, bare, bare_llm = built(0)
+    adapted_module, adapted, _ = built(4)
+    adapters = {n for n in adapted if ".lora_" in n}
+    assert adapted - adapters == bare - bare_llm  # the connector (and encoder) as without LoRA, in every stage
+    assert bool(adapters) == (stage == "sft")
+    if arch != "nvlm_d":  # the gated cross-attention blocks sit in the LLM's layer list, yet are the connector's
+        cross = {n for n, p in adapted_module.named_parameters() if n.startswith("model.llm.") and ".lora_" not in n
+                 and any(p is q for q in adapted_module.part_parameters()["connector"])}
+        assert cross and cross <= adapted

@@ -110,12 +110,13 @@ class MMLLMModule(L.LightningModule):
             use_gradient_checkpointing(self.model)
         self.split_seen = SplitSeen()
         self.trainable = stage_trainable(config.stage, config.freeze_llm_in_sft, config.train_encoder)
-        for name, params in self.part_parameters().items():
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        for part, params in self.part_parameters().items():
             for p in params:
-                p.requires_grad_(self.trainable[name])
-        if self.config.llm.lora_rank:  # the LLM trains through its adapters only
-            for name, p in self.model.llm.named_parameters():
-                p.requires_grad_(self.trainable["llm"] and is_lora(name))
+                # With LoRA the LLM trains through its adapters only; the cross-attention blocks in its layer
+                # list are the connector's, and train as they would without LoRA.
+                lora_gate = not self.config.llm.lora_rank or part != "llm" or is_lora(names[id(p)])
+                p.requires_grad_(self.trainable[part] and lora_gate)
 
     @property
     def processor(self):
