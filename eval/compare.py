@@ -10,6 +10,7 @@ memory, eval throughput), metrics.json and PNG plots.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -30,7 +31,7 @@ from mmllm.eval.cost import peak_memory_mb, reset_peak_memory, tile_sweep
 from mmllm.eval.curves import TrainingRecord
 from mmllm.eval.report import plot_samples
 from mmllm.eval.runner import TASKS, evaluate
-from mmllm.jsonl import write_text_atomic
+from mmllm.jsonl import write_json, write_text_atomic
 from mmllm.train.cli import run as run_cli
 from mmllm.train.items import ItemsDataset
 from mmllm.train.synth import synthesize_once
@@ -221,6 +222,9 @@ def compare(
             the fit config's own parts.
         report_only: write the report of the comparison finished under `out` again, from its metrics.json, with
             this version's report sections; nothing is trained or scored.
+
+    A run whose folder under `out` records it finished from the same inputs is reused, not trained again: a
+    stopped comparison goes on where it was (`finished_run`).
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -237,8 +241,9 @@ def compare(
     (out_dir / "report").mkdir(parents=True, exist_ok=True)
     print(f"[compare] data ready in {time.perf_counter() - t0:.0f}s under {out_dir / 'data'}")
     variants = {name: v if isinstance(v, Variant) else Variant(list(v)) for name, v in (variants or {"": []}).items()}
-    part_configs = {name: part_config(v.parts if v.parts is not None else parts or Parts(),
-                                      out_dir / "parts" / f"{name or 'parts'}.yaml") for name, v in variants.items()}
+    variant_parts = {name: v.parts if v.parts is not None else parts or Parts() for name, v in variants.items()}
+    part_configs = {name: part_config(variant_parts[name], out_dir / "parts" / f"{name or 'parts'}.yaml")
+                    for name in variants}
     if any(part_configs.values()):
         print(f"[compare] pretrained parts ready in {time.perf_counter() - t0:.0f}s: "
               + ", ".join(str(c) for cs in part_configs.values() for c in cs))
@@ -251,12 +256,15 @@ def compare(
                 for seed in seeds:
                     label = (arch, variant, f"d{data_seed}" if data_seed else "", f"seed{seed}")
                     run_dir = out_dir / "runs" / "-".join(p for p in label if p)
-                    run, model = train_and_score(arch, variant, seed, configs + part_configs[variant], folders,
-                                                 *drawn[data_seed], test, protocols[variant], run_dir,
-                                                 (fit_overrides or []) + spec.args, (curve_every, curve_items))
-                    run.data_seed = data_seed
-                    if tile_sweep_batch:  # every run's, so the cost findings have an interval over the seeds
-                        run.sweep = tile_sweep(model, model.config.processor.max_tiles, tile_sweep_batch)
+                    inputs = {"arch": arch, "variant": variant, "seed": seed, "data_seed": data_seed,
+                              "fit_configs": [c.read_text() for c in configs], "parts": asdict(variant_parts[variant]),
+                              "train": [asdict(s) for s in drawn[data_seed][0]],
+                              "val": [asdict(s) for s in drawn[data_seed][1]], "test": [asdict(s) for s in test],
+                              "stages": [asdict(s) for s in protocols[variant]],
+                              "args": (fit_overrides or []) + spec.args, "curve": [curve_every, curve_items],
+                              "tile_sweep_batch": tile_sweep_batch}
+                    run = finished_run(run_dir, inputs) or made_run(run_dir, inputs, configs + part_configs[variant],
+                                                                    folders)
                     runs.append(run)
                     print(f"[compare] {run.label}{f' data seed {data_seed}' if data_seed else ''} seed {seed}: "
                           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in run.scores.items()))
@@ -274,6 +282,37 @@ def _reported(runs: list[Run], test: list[DataSet], out_dir: Path, timing: dict,
     print("\n" + table)
     print(f"\n[compare] {len(runs)} runs in {timing['total_s']:.0f}s; report: {out_dir / 'report' / 'report.md'}")
     return table
+
+
+RUN_FILE = "run.json"  # a finished run's record and the inputs it was made from
+
+
+def made_run(run_dir: Path, inputs: dict, fit_configs: list[Path], folders: dict[str, Path]) -> Run:
+    """The run `inputs` describe, trained, scored and swept, then recorded in `run_dir` (`finished_run`)."""
+    sets = {key: [DataSet(**s) for s in inputs[key]] for key in ("train", "val", "test")}
+    run, model = train_and_score(inputs["arch"], inputs["variant"], inputs["seed"], fit_configs, folders,
+                                 sets["train"], sets["val"], sets["test"], [Stage(**s) for s in inputs["stages"]],
+                                 run_dir, inputs["args"], tuple(inputs["curve"]))
+    run.data_seed = inputs["data_seed"]
+    if inputs["tile_sweep_batch"]:  # every run's, so the cost findings have an interval over the seeds
+        run.sweep = tile_sweep(model, model.config.processor.max_tiles, inputs["tile_sweep_batch"])
+    write_json(run_dir / RUN_FILE, {"inputs": inputs, "run": asdict(run)})
+    return run
+
+
+def finished_run(run_dir: Path, inputs: dict) -> Run | None:
+    """The run recorded in `run_dir` when it was made from the same `inputs` (configs, parts' recipes, data sets,
+    stages, arguments, seeds), so a comparison that was stopped goes on where it was; None otherwise. The code
+    is not part of the inputs: after changing it, delete a run's folder to train it again."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("inputs") != json.loads(json.dumps(inputs)):
+        print(f"[compare] {run_dir.name}: made from other inputs than this comparison's; training it again")
+        return None
+    print(f"[compare] {run_dir.name}: finished before, reused ({path})")
+    return Run.from_dict(record["run"])
 
 
 def check_success(success: dict[str, float] | None, test: list[DataSet]) -> None:

@@ -10,7 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmllm.eval.comparison import DataSet, Run
-from mmllm.eval.curves import CurvePoint
 from mmllm.eval.findings import COST as COST_MEASURE, OCR as OCR_MEASURE, paired_effect, verdicts
 from mmllm.eval.report import markdown_table, plot_bars, plot_lines, plot_panels
 from mmllm.eval.runner import TASKS
@@ -219,6 +218,5 @@ def read_runs(report: Path) -> tuple[list[Run], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS} in {report}: run the comparison first (it writes one when done)")
     metrics = json.loads(path.read_text())
-    runs = [Run(**{**r, "curve": [CurvePoint(**p) for p in r.get("curve", [])],
-                   "losses": [tuple(x) for x in r.get("losses", [])]}) for r in metrics["runs"]]
+    runs = [Run.from_dict(r) for r in metrics["runs"]]
     return runs, metrics["timing"]

@@ -81,6 +81,12 @@ class Run:
     controls: dict[str, float] = field(default_factory=dict)  # control -> exact match on the first OCR test set
     sweep: list[dict] = field(default_factory=list)  # decoder tokens and train step time at 1..max_tiles tiles
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Run:
+        """A run as `asdict` wrote it to JSON (metrics.json, a run's run.json)."""
+        return cls(**{**record, "curve": [CurvePoint(**p) for p in record.get("curve", [])],
+                      "losses": [tuple(x) for x in record.get("losses", [])]})
+
     def passes(self, success: dict[str, float]) -> bool:
         return all(self.scores[name] >= threshold for name, threshold in success.items())
 

@@ -219,3 +219,23 @@ def test_every_shipped_compare_config_parses_with_the_compare_command(name, caps
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["archs"] and printed["test"], name
+
+
+def test_a_stopped_comparison_goes_on_where_it_was_and_reuses_only_runs_of_the_same_inputs(tmp_path, capsys):
+    sets = dict(train=[DataSet("ocr", "ocr", n=8, seed=0)], val=[], test=[DataSet("ocr-test", "ocr", n=4, seed=2, eval="ocr")])
+    overrides = ["--data.batch_size=4", "--trainer.val_check_interval=null"]
+    kw = dict(archs=["nvlm_d"], seeds=[0, 1], max_steps=1, out=str(tmp_path), tile_sweep_batch=0, **sets)
+    def scores() -> list:
+        runs = json.loads((tmp_path / "report" / "metrics.json").read_text())["runs"]
+        return [(r["seed"], r["scores"], r["losses"]) for r in runs]
+
+    compare(fit_overrides=overrides, **kw)
+    first = scores()
+    (tmp_path / "runs" / "nvlm_d-seed1" / "run.json").unlink()  # as if stopped during its second run
+    capsys.readouterr()
+    compare(fit_overrides=overrides, **kw)
+    said = capsys.readouterr().out
+    assert "nvlm_d-seed0: finished before, reused" in said and "nvlm_d-seed1: finished before" not in said
+    assert scores() == first  # the same scores and losses, reused or trained again
+    compare(fit_overrides=[*overrides, "--model.lr=0.01"], **kw)
+    assert capsys.readouterr().out.count("made from other inputs than this comparison's; training it again") == 2
