@@ -84,7 +84,7 @@ def findings_section(runs: list[Run], test: list[DataSet]) -> str:
             if ocr:
                 measures[OCR_MEASURE].setdefault(r.arch, {})[key] = 100 * statistics.fmean(r.scores[n] for n in ocr)
             if r.sweep:
-                measures[COST_MEASURE].setdefault(r.arch, {})[key] = r.sweep[-1]["step_flops"] / 1e9
+                measures[COST_MEASURE].setdefault(r.arch, {})[key] = r.sweep[-1]["step_flops"] / 1e6
         rows = [[v.finding, v.holds, "; ".join(e.describe() for e in v.effects)] for v in verdicts(measures)]
         if rows:
             title = f" ({variant})" if variant else ""
@@ -200,7 +200,7 @@ def cost_section(sweeps: dict[str, list[dict]], report: Path) -> tuple[str, list
     if not sweeps:
         return markdown_table(["tiles"], []), []
     archs = list(sweeps)
-    rows = [[k + 1] + [f"{row['decoder_len']} / {row['step_flops'] / 1e9:.2f} / {row['step_s'] * 1000:.0f} ms"
+    rows = [[k + 1] + [f"{row['decoder_len']} / {row['step_flops'] / 1e9:.3f} / {row['step_s'] * 1000:.0f} ms"
                        for row in (sweeps[a][k] for a in archs)]
             for k in range(len(next(iter(sweeps.values()))))]
     table = markdown_table(["tiles"] + [f"{a}: decoder tokens / step GFLOPs / step time" for a in archs], rows)

@@ -63,7 +63,7 @@ class Finding:
     claims: tuple[Claim, ...]
 
 
-OCR, COST = "OCR exact match (%)", "train-step GFLOPs at max tiles"
+OCR, COST = "OCR exact match (%)", "train-step MFLOPs at max tiles"
 PAPER_FINDINGS = (
     Finding("NVLM-X is the cheapest at high resolution",
             (Claim("nvlm_x", "nvlm_d", COST, -1), Claim("nvlm_x", "nvlm_h", COST, -1))),

@@ -38,7 +38,7 @@ def test_compare_trains_every_arch_on_the_same_data_and_writes_the_report(tmp_pa
     # The counted step FLOPs grow with the tiles for every arch, and the cost finding is judged on them.
     flops = {a: [row["step_flops"] for row in rows] for a, rows in metrics["tile_sweep"].items()}
     assert all(0 < f[0] < f[-1] for f in flops.values())
-    assert "train-step GFLOPs at max tiles" in table
+    assert "train-step MFLOPs at max tiles" in table
 
 
 def test_variants_sweep_one_more_axis_and_each_run_keeps_its_own_settings(tmp_path):
