@@ -115,8 +115,8 @@ def variants_section(runs: list[Run], test: list[DataSet]) -> str:
             if pairs:
                 rows.append([arch, variant] + [
                     paired_effect(variant, variants[0], task, [(mean_score(a, task), mean_score(b, task))
-                                                               for a, b in pairs]).describe()
-                    .split(": ", 1)[1] for task in tasks])
+                                                               for a, b in pairs]).value()
+                    for task in tasks])
     return (f"\n\n## Each variant against {variants[0]}\n\n"
             + markdown_table(["arch", "variant"] + [f"{task} (mean over its test sets), points: mean [95 % interval]"
                                                     for task in tasks], rows))
@@ -160,9 +160,8 @@ def write_report(runs: list[Run], test: list[DataSet], out: Path, timing: dict,
         table += "\n\n## Success rate\n\n" + success_table(by_arch, success)
     plot_bars({s.name: {a: statistics.mean(r.scores[s.name] for r in rs) for a, rs in by_arch.items()} for s in test},
               report / "accuracy.png", "score per test set", "score")
-    if any(r.losses for r in runs):  # a report written again from a metrics.json without them keeps its plot
-        plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
-                   "step", "loss", log=True)
+    plot_lines({f"{r.label} seed {r.seed}": r.losses for r in runs}, report / "loss_curves.png", "training loss",
+               "step", "loss", log=True)
     sweep_table, sweep_plots = cost_section(sweeps, report)
     write_json(report / METRICS, {"runs": [asdict(r) for r in runs], "tile_sweep": sweeps, "timing": timing})
     pictures = ["accuracy.png", "loss_curves.png"] + plot_curves(by_arch, test, report) + plot_tile_scores(

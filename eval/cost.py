@@ -134,10 +134,10 @@ def train_step(model: nn.Module, inputs: dict) -> Callable[[], None]:
     return run
 
 
-def step_time(model: MMLLM, n_tiles: int, batch_size: int = 4, repeats: int = 3) -> float:
-    """Median seconds of one forward + backward on a batch whose images have `n_tiles` tiles."""
+def step_time(model: nn.Module, inputs: dict, repeats: int = 3) -> float:
+    """Median seconds of one forward + backward of `model(**inputs).loss`, after a warm-up step."""
     device = next(model.parameters()).device
-    step = train_step(model, our_inputs(train_batch(model, n_tiles, batch_size), device))
+    step = train_step(model, inputs)
     step()  # warm-up
     seconds = statistics.median(timed(step, device) for _ in range(repeats))
     model.zero_grad(set_to_none=True)
@@ -150,9 +150,11 @@ def tile_sweep(model: MMLLM, max_tiles: int, batch_size: int = 4) -> list[dict]:
     was_training = model.training
     model.train()
     device = next(model.parameters()).device
-    rows = [{"tiles": k, "decoder_len": decoder_length(model, k), "step_s": step_time(model, k, batch_size),
-             "step_flops": step_flops(model, our_inputs(train_batch(model, k, batch_size), device))}
-            for k in range(1, max_tiles + 1)]
+    rows = []
+    for k in range(1, max_tiles + 1):
+        inputs = our_inputs(train_batch(model, k, batch_size), device)  # one batch, timed and counted
+        rows.append({"tiles": k, "decoder_len": decoder_length(model, k), "step_s": step_time(model, inputs),
+                     "step_flops": step_flops(model, inputs)})
     model.train(was_training)
     return rows
 

@@ -31,10 +31,13 @@ class Effect:
         """The interval excludes zero."""
         return self.low is not None and (self.low > 0 or self.high < 0)
 
-    def describe(self, scale: float = 1.0, unit: str = "") -> str:
-        interval = (f" [{scale * self.low:+.1f}, {scale * self.high:+.1f}]" if self.low is not None
-                    else " (one run: no interval)")
-        return f"{self.a} − {self.b} {self.measure}: {scale * self.mean:+.1f}{unit}{interval}, n={self.n}"
+    def value(self) -> str:
+        """The mean, its interval and the number of pairs, e.g. `+2.7 [+1.2, +4.1], n=3`."""
+        interval = f" [{self.low:+.1f}, {self.high:+.1f}]" if self.low is not None else " (one run: no interval)"
+        return f"{self.mean:+.1f}{interval}, n={self.n}"
+
+    def describe(self) -> str:
+        return f"{self.a} − {self.b} {self.measure}: {self.value()}"
 
 
 def paired_effect(a: str, b: str, measure: str, pairs: Sequence[tuple[float, float]]) -> Effect:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -111,8 +111,7 @@ def parse_request(prog: str, description: str, recipe_type: type[R], argv: Seque
     args = parser.parse_args(list(argv) if argv is not None else None)
     made = parser.instantiate(args)
     try:
-        recipe = recipe_type(**{name: made[name] for name in made.keys() if "." not in name
-                                and name not in ("out", "root")})
+        recipe = recipe_type(**{f.name: made[f.name] for f in fields(recipe_type)})
     except ValueError as exc:
         parser.error(str(exc))
     return PartRequest(recipe, made.out, made.root)
